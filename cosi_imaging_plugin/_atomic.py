@@ -1,0 +1,72 @@
+"""Atomic output: write to a temporary file beside the target, then rename.
+
+An interrupted run therefore never leaves a half-written result under the final name.
+"""
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path, overwrite=True):
+    """Yield a temporary path in the target's directory; rename it to `path` on success.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Final destination.
+    overwrite : bool
+        If False and `path` exists, raise FileExistsError before any work.
+
+    Yields
+    ------
+    pathlib.Path
+        Temporary path to write to. It is removed if the block raises.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path, overwrite=False):
+    """Yield a temporary directory beside `path`; rename it to `path` on success.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Final directory.
+    overwrite : bool
+        Replace an existing directory at `path` (it is removed only after success).
+    """
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
