@@ -1,0 +1,329 @@
+"""The response engine: sky image <-> expected counts in the Compton data space.
+
+One object serves image deconvolution and the 3ML plugin. With a CCM ``C[s, j, nu]``
+(local CDS, ScAtt or Time rows) or a Galactic-frame response (one row) it gives
+
+- ``eps_i = sum_j R_ij x_j + sum_k b_k B_k,i`` at the non-empty data bins
+  (the sparse-data path) or, when asked, everywhere (``expectation``);
+- the total expected counts ``sum_i eps_i = sum_j X_j x_j + sum_k b_k sum_i B_k,i``
+  from the exposure map ``X_j = sum_i R_ij`` (all bins, not only non-empty ones);
+- the Poisson log-likelihood, the transpose product ``sum_i R_ij w_i`` and the
+  background products ``sum_i B_k,i w_i`` for weights on the non-empty bins.
+
+Here ``j`` runs over (sky pixel, Ei bin), ``R_ij`` includes the pixel solid angle
+and the exposure time, so ``x`` is in ph cm-2 s-1 sr-1 and ``eps`` in counts.
+"""
+import logging
+
+import numba
+import numpy as np
+from astropy import units as u
+from histpy import Axes, Histogram
+
+from ..errors import AxisMismatchError, CosiInputError
+from ..io.histograms import check_axes_match
+from .kernels import adjoint_at_bins, forward_at_bins
+from .sparse_data import SparseData, flat_nonzero, gather
+from .sky_mapping import CCMMapping, PixelMapping
+
+logger = logging.getLogger(__name__)
+
+IMAGE_UNIT = u.Unit("cm-2 s-1 sr-1")
+
+
+class ResponseEngine:
+    """Forward folding, transpose products and likelihood on one binned dataset.
+
+    Parameters
+    ----------
+    response : ColumnResponse
+        Column-compressed response [source pixel, Ei, Em, Phi, PsiChi].
+    mapping : CCMMapping or PixelMapping
+        Sky image -> source rows (a CCM for a local-CDS analysis, a PixelMapping
+        for a Galactic-frame response).
+    data : histpy.Histogram, optional
+        Binned counts [row, Em, Phi, PsiChi] (row = ScAtt or Time) or
+        [Em, Phi, PsiChi] for a single row. Needed for the sparse-data path.
+    backgrounds : dict of str to histpy.Histogram, optional
+        Background templates in counts, with the axes of `data`.
+    model_axes : histpy.Axes, optional
+        Axes [lb, Ei] of the sky image. By default the CCM's lb axis (or the
+        response's source axis) and the response's Ei axis.
+    dtype : numpy dtype
+        Type of the source rows fed to the kernels (float32 halves cache traffic;
+        sums are always accumulated in float64).
+    """
+
+    def __init__(self, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32):
+        self.response = response
+        self.mapping = mapping
+        self.dtype = np.dtype(dtype)
+        self.cds_axes = Axes(list(response.axes[2:]))
+        if isinstance(mapping, CCMMapping):
+            mapping.check_source_axis(response.axes[0])
+            default_sky_axis = mapping.model_axis
+        else:
+            if mapping.n_source_pix != response.axes[0].nbins:
+                raise AxisMismatchError(f"sky mapping has {mapping.n_source_pix} pixels but the response source "
+                                        f"axis {response.axes[0].label} has {response.axes[0].nbins}")
+            default_sky_axis = response.axes[0]
+        self.model_axes = model_axes if model_axes is not None else Axes([default_sky_axis, response.axes[1]])
+        if self.model_axes[0].nbins != mapping.n_model_pix or self.model_axes[1].nbins != response.axes[1].nbins:
+            raise AxisMismatchError(f"model axes {list(self.model_axes.labels)} of shape {self.model_axes.nbins} "
+                                    f"do not match the mapping ({mapping.n_model_pix} pixels) and the response "
+                                    f"Ei axis ({response.axes[1].nbins} bins)")
+        self.n_rows = mapping.n_rows
+        self.n_columns = response.n_columns
+        self.exposure_map = mapping.exposure(response.effective_area)
+        self.data = None
+        self.data_axes = None
+        self.background_names = []
+        if data is not None:
+            self.set_data(data, backgrounds or {})
+
+    # ---- data ---------------------------------------------------------------------------------
+    def _data_axes_of(self, hist, what):
+        """Check a data-space histogram against the response and return its axes."""
+        axes = hist.axes
+        if axes.ndim == 3:
+            rows = 1
+        elif axes.ndim == 4:
+            rows = axes[0].nbins
+        else:
+            raise AxisMismatchError(f"{what} must have axes [ScAtt|Time, Em, Phi, PsiChi] or [Em, Phi, PsiChi], "
+                                    f"got {list(axes.labels)}")
+        if rows != self.n_rows:
+            raise AxisMismatchError(f"{what} axis {axes[0].label} has {rows} bins but the "
+                                    f"{'CCM' if isinstance(self.mapping, CCMMapping) else 'response'} "
+                                    f"has {self.n_rows} rows")
+        check_axes_match(Axes(list(axes[-3:])), self.cds_axes, ["Em", "Phi", "PsiChi"], what, "response")
+        return axes
+
+    def set_data(self, data, backgrounds=None):
+        """Register binned counts and background templates for the sparse-data path.
+
+        Parameters
+        ----------
+        data : histpy.Histogram
+            Counts with axes [row, Em, Phi, PsiChi] or [Em, Phi, PsiChi].
+        backgrounds : dict of str to histpy.Histogram
+            Templates (expected counts) with the same axes.
+        """
+        self.data_axes = self._data_axes_of(data, "data")
+        self.data = SparseData(data, self.n_rows, self.n_columns, what="data")
+        self.background_names = list((backgrounds or {}).keys())
+        self._bkg_at_bins = {}
+        self._bkg_total = {}
+        self._bkg_hist = {}
+        for name, hist in (backgrounds or {}).items():
+            axes = self._data_axes_of(hist, f"background '{name}'")
+            check_axes_match(axes, self.data_axes, list(axes.labels), f"background '{name}'", "data")
+            at_bins, total = gather(hist, (self.n_rows, self.n_columns), self.data.flat_index,
+                                    f"background '{name}'")
+            flat, values = flat_nonzero(hist, (self.n_rows, self.n_columns), f"background '{name}'")
+            if np.any(values < 0):
+                raise CosiInputError(f"background '{name}' has negative entries")
+            self._bkg_at_bins[name] = at_bins
+            self._bkg_total[name] = total
+            self._bkg_hist[name] = hist
+        logger.info("engine data: %d non-empty bins of %d (%.3f%%), %.0f counts, %d backgrounds",
+                    self.data.nnz, self.n_rows * self.n_columns,
+                    100 * self.data.nnz / (self.n_rows * self.n_columns), self.data.total_counts,
+                    len(self.background_names))
+
+    def _require_data(self):
+        if self.data is None:
+            raise CosiInputError("this engine has no data: call set_data(data, backgrounds) first")
+
+    # ---- sky images ---------------------------------------------------------------------------
+    def image_values(self, image):
+        """Sky image as a float64 array [n_pix, n_ei] in ph cm-2 s-1 sr-1.
+
+        Parameters
+        ----------
+        image : histpy.Histogram or ndarray
+            A Histogram with axes matching ``model_axes`` (its unit converted),
+            or an array of shape [n_pix, n_ei] (or [n_pix] with one Ei bin).
+        """
+        if isinstance(image, Histogram):
+            check_axes_match(image.axes, self.model_axes, list(self.model_axes.labels), "image", "engine model")
+            values = np.asarray(image.contents.todense() if hasattr(image.contents, "todense")
+                                else getattr(image.contents, "value", image.contents), dtype=np.float64)
+            if image.unit is not None and image.unit != u.dimensionless_unscaled:
+                values = values * image.unit.to(IMAGE_UNIT)
+        else:
+            values = np.asarray(getattr(image, "value", image), dtype=np.float64)
+            if values.ndim == 1:
+                values = values[:, None]
+        if values.shape != tuple(self.model_axes.nbins):
+            raise AxisMismatchError(f"image of shape {values.shape} does not match the model axes "
+                                    f"{list(self.model_axes.labels)} {tuple(self.model_axes.nbins)}")
+        if not np.all(np.isfinite(values)):
+            raise CosiInputError("image contains NaN or infinite values")
+        return values
+
+    def image_histogram(self, values, unit=IMAGE_UNIT):
+        """Wrap an array [n_pix, n_ei] as a Histogram over ``model_axes``."""
+        return Histogram(self.model_axes, contents=np.asarray(values), unit=unit)
+
+    def source_rows(self, image):
+        """Source rows ``M[row, k]`` of a sky image, in the engine's dtype."""
+        return self.mapping.forward(self.image_values(image), dtype=self.dtype)
+
+    # ---- the sparse-data path -----------------------------------------------------------------
+    def sky_expectation_at_bins(self, image=None, rows=None):
+        """Expected sky counts at the non-empty data bins.
+
+        Parameters
+        ----------
+        image : histpy.Histogram or ndarray, optional
+            Sky image (see :meth:`image_values`).
+        rows : ndarray, optional
+            Precomputed source rows (e.g. of a point source); used instead of `image`.
+        """
+        self._require_data()
+        if rows is None:
+            rows = self.source_rows(image)
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        r = self.response
+        out = np.empty(self.data.nnz, dtype=np.float64)
+        forward_at_bins(r.col_ptr, r.col_idx, r.col_val, self.data.active_cols, self.data.data_ptr,
+                        self.data.row, rows, out)
+        return out
+
+    def background_at_bins(self, bkg_norms=None):
+        """Summed background at the non-empty bins for the given normalizations (default 1)."""
+        self._require_data()
+        norms = self.background_norms(bkg_norms)
+        out = np.zeros(self.data.nnz)
+        for name in self.background_names:
+            out += norms[name] * self._bkg_at_bins[name]
+        return out
+
+    def background_norms(self, bkg_norms=None):
+        """Normalizations for every background (1 where not given); unknown names are errors."""
+        bkg_norms = dict(bkg_norms or {})
+        unknown = set(bkg_norms) - set(self.background_names)
+        if unknown:
+            raise CosiInputError(f"unknown background name(s) {sorted(unknown)}; known: {self.background_names}")
+        return {name: float(bkg_norms.get(name, 1.0)) for name in self.background_names}
+
+    def background_template_at_bins(self, name):
+        """Template of background `name` at the non-empty bins."""
+        return self._bkg_at_bins[name]
+
+    def background_total(self, name):
+        """Sum of background template `name` over all bins."""
+        return self._bkg_total[name]
+
+    def expectation_at_bins(self, image, bkg_norms=None):
+        """Expected counts (sky + backgrounds) at the non-empty data bins."""
+        return self.sky_expectation_at_bins(image) + self.background_at_bins(bkg_norms)
+
+    def total_expected(self, image, bkg_norms=None):
+        """Expected counts summed over all data bins, from the exposure map."""
+        sky = float(np.sum(self.exposure_map * self.image_values(image)))
+        norms = self.background_norms(bkg_norms)
+        return sky + sum(norms[n] * self._bkg_total[n] for n in self.background_names)
+
+    def log_likelihood_from(self, expectation_at_bins, total_expected):
+        """Poisson log-likelihood ``sum d ln eps - sum eps - sum ln d!``.
+
+        Raises
+        ------
+        CosiInputError
+            If an expectation is zero or negative where the data are not.
+        """
+        self._require_data()
+        eps = np.asarray(expectation_at_bins)
+        bad = ~(eps > 0)
+        if np.any(bad):
+            q = int(np.argmax(bad))
+            raise CosiInputError(
+                f"expected counts {eps[q]:g} at a bin with {self.data.counts[q]:g} counts "
+                f"({self.describe_bin(q)}): the model cannot produce the observed data")
+        return float(np.dot(self.data.counts, np.log(eps)) - total_expected - self.data.log_factorial)
+
+    def log_likelihood(self, image, bkg_norms=None):
+        """Poisson log-likelihood of the data for a sky image and background normalizations."""
+        return self.log_likelihood_from(self.expectation_at_bins(image, bkg_norms),
+                                        self.total_expected(image, bkg_norms))
+
+    def transpose_product(self, weights):
+        """``sum_i R_ij w_i`` over the non-empty bins, as an array [n_pix, n_ei].
+
+        Parameters
+        ----------
+        weights : ndarray, shape (nnz,)
+            One weight per non-empty bin in kernel order (e.g. ``d_i / eps_i``).
+        """
+        self._require_data()
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        if weights.shape != (self.data.nnz,):
+            raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
+        r = self.response
+        n_parts = max(1, min(numba.get_num_threads(), self.data.active_cols.shape[0]))
+        rows = adjoint_at_bins(r.col_ptr, r.col_idx, r.col_val, self.data.active_cols, self.data.data_ptr,
+                               self.data.row, weights, self.n_rows, r.n_source, n_parts)
+        return self.mapping.adjoint(rows)
+
+    def background_products(self, weights):
+        """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""
+        self._require_data()
+        return {name: float(np.dot(self._bkg_at_bins[name], weights)) for name in self.background_names}
+
+    def describe_bin(self, q):
+        """Human-readable position of non-empty bin `q` (row and CDS indices)."""
+        row = int(self.data.row[q])
+        em, phi, psi = np.unravel_index(int(self.data.column[q]), self.response.cds_shape)
+        label = self.data_axes[0].label if self.data_axes.ndim == 4 else "row"
+        return f"{label}={row}, Em={em}, Phi={phi}, PsiChi={psi}"
+
+    # ---- dense results (only when asked) --------------------------------------------------------
+    def expectation(self, image, bkg_norms=None, dense=True):
+        """Expected counts in every data bin, as a Histogram over the data axes.
+
+        Parameters
+        ----------
+        image : histpy.Histogram or ndarray
+            Sky image.
+        bkg_norms : dict, optional
+            Background normalizations (default 1 for each).
+        dense : bool
+            Must be True: this materializes all bins (use the ``*_at_bins``
+            methods for the sparse path).
+        """
+        if not dense:
+            raise CosiInputError("expectation() materializes every bin; use expectation_at_bins() for the "
+                                 "sparse path")
+        rows = np.asarray(self.mapping.forward(self.image_values(image)), dtype=np.float64)
+        sky = np.asarray((self.response.to_scipy().T.tocsr() @ rows.T).T)
+        norms = self.background_norms(bkg_norms)
+        for name in self.background_names:
+            bkg = self._bkg_hist[name]
+            values = np.zeros(self.n_rows * self.n_columns)
+            flat, vals = flat_nonzero(bkg, (self.n_rows, self.n_columns), name)
+            values[flat] = vals
+            sky += norms[name] * values.reshape(self.n_rows, self.n_columns)
+        axes = self.data_axes
+        if axes is None:
+            axes = Axes(list(self.cds_axes)) if self.n_rows == 1 else None
+            if axes is None:
+                raise CosiInputError("the engine has no data axes for its rows; call set_data first")
+        return Histogram(axes, contents=sky.reshape(tuple(axes.nbins)))
+
+    def exposure_histogram(self):
+        """Exposure map ``X_j = sum_i R_ij`` as a Histogram over the model axes (cm2 s sr)."""
+        return Histogram(self.model_axes, contents=self.exposure_map, unit=u.Unit("cm2 s sr"))
+
+    # ---- construction helpers -------------------------------------------------------------------
+    @classmethod
+    def from_ccm(cls, response, ccm, data=None, backgrounds=None, dtype=np.float32):
+        """Engine for a local-CDS analysis: a compressed response and a CCM histogram."""
+        return cls(response, CCMMapping(ccm), data=data, backgrounds=backgrounds, dtype=dtype)
+
+    @classmethod
+    def from_galactic_response(cls, response, data=None, backgrounds=None, dtype=np.float32):
+        """Engine for a Galactic-CDS analysis with a precomputed Galactic-frame response (cm2 s)."""
+        return cls(response, PixelMapping(response.axes[0].nbins), data=data, backgrounds=backgrounds,
+                   dtype=dtype)
