@@ -1,0 +1,365 @@
+"""Readers and writers of histpy histograms: binned data, backgrounds, CCMs, image models.
+
+All of these files use histpy's own HDF5 layout (see ``FORMATS.md``), so histpy does the
+actual reading and writing; this module adds what histpy leaves out: errors that name the
+file and group at fault, validation of the contents (counts, exposure times, image fluxes),
+axis-compatibility checks between two objects, and atomic output.
+"""
+import logging
+from pathlib import Path
+
+import astropy.units as u
+import h5py
+import numpy as np
+import scoords  # noqa: F401  (registers the 'spacecraftframe' astropy frame named by local-CDS axes)
+import sparse
+from histpy import Axes, HealpixAxis, Histogram
+
+from .._atomic import atomic_path
+from ..errors import AxisMismatchError, CosiFileError, CosiInputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "read_histogram",
+    "write_histogram",
+    "check_axes_match",
+    "read_ccm",
+    "read_image",
+]
+
+#: Unit of an image model (photon intensity).
+IMAGE_UNIT = u.Unit("1 / (cm2 s sr)")
+
+_SPACECRAFT_FRAME = "spacecraftframe"
+
+
+def open_hdf5(path, what="file"):
+    """Open an HDF5 file read-only, turning every failure into a `CosiFileError`.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        File to open.
+    what : str
+        What the file is meant to be (e.g. ``"response file"``); used in messages.
+
+    Returns
+    -------
+    h5py.File
+        The open file; the caller closes it.
+
+    Raises
+    ------
+    CosiFileError
+        If the file is missing, is a directory, is not HDF5, or is truncated/corrupt.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CosiFileError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise CosiFileError(f"{what} {path} is a directory, not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        # is_hdf5 only checks the signature: a file that has one but fails to open is damaged.
+        if h5py.is_hdf5(path):
+            reason = "is damaged (truncated or corrupt HDF5)"
+        else:
+            reason = "is not an HDF5 file"
+        raise CosiFileError(f"{what} {path} {reason}: {exc}") from exc
+
+
+def _axes_of(obj, what):
+    """Return the histpy Axes of a Histogram, an Axes, a response or a list of Axis."""
+    if isinstance(obj, Axes):
+        return obj
+    axes = getattr(obj, "axes", None)
+    if isinstance(axes, Axes):
+        return axes
+    try:
+        return Axes(obj, copy_axes=False)
+    except Exception as exc:
+        raise CosiInputError(f"{what} has no histpy axes (got {type(obj).__name__})") from exc
+
+
+def _frame_name(axis):
+    frame = axis.coordsys
+    return None if frame is None else str(frame.name).lower()
+
+
+def check_axes_match(a, b, labels=None, what_a="first object", what_b="second object"):
+    """Check that two objects share the binning of the given axes.
+
+    For every label, the axis must exist on both sides and agree in kind (HEALPix or
+    not), bin edges, units (edges are compared after converting ``b`` to ``a``'s unit),
+    and for HEALPix axes NSIDE, scheme and coordinate frame.
+
+    Parameters
+    ----------
+    a, b : histpy.Histogram, histpy.Axes, FullDetectorResponse or list of Axis
+        Objects whose axes are compared.
+    labels : sequence of str, optional
+        Axis labels to compare; all of ``a``'s labels by default.
+    what_a, what_b : str
+        Human-readable names of ``a`` and ``b`` (e.g. a file name) used in messages.
+
+    Raises
+    ------
+    AxisMismatchError
+        Naming both sides and the axis at fault.
+    """
+    axes_a = _axes_of(a, what_a)
+    axes_b = _axes_of(b, what_b)
+    if labels is None:
+        labels = list(axes_a.labels)
+    elif isinstance(labels, str):
+        labels = [labels]
+
+    for label in labels:
+        for axes, what in ((axes_a, what_a), (axes_b, what_b)):
+            if label not in list(axes.labels):
+                raise AxisMismatchError(
+                    f"axis '{label}' is missing from {what} (its axes: {list(axes.labels)}); "
+                    f"it is needed to compare {what_a} with {what_b}"
+                )
+        ax_a, ax_b = axes_a[label], axes_b[label]
+
+        def fail(detail):
+            raise AxisMismatchError(f"axis '{label}' differs between {what_a} and {what_b}: {detail}")
+
+        hpx_a, hpx_b = isinstance(ax_a, HealpixAxis), isinstance(ax_b, HealpixAxis)
+        if hpx_a != hpx_b:
+            fail(f"HEALPix axis {hpx_a} vs {hpx_b}")
+        if hpx_a:
+            if ax_a.nside != ax_b.nside:
+                fail(f"NSIDE {ax_a.nside} vs {ax_b.nside}")
+            if ax_a.scheme.upper() != ax_b.scheme.upper():
+                fail(f"scheme {ax_a.scheme} vs {ax_b.scheme}")
+            if _frame_name(ax_a) != _frame_name(ax_b):
+                fail(f"coordinate frame {_frame_name(ax_a)} vs {_frame_name(ax_b)}")
+            if not np.array_equal(ax_a.edges, ax_b.edges):
+                fail(f"pixel edges {ax_a.edges} vs {ax_b.edges}")
+            continue
+
+        unit_a, unit_b = ax_a.unit, ax_b.unit
+        if (unit_a is None) != (unit_b is None):
+            fail(f"unit {unit_a} vs {unit_b}")
+        if unit_a is not None:
+            if not unit_b.is_equivalent(unit_a):
+                fail(f"unit {unit_a} vs {unit_b} (not convertible)")
+            edges_a = ax_a.edges.to_value(unit_a)
+            edges_b = ax_b.edges.to_value(unit_a)
+        else:
+            edges_a, edges_b = np.asarray(ax_a.edges), np.asarray(ax_b.edges)
+        if edges_a.shape != edges_b.shape:
+            fail(f"{edges_a.size - 1} vs {edges_b.size - 1} bins")
+        # Relative tolerance only absorbs unit-conversion rounding (keV vs MeV), not real shifts.
+        if not np.allclose(edges_a, edges_b, rtol=1e-10, atol=0.0):
+            fail(f"edges {edges_a} vs {edges_b} ({unit_a})")
+
+
+def _raw_values(hist):
+    """Stored values (under/overflow included) of a Histogram, without units.
+
+    Returns (values, fill_value, locate) where locate(i) gives the bin index of the
+    i-th stored value; fill_value is None for dense contents.
+    """
+    contents = hist.full_contents
+    if isinstance(contents, u.Quantity):
+        contents = contents.value
+    if isinstance(contents, sparse.SparseArray):
+        coo = contents if isinstance(contents, sparse.COO) else contents.asformat("coo")
+        return coo.data, coo.fill_value, lambda i: tuple(int(c) for c in coo.coords[:, i])
+    values = np.asarray(contents)
+    return values.ravel(), None, lambda i: tuple(int(c) for c in np.unravel_index(i, values.shape))
+
+
+def _check_values(hist, where, what, nonnegative=True):
+    """Raise CosiInputError if the histogram holds NaN/inf or (optionally) negative values."""
+    values, fill, locate = _raw_values(hist)
+    if fill is not None and not (np.isfinite(fill) and (fill >= 0 or not nonnegative)):
+        raise CosiInputError(f"{where}: {what} has an invalid sparse fill value {fill}")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise CosiInputError(
+            f"{where}: {what} has {int(bad.sum())} NaN or infinite bin(s), "
+            f"first at bin {locate(first)} (value {values[first]})"
+        )
+    if nonnegative:
+        neg = values < 0
+        if neg.any():
+            first = int(np.flatnonzero(neg)[0])
+            raise CosiInputError(
+                f"{where}: {what} has {int(neg.sum())} negative bin(s), "
+                f"first at bin {locate(first)} (value {values[first]})"
+            )
+
+
+def read_histogram(path, name="hist", *, counts=False):
+    """Read a histpy Histogram from an HDF5 file.
+
+    COO-stored histograms stay sparse (their contents are a ``sparse.COO``); dense ones are
+    numpy arrays. Axes in the spacecraft frame open because :mod:`scoords` is imported here.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        HDF5 file.
+    name : str
+        Group holding the histogram (histpy's default is ``"hist"``).
+    counts : bool
+        Validate the contents as binned counts: no NaN/inf and no negative values.
+
+    Returns
+    -------
+    histpy.Histogram
+
+    Raises
+    ------
+    CosiFileError
+        Missing, truncated or corrupt file; missing group (the groups present are listed);
+        a group that is not a histpy histogram.
+    CosiInputError
+        ``counts=True`` and the contents are not valid counts.
+    """
+    path = Path(path)
+    with open_hdf5(path, "histogram file") as f:
+        if name not in f:
+            raise CosiFileError(
+                f"{path} has no group '{name}'; groups present: {sorted(f.keys())}"
+            )
+        group = f[name]
+        if not isinstance(group, h5py.Group) or "axes" not in group or "contents" not in group:
+            raise CosiFileError(
+                f"{path}: '{name}' is not a histpy histogram (needs 'axes' and 'contents'; "
+                f"found {sorted(group.keys()) if isinstance(group, h5py.Group) else 'a dataset'})"
+            )
+    try:
+        hist = Histogram.open(path, name=name)
+    except Exception as exc:
+        raise CosiFileError(f"{path}: cannot read histogram '{name}': {type(exc).__name__}: {exc}") from exc
+    logger.debug("read %s[%s]: axes %s, shape %s", path, name, list(hist.axes.labels), hist.shape)
+    if counts:
+        _check_values(hist, f"{path} [{name}]", "binned data")
+    return hist
+
+
+def write_histogram(hist, path, name="hist", overwrite=True):
+    """Write a Histogram to a new HDF5 file, atomically.
+
+    The file holds only this histogram, under group ``name``, in histpy's layout (dense or
+    COO, as the histogram is). It appears under ``path`` only once fully written.
+
+    Parameters
+    ----------
+    hist : histpy.Histogram
+        Histogram to write.
+    path : str or pathlib.Path
+        Output file; replaced if it exists and ``overwrite`` is True.
+    name : str
+        Group name.
+    overwrite : bool
+        If False and ``path`` exists, raise FileExistsError.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    if not isinstance(hist, Histogram):
+        raise CosiInputError(f"write_histogram needs a histpy.Histogram, got {type(hist).__name__}")
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        # atomic_path leaves an empty placeholder; histpy opens in append mode, which needs
+        # either a valid HDF5 file or no file at all.
+        tmp.unlink()
+        hist.write(tmp, name=name, overwrite=True)
+    logger.info("wrote histogram %s[%s] %s", path, name, hist.shape)
+    return path
+
+
+def read_ccm(path, name="hist"):
+    """Read a coordinate conversion matrix (CCM) written by cosipy or by this package.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        HDF5 file.
+    name : str
+        Group name.
+
+    Returns
+    -------
+    histpy.Histogram
+        Axes ``[ScAtt | Time, lb, NuLambda]``, unit seconds, usually COO.
+
+    Raises
+    ------
+    CosiInputError
+        Wrong axes, a unit that is not a time, NaN/inf or negative entries.
+    """
+    path = Path(path)
+    hist = read_histogram(path, name)
+    where = f"{path} [{name}]"
+    labels = list(hist.axes.labels)
+    if len(labels) != 3 or labels[0] not in ("ScAtt", "Time") or labels[1:] != ["lb", "NuLambda"]:
+        raise CosiInputError(f"{where}: a CCM needs axes [ScAtt|Time, lb, NuLambda], found {labels}")
+    for label in ("lb", "NuLambda"):
+        if not isinstance(hist.axes[label], HealpixAxis):
+            raise CosiInputError(f"{where}: CCM axis '{label}' is not a HEALPix axis")
+    if _frame_name(hist.axes["NuLambda"]) != _SPACECRAFT_FRAME:
+        raise CosiInputError(
+            f"{where}: CCM axis 'NuLambda' must be in the spacecraft frame, "
+            f"found {_frame_name(hist.axes['NuLambda'])}"
+        )
+    if _frame_name(hist.axes["lb"]) in (None, _SPACECRAFT_FRAME):
+        raise CosiInputError(
+            f"{where}: CCM axis 'lb' must be in a sky frame (galactic), found {_frame_name(hist.axes['lb'])}"
+        )
+    if hist.unit is None or not hist.unit.is_equivalent(u.s):
+        raise CosiInputError(f"{where}: a CCM must be in seconds, found unit {hist.unit}")
+    if hist.unit != u.s:
+        hist = hist.to(u.s)
+    _check_values(hist, where, "CCM")
+    return hist
+
+
+def read_image(path, name="hist", *, allow_negative=False):
+    """Read an all-sky image model histogram ``[lb, Ei]``.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        HDF5 file.
+    name : str
+        Group name.
+    allow_negative : bool
+        Accept negative pixels (e.g. a residual map); image models must be non-negative.
+
+    Returns
+    -------
+    histpy.Histogram
+        Axes ``[lb (HEALPix), Ei (energy)]``, unit ``1 / (cm2 s sr)``.
+
+    Raises
+    ------
+    CosiInputError
+        Wrong axes, a unit that is not an intensity, NaN/inf (or negative) pixels.
+    """
+    path = Path(path)
+    hist = read_histogram(path, name)
+    where = f"{path} [{name}]"
+    labels = list(hist.axes.labels)
+    if labels != ["lb", "Ei"]:
+        raise CosiInputError(f"{where}: an image model needs axes [lb, Ei], found {labels}")
+    if not isinstance(hist.axes["lb"], HealpixAxis):
+        raise CosiInputError(f"{where}: image axis 'lb' is not a HEALPix axis")
+    ei_unit = hist.axes["Ei"].unit
+    if ei_unit is None or not ei_unit.is_equivalent(u.keV):
+        raise CosiInputError(f"{where}: image axis 'Ei' must have an energy unit, found {ei_unit}")
+    if hist.unit is None or not hist.unit.is_equivalent(IMAGE_UNIT):
+        raise CosiInputError(f"{where}: an image model must be in {IMAGE_UNIT}, found unit {hist.unit}")
+    _check_values(hist, where, "image", nonnegative=not allow_negative)
+    return hist

@@ -1,0 +1,421 @@
+"""Image-deconvolution parameter files and binning configuration files (YAML).
+
+Two parameter-file forms exist:
+
+- the current nested form (cosipy's ``imagedeconvolution_parfile_*.yml``), with sections
+  ``model_definition`` and ``deconvolution`` (see ``FORMATS.md``);
+- the older flat form of the DC2 tutorials, with ``model_property``,
+  ``model_initialization`` and ``deconvolution: {algorithm, parameter_RL: {...}}``.
+
+The older form is converted to the nested one on reading (see
+:func:`convert_flat_parameters` for the mapping), so the rest of the package sees one form.
+"""
+import copy
+import logging
+import re
+from pathlib import Path
+
+import yaml
+
+from .._atomic import atomic_path
+from ..errors import CosiFileError, CosiInputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DeconvolutionParameters",
+    "convert_flat_parameters",
+    "read_binning_config",
+    "ALL_BACKGROUNDS",
+]
+
+#: Background name used when an old-form file gives one normalisation range for all backgrounds.
+ALL_BACKGROUNDS = "*"
+
+_IMAGE_UNIT = "cm-2 s-1 sr-1"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot, so ``value: [1e-4]`` (as in the
+    511 keV tutorial file) would otherwise load as the string ``'1e-4'``.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text, where, error=CosiFileError):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise error(f"{where}: invalid YAML: {exc}") from exc
+
+
+def _load_yaml_mapping(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise CosiFileError(f"{what} {path} does not exist")
+    data = _parse_yaml(path.read_text(), path)
+    if not isinstance(data, dict):
+        raise CosiFileError(f"{what} {path} must hold a YAML mapping, found {type(data).__name__}")
+    return data
+
+
+def _split_key(key):
+    parts = [p.strip() for p in str(key).split(":")]
+    if not parts or any(p == "" for p in parts):
+        raise CosiInputError(f"parameter key '{key}' is malformed; use 'section:key:subkey'")
+    return parts
+
+
+def _is_flat(data):
+    dec = data.get("deconvolution")
+    return "model_property" in data or "model_initialization" in data or (
+        isinstance(dec, dict) and any(str(k).startswith("parameter_") for k in dec)
+    )
+
+
+def convert_flat_parameters(flat, where="parameters"):
+    """Convert an old flat-form parameter dict to the current nested form.
+
+    Mapping (old -> new)::
+
+        model_property:coordinate            -> model_definition:property:coordinate
+        model_property:nside                 -> model_definition:property:nside
+        model_property:scheme                -> model_definition:property:scheme
+        model_property:energy_edges [keV]    -> model_definition:property:energy_edges:{value, unit: keV}
+        (implicit)                           -> model_definition:class = AllSkyImage,
+                                                model_definition:property:unit = cm-2 s-1 sr-1
+        model_initialization:algorithm       -> model_definition:initialization:algorithm
+        model_initialization:parameter_flat:values
+                                             -> model_definition:initialization:parameter:{value, unit}
+        model_initialization:parameter_<alg> -> model_definition:initialization:parameter (as is)
+        deconvolution:algorithm              -> deconvolution:algorithm
+        deconvolution:parameter_<alg>:
+          iteration                          -> parameter:iteration_max
+          acceleration, alpha_max            -> parameter:acceleration:{activate, alpha_max}
+          response_weighting, response_weighting_index
+                                             -> parameter:response_weighting:{activate, index}
+          smoothing, smoothing_FWHM [deg]    -> parameter:smoothing:{activate, FWHM:{value, unit: deg}}
+          background_normalization_fitting, background_normalization_range [lo, hi]
+                                             -> parameter:background_normalization_optimization:
+                                                {activate, range: {ALL_BACKGROUNDS: [lo, hi]}}
+                                                (the old form had one factor for all backgrounds)
+          save_results_each_iteration        -> parameter:save_results:{activate,
+                                                only_final_result: False}
+          any other key                      -> parameter:<key> (unchanged)
+
+    Keys absent from the old file stay absent: no defaults are invented.
+
+    Parameters
+    ----------
+    flat : dict
+        Old-form parameters.
+    where : str
+        Source name for error messages.
+
+    Returns
+    -------
+    dict
+        Nested-form parameters.
+    """
+    flat = copy.deepcopy(flat)
+    if "model_definition" in flat:
+        raise CosiInputError(f"{where}: mixes the old form (model_property/parameter_*) with model_definition")
+    out = {k: v for k, v in flat.items()
+           if k not in ("model_property", "model_initialization", "deconvolution")}
+
+    prop = flat.get("model_property")
+    if not isinstance(prop, dict):
+        raise CosiInputError(f"{where}: old-form file needs a 'model_property' section")
+    new_prop = {k: v for k, v in prop.items() if k != "energy_edges"}
+    if "energy_edges" in prop:
+        edges = prop["energy_edges"]
+        new_prop["energy_edges"] = edges if isinstance(edges, dict) else {"value": list(edges), "unit": "keV"}
+    new_prop.setdefault("unit", _IMAGE_UNIT)
+    model = {"class": "AllSkyImage", "property": new_prop}
+
+    init = flat.get("model_initialization")
+    if init is not None:
+        if not isinstance(init, dict) or "algorithm" not in init:
+            raise CosiInputError(f"{where}: 'model_initialization' needs an 'algorithm'")
+        algorithm = init["algorithm"]
+        params = init.get(f"parameter_{algorithm}", {})
+        if algorithm == "flat" and isinstance(params, dict) and "values" in params:
+            params = {"value": params["values"], "unit": _IMAGE_UNIT}
+        model["initialization"] = {"algorithm": algorithm, "parameter": params}
+    out["model_definition"] = model
+
+    dec = flat.get("deconvolution")
+    if not isinstance(dec, dict) or "algorithm" not in dec:
+        raise CosiInputError(f"{where}: old-form file needs a 'deconvolution' section with an 'algorithm'")
+    algorithm = dec["algorithm"]
+    old = dict(dec.get(f"parameter_{algorithm}") or {})
+    for key in dec:
+        if str(key).startswith("parameter_") and key != f"parameter_{algorithm}":
+            logger.warning("%s: ignoring deconvolution:%s (algorithm is %s)", where, key, algorithm)
+
+    new = {}
+    if "iteration" in old:
+        new["iteration_max"] = old.pop("iteration")
+
+    def group(new_key, pairs):
+        sub = {new_name: old.pop(old_name) for old_name, new_name in pairs if old_name in old}
+        if sub:
+            new[new_key] = sub
+        return sub
+
+    group("acceleration", [("acceleration", "activate"), ("alpha_max", "alpha_max")])
+    group("response_weighting", [("response_weighting", "activate"), ("response_weighting_index", "index")])
+    smoothing = group("smoothing", [("smoothing", "activate"), ("smoothing_FWHM", "FWHM")])
+    if "FWHM" in smoothing and not isinstance(smoothing["FWHM"], dict):
+        smoothing["FWHM"] = {"value": smoothing["FWHM"], "unit": "deg"}
+    bkg = group("background_normalization_optimization",
+                [("background_normalization_fitting", "activate"), ("background_normalization_range", "range")])
+    if "range" in bkg and not isinstance(bkg["range"], dict):
+        bkg["range"] = {ALL_BACKGROUNDS: list(bkg["range"])}
+    save = group("save_results", [("save_results_each_iteration", "activate")])
+    if save:
+        save["only_final_result"] = False
+    new.update(old)  # keys without a renaming keep their name
+    out["deconvolution"] = {"algorithm": algorithm, "parameter": new}
+    return out
+
+
+class DeconvolutionParameters:
+    """Image-deconvolution parameters: a thin wrapper over the nested parameter dict.
+
+    Keys are addressed as ``"section:key:subkey"``, as in cosipy's ``override_parameter``.
+
+    Parameters
+    ----------
+    data : dict
+        Nested-form parameters (use :meth:`from_dict` to accept the old form too).
+    source : str, optional
+        Where the parameters came from, for messages.
+    """
+
+    #: Sections every parameter set must have.
+    REQUIRED_SECTIONS = ("model_definition", "deconvolution")
+
+    def __init__(self, data, source="parameters"):
+        if not isinstance(data, dict):
+            raise CosiInputError(f"{source}: parameters must be a mapping, got {type(data).__name__}")
+        for section in self.REQUIRED_SECTIONS:
+            if not isinstance(data.get(section), dict):
+                raise CosiInputError(f"{source}: missing section '{section}' (found {sorted(map(str, data))})")
+        if "algorithm" not in data["deconvolution"]:
+            raise CosiInputError(f"{source}: missing key 'deconvolution:algorithm'")
+        self._data = data
+        self.source = str(source)
+
+    @classmethod
+    def from_dict(cls, data, source="parameters"):
+        """Build from a dict in either the nested or the old flat form (which is converted).
+
+        Parameters
+        ----------
+        data : dict
+            Parameters; copied, never modified.
+        source : str
+            Name used in error messages.
+
+        Returns
+        -------
+        DeconvolutionParameters
+        """
+        if not isinstance(data, dict):
+            raise CosiInputError(f"{source}: parameters must be a mapping, got {type(data).__name__}")
+        if _is_flat(data):
+            logger.info("%s: converting old flat-form parameters to the nested form", source)
+            return cls(convert_flat_parameters(data, source), source)
+        return cls(copy.deepcopy(data), source)
+
+    @classmethod
+    def read(cls, path):
+        """Read a YAML parameter file (nested or old flat form).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            YAML file.
+
+        Returns
+        -------
+        DeconvolutionParameters
+
+        Raises
+        ------
+        CosiFileError
+            Missing file, invalid YAML, or not a mapping.
+        CosiInputError
+            Missing sections.
+        """
+        path = Path(path)
+        return cls.from_dict(_load_yaml_mapping(path, "parameter file"), source=str(path))
+
+    def get(self, key, default=None):
+        """Value at ``"a:b:c"``, or ``default`` when any part of the path is missing."""
+        node = self._data
+        for part in _split_key(key):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return copy.deepcopy(node)
+
+    def override(self, *assignments):
+        """Override values with ``"section:key:subkey = value"`` strings.
+
+        The value is parsed as YAML (``30`` -> int, ``True`` -> bool, ``[1, 2]`` -> list,
+        ``3.0`` and ``1e-4`` -> float, anything else -> str). Missing keys below an existing
+        top-level section are created (and logged); an unknown top-level section is an error,
+        so a typo never silently adds a section.
+
+        Parameters
+        ----------
+        *assignments : str
+            One or more ``"a:b:c = value"`` strings.
+
+        Raises
+        ------
+        CosiInputError
+            Malformed assignment, unknown top-level section, or a path through a value that
+            is not a section.
+        """
+        for text in assignments:
+            if not isinstance(text, str) or "=" not in text:
+                raise CosiInputError(f"override '{text}' must look like 'section:key = value'")
+            key, value_text = text.split("=", 1)
+            parts = _split_key(key)
+            if value_text.strip() == "":
+                raise CosiInputError(f"override '{text}' has no value")
+            value = _parse_yaml(value_text.strip(), f"override '{text}'", CosiInputError)
+            if parts[0] not in self._data:
+                raise CosiInputError(
+                    f"override '{text}': unknown top-level section '{parts[0]}' "
+                    f"(sections: {sorted(map(str, self._data))})"
+                )
+            node = self._data
+            for depth, part in enumerate(parts[:-1]):
+                if part not in node:
+                    logger.info("%s: override creates new section '%s'", self.source, ":".join(parts[:depth + 1]))
+                    node[part] = {}
+                node = node[part]
+                if not isinstance(node, dict):
+                    raise CosiInputError(
+                        f"override '{text}': '{':'.join(parts[:depth + 1])}' is a value "
+                        f"({node!r}), not a section"
+                    )
+            old = node.get(parts[-1], "<unset>")
+            node[parts[-1]] = value
+            logger.info("%s: %s: %r -> %r", self.source, ":".join(parts), old, value)
+
+    def to_dict(self):
+        """Deep copy of the nested parameter dict."""
+        return copy.deepcopy(self._data)
+
+    def write(self, path):
+        """Write the parameters as YAML (nested form), atomically.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            Output file.
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self._data, sort_keys=False, default_flow_style=None))
+        return path
+
+    def __eq__(self, other):
+        return isinstance(other, DeconvolutionParameters) and self._data == other._data
+
+    def __repr__(self):
+        return f"DeconvolutionParameters(source='{self.source}', algorithm={self.get('deconvolution:algorithm')!r})"
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def read_binning_config(path):
+    """Read a data-binning configuration file (e.g. the tutorials' ``inputs_511keV.yaml``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        YAML file.
+
+    Returns
+    -------
+    dict
+        ``energy_bins`` (list of float, keV, increasing), ``phi_pix_size`` (float, deg),
+        ``nside`` (int, power of 2), ``scheme`` (``'ring'`` or ``'nested'``), ``time_bins``
+        (float bin size in s, or list of float edges), plus ``tmin``/``tmax`` (float, s)
+        when the file has them.
+
+    Raises
+    ------
+    CosiFileError
+        Missing file or invalid YAML.
+    CosiInputError
+        A missing or invalid key (named in the message).
+    """
+    path = Path(path)
+    data = _load_yaml_mapping(path, "binning file")
+    for key in ("energy_bins", "phi_pix_size", "nside", "scheme", "time_bins"):
+        if data.get(key) is None:
+            raise CosiInputError(f"{path}: missing key '{key}'")
+
+    def bad(key, why):
+        raise CosiInputError(f"{path}: '{key}' = {data[key]!r} {why}")
+
+    edges = data["energy_bins"]
+    if (not isinstance(edges, list) or len(edges) < 2 or not all(_is_number(e) for e in edges)
+            or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0):
+        bad("energy_bins", "must be a list of at least two increasing positive energies (keV)")
+    phi = data["phi_pix_size"]
+    if not _is_number(phi) or not 0 < phi <= 180:
+        bad("phi_pix_size", "must be a Compton-angle bin size in (0, 180] deg")
+    nside = data["nside"]
+    if not isinstance(nside, int) or isinstance(nside, bool) or nside < 1 or nside & (nside - 1):
+        bad("nside", "must be a positive power of 2")
+    scheme = data["scheme"]
+    if not isinstance(scheme, str) or scheme.lower() not in ("ring", "nested"):
+        bad("scheme", "must be 'ring' or 'nested'")
+    time_bins = data["time_bins"]
+    if _is_number(time_bins):
+        if time_bins <= 0:
+            bad("time_bins", "must be a positive bin size (s) or a list of increasing edges")
+        time_bins = float(time_bins)
+    elif (isinstance(time_bins, list) and len(time_bins) >= 2 and all(_is_number(t) for t in time_bins)
+          and all(b > a for a, b in zip(time_bins, time_bins[1:]))):
+        time_bins = [float(t) for t in time_bins]
+    else:
+        bad("time_bins", "must be a positive bin size (s) or a list of increasing edges")
+
+    out = {
+        "energy_bins": [float(e) for e in edges],
+        "phi_pix_size": float(phi),
+        "nside": nside,
+        "scheme": scheme.lower(),
+        "time_bins": time_bins,
+    }
+    for key in ("tmin", "tmax"):
+        if data.get(key) is not None:
+            if not _is_number(data[key]):
+                bad(key, "must be a time in seconds")
+            out[key] = float(data[key])
+    if "tmin" in out and "tmax" in out and out["tmax"] <= out["tmin"]:
+        raise CosiInputError(f"{path}: tmax ({out['tmax']}) must be after tmin ({out['tmin']})")
+    return out
