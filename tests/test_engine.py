@@ -233,3 +233,12 @@ def test_zero_expectation_at_a_count_is_an_error_naming_the_bin(problem):
     engine = make_engine(problem)
     with pytest.raises(CosiInputError, match="ScAtt="):
         engine.log_likelihood(np.zeros_like(problem["image"]), {"albedo": 0.0})
+
+
+def test_negative_background_rejected(problem):
+    rsp = ColumnResponse.from_dense(problem["rsp_values"], problem["axes"], u.cm**2)
+    bkg = problem["bkg"].copy()
+    bkg[0, 1, 1, 1] = -0.5
+    with pytest.raises(CosiInputError, match="background 'albedo' has negative"):
+        ResponseEngine.from_ccm(rsp, problem["ccm"], data=problem["data"],
+                                backgrounds={"albedo": Histogram(data_axes(), contents=bkg)})

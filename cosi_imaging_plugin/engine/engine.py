@@ -13,6 +13,7 @@ One object serves image deconvolution and the 3ML plugin. With a CCM ``C[s, j, n
 Here ``j`` runs over (sky pixel, Ei bin), ``R_ij`` includes the pixel solid angle
 and the exposure time, so ``x`` is in ph cm-2 s-1 sr-1 and ``eps`` in counts.
 """
+import copy
 import logging
 
 import numba
@@ -120,9 +121,6 @@ class ResponseEngine:
             check_axes_match(axes, self.data_axes, list(axes.labels), f"background '{name}'", "data")
             at_bins, total = gather(hist, (self.n_rows, self.n_columns), self.data.flat_index,
                                     f"background '{name}'")
-            flat, values = flat_nonzero(hist, (self.n_rows, self.n_columns), f"background '{name}'")
-            if np.any(values < 0):
-                raise CosiInputError(f"background '{name}' has negative entries")
             self._bkg_at_bins[name] = at_bins
             self._bkg_total[name] = total
             self._bkg_hist[name] = hist
@@ -130,6 +128,20 @@ class ResponseEngine:
                     self.data.nnz, self.n_rows * self.n_columns,
                     100 * self.data.nnz / (self.n_rows * self.n_columns), self.data.total_counts,
                     len(self.background_names))
+
+    def with_data(self, data, backgrounds=None):
+        """A new engine on other counts, sharing this one's response, mapping and exposure.
+
+        Parameters
+        ----------
+        data : histpy.Histogram
+            Counts with this engine's data axes.
+        backgrounds : dict of str to histpy.Histogram, optional
+            Templates; by default this engine's.
+        """
+        new = copy.copy(self)
+        new.set_data(data, self._bkg_hist if backgrounds is None else backgrounds)
+        return new
 
     def _require_data(self):
         if self.data is None:

@@ -58,8 +58,21 @@ def flat_nonzero(hist, shape, what):
 
 
 def gather(hist, shape, flat_index, what):
-    """Values of `hist` (viewed with `shape`) at the given flat bin indices, and its total."""
+    """Values of a non-negative `hist` (viewed with `shape`) at the given flat bin indices, and its total."""
+    values = histogram_values(hist) if hasattr(hist, "contents") else np.asarray(hist)
+    if not isinstance(values, tuple):
+        # dense: index directly instead of listing every non-zero bin
+        if values.size != int(np.prod(shape)):
+            raise CosiInputError(f"{what}: {values.size} bins, expected {int(np.prod(shape))}")
+        values = values.reshape(-1)
+        if not np.all(np.isfinite(values)):
+            raise CosiInputError(f"{what} contains NaN or infinite values")
+        if values.min(initial=0) < 0:
+            raise CosiInputError(f"{what} has negative entries (first at flat bin {np.argmax(values < 0)})")
+        return values[flat_index].astype(np.float64), float(values.sum(dtype=np.float64))
     flat, values = flat_nonzero(hist, shape, what)
+    if np.any(values < 0):
+        raise CosiInputError(f"{what} has negative entries (first at flat bin {flat[np.argmax(values < 0)]})")
     order = np.argsort(flat)
     flat, values = flat[order], values[order]
     pos = np.searchsorted(flat, flat_index)
