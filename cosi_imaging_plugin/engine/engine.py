@@ -319,9 +319,8 @@ class ResponseEngine:
             sky += norms[name] * values.reshape(self.n_rows, self.n_columns)
         axes = self.data_axes
         if axes is None:
-            axes = Axes(list(self.cds_axes)) if self.n_rows == 1 else None
-            if axes is None:
-                raise CosiInputError("the engine has no data axes for its rows; call set_data first")
+            row_axis = getattr(self.mapping, "row_axis", None)
+            axes = Axes(list(self.cds_axes) if row_axis is None else [row_axis, *self.cds_axes])
         return Histogram(axes, contents=sky.reshape(tuple(axes.nbins)))
 
     def exposure_histogram(self):

@@ -11,7 +11,7 @@ import functools
 
 import healpy as hp
 import numpy as np
-from astropy.coordinates import ICRS, CartesianRepresentation, Galactic, SkyCoord
+from astropy.coordinates import FK5, ICRS, CartesianRepresentation, Galactic, SkyCoord
 
 from ..errors import CosiInputError
 
@@ -22,11 +22,23 @@ _SIZE_PARAMETERS = ("sigma", "radius", "a", "b")
 @functools.lru_cache(maxsize=None)
 def frame_rotation(source="galactic", target="icrs"):
     """3x3 matrix taking unit vectors from one celestial frame to another (both fixed frames)."""
-    frames = {"galactic": Galactic(), "icrs": ICRS()}
+    frames = {"galactic": Galactic(), "icrs": ICRS(), "fk5": FK5()}
     if source not in frames or target not in frames:
-        raise CosiInputError(f"unsupported frame pair {source!r} -> {target!r}; use 'galactic' or 'icrs'")
+        raise CosiInputError(f"unsupported frame pair {source!r} -> {target!r}; use one of {sorted(frames)}")
     basis = SkyCoord(CartesianRepresentation(np.eye(3)), frame=frames[source]).transform_to(frames[target])
     return basis.cartesian.xyz.value  # column i = image of basis vector i
+
+
+def function_frame(function, default="icrs"):
+    """Frame in which an astromodels function takes (lon, lat).
+
+    Most shapes take ICRS; templates carry their own frame (``SpatialTemplate_2D``
+    as a property string, ``SpatialTemplate_2D_Healpix`` as an astropy frame).
+    """
+    frame = getattr(function, "frame", None)
+    frame = getattr(frame, "value", frame)
+    name = frame if isinstance(frame, str) else getattr(frame, "name", None)
+    return name.lower() if name else default
 
 
 def _lonlat(vectors):
@@ -68,20 +80,24 @@ class Rasterizer:
         self.pixel_area = 4 * np.pi / self.npix
         self.rtol = rtol
         self.max_level = max_level
-        self.rotation = frame_rotation(grid_frame, function_frame) if grid_frame != function_frame else np.eye(3)
-        self.to_grid = self.rotation.T
+        self.grid_frame = grid_frame
+        self.function_frame = function_frame
         self._nest = _nest_index(self.nside, self.scheme)
         self._neighbours = hp.get_all_neighbours(self.nside, np.arange(self.npix), nest=self.scheme == "nested").T
 
-    def _subpixel_lonlat(self, pixels, level):
-        """(lon, lat) in the function frame of the 4**level sub-pixel centres of each pixel."""
+    def rotation(self, frame):
+        """Matrix taking grid-frame unit vectors to `frame`."""
+        return np.eye(3) if frame == self.grid_frame else frame_rotation(self.grid_frame, frame)
+
+    def subpixel_lonlat(self, pixels, level, frame=None):
+        """(lon, lat) in `frame` (default: the function frame) of the 4**level sub-pixel centres of each pixel."""
         children = (self._nest[pixels][:, None] * 4**level + np.arange(4**level)[None, :]).ravel()
         vec = np.array(hp.pix2vec(self.nside * 2**level, children, nest=True))
-        return _lonlat(self.rotation @ vec)
+        return _lonlat(self.rotation(frame or self.function_frame) @ vec)
 
     def _mean(self, function, pixels, level):
         """Mean and spread (max - min) of the function over the sub-pixels of each pixel."""
-        lon, lat = self._subpixel_lonlat(pixels, level)
+        lon, lat = self.subpixel_lonlat(pixels, level, function_frame(function, self.function_frame))
         values = np.asarray(function(lon, lat), dtype=np.float64).reshape(len(pixels), 4**level)
         if not np.all(np.isfinite(values)):
             raise CosiInputError(f"spatial function {_name(function)} returned NaN or infinite values")
@@ -96,7 +112,8 @@ class Rasterizer:
         if center is not None and size is not None:
             pixel_size = np.degrees(np.sqrt(self.pixel_area))
             deep = int(np.clip(np.ceil(np.log2(2 * pixel_size / size)), 1, self.max_level))
-            vec = self.to_grid @ hp.ang2vec(center[0], center[1], lonlat=True)
+            frame = function_frame(function, self.function_frame)
+            vec = self.rotation(frame).T @ hp.ang2vec(center[0], center[1], lonlat=True)
             near = hp.query_disc(self.nside, vec, np.radians(6 * size) + 2 * np.sqrt(self.pixel_area),
                                  inclusive=True, nest=self.scheme == "nested")
             levels[near] = deep
@@ -140,7 +157,7 @@ class Rasterizer:
 
     def point_weights(self, lon, lat):
         """Bilinear interpolation pixels and weights of a direction given in the function frame."""
-        vec = self.to_grid @ hp.ang2vec(lon, lat, lonlat=True)
+        vec = self.rotation(self.function_frame).T @ hp.ang2vec(lon, lat, lonlat=True)
         theta, phi = hp.vec2ang(vec)
         return hp.get_interp_weights(self.nside, theta, phi, nest=self.scheme == "nested")
 

@@ -1,0 +1,242 @@
+"""The 3ML plugin: a binned COSI dataset as a likelihood over astromodels sources.
+
+Point and extended sources of an astromodels ``Model`` are rasterized onto the
+engine's HEALPix model grid, folded through the response (cached per source and
+per spatial-parameter state) and fitted jointly with one normalization per named
+background template, which appear in 3ML as nuisance parameters
+``{plugin}_{template}_norm``.
+"""
+import logging
+
+import numpy as np
+from astromodels import Parameter
+from histpy import Histogram
+from threeML.plugin_prototype import PluginPrototype
+
+from ..errors import CosiInputError
+from ..sky.rasterize import Rasterizer
+from .source_folding import Function3DSourceFolder, SeparableSourceFolder
+
+logger = logging.getLogger(__name__)
+
+LOG_LIKE_OFFSETS = ("saturated", "factorial")
+
+
+class COSIImagingLike(PluginPrototype):
+    """COSI binned imaging likelihood for 3ML.
+
+    Parameters
+    ----------
+    name : str
+        Plugin name (prefix of its nuisance parameters).
+    engine : ResponseEngine
+        Engine holding the response, the sky mapping (CCM or Galactic-frame
+        response), the binned data and the background templates.
+    background_bounds : dict of str to (float, float), optional
+        Bounds of each background normalization (default (0, 100)).
+    background_priors : dict of str to (float, float), optional
+        Gaussian prior (mean, sigma) on a background normalization, added to the
+        log-likelihood.
+    fixed_backgrounds : iterable of str, optional
+        Templates whose normalization is fixed at 1.
+    log_like_offset : {'saturated', 'factorial'}
+        'saturated' (default) reports ``log L - log L_saturated``, a small number
+        close to minus half the Poisson deviance, which suits minimizers;
+        'factorial' reports the full Poisson log-likelihood ``sum d ln eps - sum eps - sum ln d!``.
+    function_frame : {'icrs', 'galactic'}
+        Frame of the astromodels spatial parameters (astromodels uses ICRS).
+    """
+
+    def __init__(self, name, engine, background_bounds=None, background_priors=None, fixed_backgrounds=(),
+                 log_like_offset="saturated", function_frame="icrs"):
+        if engine.data is None:
+            raise CosiInputError("the engine given to COSIImagingLike has no data (call engine.set_data first)")
+        if log_like_offset not in LOG_LIKE_OFFSETS:
+            raise CosiInputError(f"log_like_offset must be one of {LOG_LIKE_OFFSETS}, got {log_like_offset!r}")
+        self._engine = engine
+        self._log_like_offset = log_like_offset
+        self._function_frame = function_frame
+        background_bounds = dict(background_bounds or {})
+        self._priors = dict(background_priors or {})
+        for key, what in ((set(background_bounds), "background_bounds"), (set(self._priors), "background_priors"),
+                          (set(fixed_backgrounds), "fixed_backgrounds")):
+            unknown = key - set(engine.background_names)
+            if unknown:
+                raise CosiInputError(f"{what} names unknown background(s) {sorted(unknown)}; "
+                                     f"known: {engine.background_names}")
+        nuisance = {}
+        self._background_parameters = {}
+        for bkg in engine.background_names:
+            lo, hi = background_bounds.get(bkg, (0.0, 100.0))
+            par = Parameter(f"{name}_{bkg}_norm", 1.0, min_value=lo, max_value=hi, delta=0.01,
+                            free=bkg not in set(fixed_backgrounds),
+                            desc=f"normalization of background template '{bkg}' of {name}")
+            nuisance[par.name] = par
+            self._background_parameters[bkg] = par
+        super().__init__(name, nuisance)
+        axis = engine.model_axes[0]
+        self._rasterizer = Rasterizer(axis.nside, axis.scheme, grid_frame=_frame_name(axis),
+                                      function_frame=function_frame)
+        self._ei_edges = np.asarray(engine.model_axes[1].edges.to_value("keV"), dtype=np.float64)
+        self._counts = engine.data.counts
+        self._saturated = float(np.sum(self._counts * np.log(self._counts) - self._counts) - engine.data.log_factorial)
+        self._model = None
+        self._folders = {}
+
+    # ---- construction from files -----------------------------------------------------------------
+    @classmethod
+    def from_files(cls, name, response, data, backgrounds=None, ccm=None, orientation=None, rtol=1e-3,
+                   dtype=np.float32, nside_model=None, **kwargs):
+        """Plugin from the files of a COSI analysis, in either frame.
+
+        Parameters
+        ----------
+        name : str
+            Plugin name.
+        response : str or pathlib.Path
+            FullDetectorResponse (spacecraft frame; version 1 dense or sparse, or version 2).
+        data : str or pathlib.Path
+            Binned counts (histpy HDF5), PsiChi in the spacecraft or the Galactic frame.
+            Axes the analysis does not use (Time, Ei, SigmaTau, Dist) are summed out.
+        backgrounds : dict of str to path, optional
+            Background templates with the data's binning.
+        ccm : str or pathlib.Path, optional
+            Coordinate conversion matrix for spacecraft-frame data binned in ScAtt or Time.
+        orientation : str or pathlib.Path, optional
+            ``.ori`` file: spacecraft-frame data without CCM are folded with the
+            dwell time of each sky direction; Galactic-frame data with the
+            attitude bins and a rotation of PsiChi.
+        rtol : float
+            Response truncation tolerance (see ColumnResponse).
+        dtype : numpy dtype
+            Storage type of the response.
+        nside_model : int, optional
+            NSIDE of the sky grid sources are rasterized on.
+        **kwargs
+            Passed to the constructor (background bounds and priors, log_like_offset, ...).
+        """
+        from ..engine.builders import build_engine
+        from ..io import Orientation, read_ccm, read_histogram
+
+        engine = build_engine(
+            response, read_histogram(data, counts=True),
+            backgrounds={k: read_histogram(v) for k, v in (backgrounds or {}).items()},
+            ccm=None if ccm is None else read_ccm(ccm),
+            orientation=None if orientation is None else Orientation.read(orientation),
+            rtol=rtol, dtype=dtype, nside_model=nside_model)
+        return cls(name, engine, **kwargs)
+
+    # ---- 3ML interface -------------------------------------------------------------------------
+    def set_model(self, likelihood_model):
+        """Register an astromodels Model; check that every source can be folded."""
+        folders = {}
+        for name, source in likelihood_model.point_sources.items():
+            folders[name] = SeparableSourceFolder(source, self._engine, self._rasterizer, self._ei_edges)
+        for name, source in likelihood_model.extended_sources.items():
+            shape = source.spatial_shape
+            if getattr(shape, "n_dim", 2) == 3:
+                folders[name] = Function3DSourceFolder(source, self._engine, self._rasterizer, self._ei_edges)
+            else:
+                folders[name] = SeparableSourceFolder(source, self._engine, self._rasterizer, self._ei_edges)
+        others = [name for name in likelihood_model.sources if name not in folders]
+        if others:
+            raise CosiInputError(f"COSIImagingLike cannot fold source(s) {others}: only point and extended "
+                                 f"sources are supported")
+        if not folders:
+            logger.warning("model for %s has no point or extended source", self.name)
+        self._model = likelihood_model
+        self._folders = folders
+        # fold once now: a source that cannot be rasterized or integrated fails before the fit starts
+        for folder in folders.values():
+            folder.check()
+
+    def background_norms(self):
+        """Current background normalizations {template: value}."""
+        return {bkg: float(par.value) for bkg, par in self._background_parameters.items()}
+
+    def expectation_at_bins(self):
+        """(expected counts at the non-empty bins, expected counts over all bins) for the current model."""
+        if self._model is None:
+            raise CosiInputError(f"plugin {self.name}: set_model() has not been called")
+        eps = np.zeros(self._engine.data.nnz)
+        total = 0.0
+        for folder in self._folders.values():
+            at_bins, summed = folder.expectation()
+            eps += at_bins
+            total += summed
+        for bkg, norm in self.background_norms().items():
+            eps += norm * self._engine.background_template_at_bins(bkg)
+            total += norm * self._engine.background_total(bkg)
+        return eps, total
+
+    def get_log_like(self):
+        """Poisson log-likelihood of the data for the current model (see ``log_like_offset``)."""
+        eps, total = self.expectation_at_bins()
+        bad = ~(eps > 0)
+        if np.any(bad):
+            q = int(np.argmax(bad))
+            state = ", ".join(f"{p.path}={p.value:.6g}" for p in self._model.free_parameters.values())
+            raise CosiInputError(f"plugin {self.name}: expected counts {eps[q]:g} at a bin with "
+                                 f"{self._counts[q]:g} counts ({self._engine.describe_bin(q)}) for model state "
+                                 f"[{state}]")
+        log_like = float(np.dot(self._counts, np.log(eps)) - total)
+        if self._log_like_offset == "saturated":
+            log_like -= self._saturated + self._engine.data.log_factorial
+        else:
+            log_like -= self._engine.data.log_factorial
+        for bkg, (mean, sigma) in self._priors.items():
+            log_like -= 0.5 * ((self._background_parameters[bkg].value - mean) / sigma) ** 2
+        return log_like
+
+    def inner_fit(self):
+        """No inner nuisance fit: the background norms are 3ML parameters."""
+        return self.get_log_like()
+
+    def get_number_of_data_points(self):
+        """Number of bins of the dataset (empty ones included)."""
+        return int(self._engine.n_rows * self._engine.n_columns)
+
+    # ---- model images, counts and simulations --------------------------------------------------
+    def model_image(self, sources=None):
+        """Sky image [n_pix, n_ei] of the current model (ph cm-2 s-1 sr-1 per Ei bin)."""
+        names = list(self._folders) if sources is None else list(sources)
+        image = np.zeros(tuple(self._engine.model_axes.nbins))
+        for name in names:
+            image += self._folders[name].image()
+        return image
+
+    def get_model_counts(self):
+        """Expected counts of the current model in every bin (dense Histogram over the data axes)."""
+        return self._engine.expectation(self.model_image(), self.background_norms())
+
+    def get_simulated_dataset(self, name=None, seed=None):
+        """A new plugin on Poisson counts drawn from the current model (for GoodnessOfFit and LRT)."""
+        rng = np.random.default_rng(seed)
+        expected = self.get_model_counts()
+        counts = rng.poisson(np.asarray(expected.contents)).astype(np.float64)
+        engine = self._engine.with_data(Histogram(expected.axes, contents=counts))
+        new = COSIImagingLike(name or f"{self.name}_sim", engine,
+                              background_bounds={b: (p.min_value, p.max_value)
+                                                 for b, p in self._background_parameters.items()},
+                              background_priors=self._priors,
+                              fixed_backgrounds=[b for b, p in self._background_parameters.items() if not p.free],
+                              log_like_offset=self._log_like_offset, function_frame=self._function_frame)
+        for bkg, par in self._background_parameters.items():
+            new._background_parameters[bkg].value = par.value
+        return new
+
+    @property
+    def engine(self):
+        """The response engine of this dataset."""
+        return self._engine
+
+    @property
+    def folders(self):
+        """The per-source folding caches {source name: folder}."""
+        return self._folders
+
+
+def _frame_name(axis):
+    frame = getattr(axis, "coordsys", None)
+    name = getattr(frame, "name", None) or str(frame or "galactic")
+    return name.lower()
