@@ -8,6 +8,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, overwrite=True):
     """Yield a temporary path in the target's directory; rename it to `path` on success.
@@ -33,6 +39,9 @@ def atomic_path(path, overwrite=True):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            # mkstemp creates owner-only files; give the result the usual permissions
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -59,6 +68,7 @@ def atomic_directory(path, overwrite=False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

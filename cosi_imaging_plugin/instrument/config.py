@@ -44,7 +44,14 @@ def _fail(source, key, message):
 
 def _number(value, key, source, *, low=None, high=None, low_open=False, high_open=False, integer=False):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        _fail(source, key, f"expected a number, got {value!r}")
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads exponents without a decimal point, like 1e-3, as text: write 1.0e-3)"
+            except ValueError:
+                pass
+        _fail(source, key, f"expected a number, got {value!r}{hint}")
     if integer:
         if isinstance(value, (float, np.floating)) and not float(value).is_integer():
             _fail(source, key, f"expected an integer, got {value!r}")
@@ -418,7 +425,9 @@ class InstrumentConfig:
             mapping = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise CosiFileError(f"{path}: not valid YAML: {exc}") from exc
-        return cls.from_dict(mapping, source=str(path))
+        config = cls.from_dict(mapping, source=str(path))
+        log.debug("read instrument configuration '%s' from %s", config.name, path)
+        return config
 
     @classmethod
     def default(cls):
@@ -724,7 +733,8 @@ class InstrumentConfig:
     def energy_dispersion_matrix(self):
         """P(Em bin | Ei bin) for the configured binning, each row summing to 1.
 
-        For E inside an Ei bin (averaged with weight A_on(E), Gauss-Legendre),
+        For E inside an Ei bin (averaged with weight A_on(E), Gauss-Legendre on
+        the smooth pieces between table nodes and continuum edges),
         a photopeak fraction f(E) is spread as a Gaussian of FWHM(E) around E
         and the rest uniformly over [c E, E]. Each row is then normalised over
         the Em bins: the configured effective area is the area of the events
@@ -743,9 +753,15 @@ class InstrumentConfig:
         x, wq = np.polynomial.legendre.leggauss(_N_ENERGY_NODES)
         out = np.empty((ei.size - 1, em.size - 1))
         c = self.energy_dispersion.continuum_min_fraction
+        # The tables have kinks at their nodes and the continuum at c E = Em edges:
+        # integrate piece by piece between them so every piece is smooth.
+        kinks = np.concatenate([self.effective_area.energy_kev, self.energy_dispersion.photopeak_energy_kev,
+                                em, em / c if c > 0 else []])
         for i, (lo, hi) in enumerate(zip(ei[:-1], ei[1:])):
-            energy = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)
-            weight = wq * self.on_axis_area(energy)
+            pieces = np.unique(np.concatenate([[lo, hi], kinks[(kinks > lo) & (kinks < hi)]]))
+            half = 0.5 * np.diff(pieces)[:, None]
+            energy = (half * x[None, :] + 0.5 * (pieces[1:] + pieces[:-1])[:, None]).ravel()
+            weight = (half * wq[None, :]).ravel() * self.on_axis_area(energy)
             sigma = self.energy_fwhm(energy)[:, None] / GAUSS_FWHM
             peak = ndtr((em[None, 1:] - energy[:, None]) / sigma) - ndtr((em[None, :-1] - energy[:, None]) / sigma)
             c_lo = c * energy[:, None]

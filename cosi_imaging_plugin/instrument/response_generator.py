@@ -13,12 +13,20 @@ where g is the ARM profile (Gaussian core plus Gaussian tail) broadened by the
 pixel size, eff the chance that the scattered photon, escaping along -psi, is
 absorbed, and the samples cover only the Compton angles whose recoil electron
 passes the threshold. K is a probability distribution over PsiChi for each
-sample, so the Phi marginal is exactly the Klein-Nishina x efficiency integral
-over the bin (to the sampling), even for cones smaller than a pixel. Finally
+sample, so the Phi marginal is the Klein-Nishina integral over the bin weighted
+by the efficiency averaged over the smeared cone (exactly Klein-Nishina x
+eff(E2) when eff does not depend on direction), even for cones smaller than a
+pixel. Adding the pixel variance p^2/12 to the ARM variance stands in for the
+integral of the profile over a pixel. Finally
 
     R[nu, e, m, k, psi] = A(Ei_e, theta_nu) P(m | e) w[k, psi] / sum_{k, psi} w,
 
-so summing over (Em, Phi, PsiChi) gives the configured effective area.
+so summing over (Em, Phi, PsiChi) gives the configured effective area, which is
+therefore the area of the events the binning selects (Em window, Phi range).
+
+Conventions: A is averaged flat in energy over the Ei bin (exactly) and taken at
+the NuLambda pixel centre; the kinematics, ARM width and efficiency of an Ei bin
+are evaluated at its log-centre energy.
 
 The response is built in chunks of NuLambda pixels (numba, parallel over pixels)
 and streamed to :func:`cosi_imaging_plugin.io.response.write_response`, so
@@ -146,7 +154,7 @@ def response_axes(config):
 # ----------------------------------------------------------------------------
 # The cone kernel (numba)
 # ----------------------------------------------------------------------------
-@numba.njit(cache=True, fastmath=False)
+@numba.njit(cache=True)
 def _arm_profile(x, a_core, inv2s2_core, a_tail, inv2s2_tail):
     value = a_core * math.exp(-x * x * inv2s2_core)
     if a_tail > 0.0:
@@ -285,8 +293,13 @@ class _Builder:
     """Computes response blocks for any set of NuLambda pixels."""
 
     def __init__(self, config, phi_subsamples=None):
-        if not isinstance(config, InstrumentConfig):
+        if isinstance(config, dict):
+            config = InstrumentConfig.from_dict(config)
+        elif isinstance(config, (str, Path)):
             config = InstrumentConfig.read(config)
+        elif not isinstance(config, InstrumentConfig):
+            raise CosiInputError(f"config must be an InstrumentConfig, a mapping or a YAML path, got "
+                                 f"{type(config).__name__}")
         if phi_subsamples is not None and (
             isinstance(phi_subsamples, bool) or not isinstance(phi_subsamples, (int, np.integer))
             or phi_subsamples < 1
@@ -324,8 +337,8 @@ def response_pixels(config, pixels, phi_subsamples=None):
 
     Parameters
     ----------
-    config : InstrumentConfig or path-like
-        The instrument (a YAML path is read and validated).
+    config : InstrumentConfig, dict or path-like
+        The instrument (a mapping or a YAML path is validated first).
     pixels : array_like of int
         NuLambda pixel indices (in the configured scheme).
     phi_subsamples : int, optional
@@ -360,9 +373,9 @@ def generate_response(config=None, path=None, dtype=np.float32, pixels_per_chunk
 
     Parameters
     ----------
-    config : InstrumentConfig or path-like, optional
-        The instrument and binning; a YAML path is read and validated; None is
-        :meth:`InstrumentConfig.default`.
+    config : InstrumentConfig, dict or path-like, optional
+        The instrument and binning; a mapping or a YAML path is validated
+        first; None is :meth:`InstrumentConfig.default`.
     path : str or pathlib.Path, optional
         Write a version-1 dense FullDetectorResponse here (atomically), streaming
         chunk by chunk. If None, return the response in memory.
