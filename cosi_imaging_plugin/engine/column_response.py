@@ -1,31 +1,38 @@
-"""The response stored column by column over the Compton data space.
+"""The response stored column by column over the Compton data space, in blocks.
 
 A line response is mostly (near) zero: a source at direction s only fills the
-band of width ~ARM around the cones {angle(PsiChi, s) = Phi}. Storing, for every
-CDS bin (Em, Phi, PsiChi), only the source entries that matter makes the
-sparse-data path read a fraction of the response.
+band of width ~ARM around the cones {angle(PsiChi, s) = Phi}. For every CDS bin
+(Em, Phi, PsiChi) only the source entries that matter are stored.
+
+Layout
+------
+Source entries ``k`` (a NuLambda or lb pixel and an Ei bin) are renumbered in
+HEALPix NESTED order, where a band on the sky falls into few runs of consecutive
+indices, and stored in aligned blocks of ``B = 16`` consecutive entries (one
+64-byte cache line of float32). A kernel then reads the model row with one
+contiguous, vectorised load per block instead of one scattered load per entry.
+Blocks are stored whole: entries of a stored block are kept even when the
+truncation would drop them (more accurate, at no extra cost).
 
 Truncation contract
 -------------------
-For every source entry k (a NuLambda or lb pixel and an Ei bin) the smallest
-entries of its row are dropped while their sum stays within ``rtol`` times the
-row sum (the effective area of that direction and energy). Hence, for any
-non-negative sky, the summed absolute change of the expected counts over all
-CDS bins is at most ``rtol`` times the summed expected counts. ``rtol=0`` keeps
-every non-zero entry (exact).
+For every source entry k the smallest entries of its row are dropped while
+their sum stays within ``rtol`` times the row sum (the effective area of that
+direction and energy). Hence, for any non-negative sky, the summed absolute
+change of the expected counts over all CDS bins is at most ``rtol`` times the
+summed expected counts. ``rtol=0`` keeps every non-zero entry (exact). The
+exposure uses the stored entries, so expected counts stay self-consistent.
 """
 import logging
 
+import healpy as hp
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CosiInputError
-from .kernels import scatter_columns
+from .kernels import BLOCK, fold_all_columns
 
 logger = logging.getLogger(__name__)
-
-CDS_LABELS = ("Em", "Phi", "PsiChi")
-
 
 def _row_keep_mask(rows, rtol):
     """Mask of the entries kept in each row under the truncation contract."""
@@ -42,53 +49,74 @@ def _row_keep_mask(rows, rtol):
     return keep & ~dropped
 
 
+def source_order(axis, n_ei):
+    """Internal numbering of the source entries: ``order[i]`` is the original index of internal entry i.
+
+    HEALPix source axes are renumbered in NESTED order (pixel-major, then Ei).
+    """
+    n_pix = axis.nbins
+    if hasattr(axis, "nside") and str(getattr(axis, "scheme", "ring")).lower() == "ring":
+        pixels = hp.nest2ring(axis.nside, np.arange(n_pix))
+    else:
+        pixels = np.arange(n_pix)
+    return (pixels[:, None] * n_ei + np.arange(n_ei)[None, :]).ravel()
+
+
 class ColumnResponse:
-    """Column-compressed response matrix ``R[k, c]``.
+    """Block-compressed response matrix ``R[k, c]``.
 
-    ``k = pixel * n_ei + ei`` runs over source directions (NuLambda in the
-    spacecraft frame, or lb for a Galactic-frame response) and initial-energy
-    bins; ``c`` runs over the CDS bins (Em, Phi, PsiChi) in C order.
-
-    Build it with :meth:`from_dense` or :meth:`from_chunks` (or
-    :meth:`from_file` for a FullDetectorResponse); the constructor takes the
-    compressed arrays as they are.
+    ``k = pixel * n_ei + ei`` (original numbering) runs over source directions
+    (NuLambda in the spacecraft frame, or lb for a Galactic-frame response) and
+    initial-energy bins; ``c`` runs over the CDS bins (Em, Phi, PsiChi) in C
+    order. Build it with :meth:`from_dense`, :meth:`from_chunks` or :meth:`from_file`.
 
     Parameters
     ----------
     col_ptr : ndarray of int64, shape (n_columns + 1,)
-    col_idx : ndarray of int16 or int32
-        Source index of each stored entry.
-    col_val : ndarray of float32 or float64
+        Blocks of column c are ``col_ptr[c]:col_ptr[c+1]``.
+    block : ndarray of int32
+        Block number of each stored block (internal entries ``block * B ... block * B + B - 1``).
+    values : ndarray, shape (n_blocks, B)
         Stored values (cm2, or cm2 s for a Galactic-frame response).
+    order : ndarray of int64
+        Internal -> original source index (see :func:`source_order`).
     axes : histpy.Axes
         Axes [source pixel, Ei, Em, Phi, PsiChi] of the full response.
     unit : astropy.units.Unit
-        Unit of the values.
     rtol : float
         Truncation tolerance used (see module docstring).
     """
 
-    def __init__(self, col_ptr, col_idx, col_val, axes, unit, rtol=0.0):
+    def __init__(self, col_ptr, block, values, order, axes, unit, rtol=0.0):
         self.col_ptr = col_ptr
-        self.col_idx = col_idx
-        self.col_val = col_val
+        self.block = block
+        self.values = values
+        self.order = np.asarray(order, dtype=np.int64)
+        self.inverse_order = np.argsort(self.order)
         self.axes = axes
         self.unit = unit
         self.rtol = float(rtol)
         n_pix, n_ei = axes[0].nbins, axes[1].nbins
         self.n_source = n_pix * n_ei
+        self.block_size = values.shape[1]
+        self.n_padded = -(-self.n_source // self.block_size) * self.block_size
         self.cds_shape = tuple(int(a.nbins) for a in axes[2:])
         if col_ptr.shape[0] != int(np.prod(self.cds_shape)) + 1:
             raise CosiInputError(
                 f"column pointer of length {col_ptr.shape[0]} does not match the CDS shape {self.cds_shape}")
-        self.effective_area = np.bincount(col_idx, weights=col_val, minlength=self.n_source).reshape(n_pix, n_ei)
+        lanes = (block.astype(np.int64)[:, None] * self.block_size + np.arange(self.block_size)).ravel()
+        internal = np.bincount(lanes, weights=values.ravel().astype(np.float64), minlength=self.n_padded)
+        self.effective_area = internal[self.inverse_order].reshape(n_pix, n_ei)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_dense(cls, contents, axes, unit, rtol=0.0, dtype=np.float32):
         """Compress a dense response array [pixel, Ei, Em, Phi, PsiChi]."""
         contents = np.asarray(contents)
-        return cls.from_chunks([(slice(0, contents.shape[0]), contents)], axes, unit, rtol=rtol, dtype=dtype)
+        step = max(1, int(64e6 // max(1, contents[0].nbytes)))
+        chunks = ((slice(i, min(contents.shape[0], i + step)), contents[i:i + step])
+                  for i in range(0, contents.shape[0], step))
+        return cls.from_chunks(chunks, axes, unit, rtol=rtol, dtype=dtype)
 
     @classmethod
     def from_file(cls, response, rtol=0.0, dtype=np.float32, pixels_per_chunk=None, progress=True):
@@ -104,6 +132,8 @@ class ColumnResponse:
             Storage type of the values (float32 halves memory and traffic).
         pixels_per_chunk : int, optional
             NuLambda pixels read at once; by default about 64 MB per chunk.
+        progress : bool
+            Show a progress bar.
         """
         from ..io.response import FullDetectorResponse
 
@@ -115,8 +145,7 @@ class ColumnResponse:
             pixels_per_chunk = max(1, int(64e6 // row_bytes))
         chunks = response.iter_chunks(pixels_per_chunk)
         n_chunks = -(-response.shape[0] // pixels_per_chunk)
-        if progress:
-            chunks = tqdm(chunks, total=n_chunks, desc="compressing response", unit="chunk")
+        chunks = tqdm(chunks, total=n_chunks, desc="compressing response", unit="chunk", disable=not progress)
         return cls.from_chunks(chunks, response.axes, response.unit, rtol=rtol, dtype=dtype)
 
     @classmethod
@@ -138,11 +167,15 @@ class ColumnResponse:
         """
         if not 0 <= rtol < 1:
             raise CosiInputError(f"truncation tolerance rtol must be in [0, 1), got {rtol}")
+        dtype = np.dtype(dtype)
         n_pix, n_ei = axes[0].nbins, axes[1].nbins
         n_source = n_pix * n_ei
         n_columns = int(np.prod([a.nbins for a in axes[2:]]))
-        idx_type = np.int16 if n_source <= np.iinfo(np.int16).max else np.int32
-        cols, idxs, vals = [], [], []
+        block_size = BLOCK
+        order = source_order(axes[0], n_ei)
+        internal_of = np.argsort(order)
+        n_blocks_per_column = -(-n_source // block_size)
+        keys, lanes, vals = [], [], []
         expected_start = 0
         for pixels, block in chunks:
             start = pixels.start if isinstance(pixels, slice) else int(np.min(pixels))
@@ -160,24 +193,26 @@ class ColumnResponse:
                 raise CosiInputError(f"response contains negative entries in pixels "
                                      f"{start}..{start + block.shape[0] - 1}")
             rows = block.reshape(-1, n_columns)
-            keep = _row_keep_mask(rows, rtol)
-            r, c = np.nonzero(keep)
-            cols.append(c.astype(np.int32))
-            idxs.append((r + start * n_ei).astype(idx_type))
+            r, c = np.nonzero(_row_keep_mask(rows, rtol))
+            internal = internal_of[r + start * n_ei]
+            keys.append(c.astype(np.int64) * n_blocks_per_column + internal // block_size)
+            lanes.append((internal % block_size).astype(np.int8))
             vals.append(rows[r, c].astype(dtype))
             expected_start = start + block.shape[0]
         if expected_start != n_pix:
             raise CosiInputError(f"response chunks cover {expected_start} of {n_pix} pixels")
-        col_of_entry = np.concatenate(cols)
-        col_ptr, position = scatter_columns(col_of_entry, n_columns)
-        del col_of_entry
-        col_idx = np.empty(position.shape[0], dtype=idx_type)
-        col_idx[position] = np.concatenate(idxs)
-        col_val = np.empty(position.shape[0], dtype=dtype)
-        col_val[position] = np.concatenate(vals)
-        out = cls(col_ptr, col_idx, col_val, axes, unit, rtol=rtol)
-        logger.info("response compressed: %d of %d entries kept (%.2f%%), %.1f MB, rtol=%g",
-                    out.nnz, n_source * n_columns, 100 * out.nnz / (n_source * n_columns), out.nbytes / 1e6, rtol)
+        keys = np.concatenate(keys)
+        unique, position = np.unique(keys, return_inverse=True)
+        del keys
+        values = np.zeros((unique.size, block_size), dtype=dtype)
+        values[position, np.concatenate(lanes)] = np.concatenate(vals)
+        columns = unique // n_blocks_per_column
+        col_ptr = np.zeros(n_columns + 1, dtype=np.int64)
+        np.cumsum(np.bincount(columns, minlength=n_columns), out=col_ptr[1:])
+        out = cls(col_ptr, (unique % n_blocks_per_column).astype(np.int32), values, order, axes, unit, rtol=rtol)
+        logger.info("response compressed: %d blocks of %d (%.2f%% of %d entries stored), %.1f MB, rtol=%g",
+                    out.n_blocks, block_size, 100 * out.nnz / (n_source * n_columns), n_source * n_columns,
+                    out.nbytes / 1e6, rtol)
         return out
 
     # ---- properties ---------------------------------------------------------------------------
@@ -187,39 +222,82 @@ class ColumnResponse:
         return self.col_ptr.shape[0] - 1
 
     @property
+    def n_blocks(self):
+        """Number of stored blocks."""
+        return int(self.block.shape[0])
+
+    @property
     def nnz(self):
-        """Number of stored entries."""
-        return int(self.col_val.shape[0])
+        """Number of stored entries (whole blocks)."""
+        return int(self.values.size)
 
     @property
     def nbytes(self):
         """Bytes held by the compressed arrays."""
-        return self.col_ptr.nbytes + self.col_idx.nbytes + self.col_val.nbytes
+        return self.col_ptr.nbytes + self.block.nbytes + self.values.nbytes
 
     @property
     def dtype(self):
         """Storage type of the values."""
-        return self.col_val.dtype
+        return self.values.dtype
 
     @property
     def mean_entries_per_column(self):
         """Mean number of stored source entries per CDS bin."""
         return self.nnz / max(1, self.n_columns)
 
+    # ---- model rows in the internal numbering ----------------------------------------------------
+    def internal_rows(self, rows, dtype=None):
+        """Source rows [n_rows, n_source] (original numbering) -> [n_rows, n_padded] internal, contiguous."""
+        rows = np.asarray(rows)
+        out = np.zeros((rows.shape[0], self.n_padded), dtype=dtype or rows.dtype)
+        out[:, :self.n_source] = rows[:, self.order]
+        return out
+
+    def original_rows(self, internal):
+        """Inverse of :meth:`internal_rows`."""
+        return np.ascontiguousarray(np.asarray(internal)[:, :self.n_source][:, self.inverse_order])
+
+    # ---- dense products (model maps, simulations, tests) ---------------------------------------
+    def fold(self, rows):
+        """Expected counts ``rows @ R`` in every CDS bin: [n_rows, n_columns] float64.
+
+        Parameters
+        ----------
+        rows : ndarray, shape (n_rows, n_source)
+            Source rows in the original numbering.
+        """
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != self.n_source:
+            raise CosiInputError(f"source rows of shape {rows.shape}, expected (n, {self.n_source})")
+        rows_t = np.ascontiguousarray(self.internal_rows(rows).T)
+        out = np.empty((self.n_columns, rows.shape[0]))
+        fold_all_columns(self.col_ptr, self.block, self.values, rows_t, out)
+        return np.ascontiguousarray(out.T)
+
+    def _entries(self):
+        """(original source index, column, value) of every stored non-zero entry."""
+        lanes = (self.block.astype(np.int64)[:, None] * self.block_size + np.arange(self.block_size)).ravel()
+        columns = np.repeat(np.arange(self.n_columns), np.diff(self.col_ptr) * self.block_size)
+        values = self.values.ravel()
+        keep = (values != 0) & (lanes < self.n_source)
+        return self.order[lanes[keep]], columns[keep], values[keep]
+
     def to_dense(self):
         """Dense matrix [k, c] (small problems and tests only)."""
         out = np.zeros((self.n_source, self.n_columns), dtype=np.float64)
-        cols = np.repeat(np.arange(self.n_columns), np.diff(self.col_ptr))
-        out[self.col_idx, cols] = self.col_val
+        k, c, v = self._entries()
+        out[k, c] = v
         return out
 
     def to_scipy(self):
         """The matrix as a ``scipy.sparse.csc_matrix`` of shape (n_source, n_columns)."""
         from scipy import sparse
 
-        return sparse.csc_matrix((self.col_val, self.col_idx.astype(np.int32), self.col_ptr),
-                                 shape=(self.n_source, self.n_columns))
+        k, c, v = self._entries()
+        return sparse.csc_matrix((v, (k, c)), shape=(self.n_source, self.n_columns))
 
     def __repr__(self):
         return (f"ColumnResponse(source={self.axes[0].label}[{self.axes[0].nbins}] x Ei[{self.axes[1].nbins}], "
-                f"cds={self.cds_shape}, nnz={self.nnz}, {self.nbytes / 1e6:.1f} MB, rtol={self.rtol:g})")
+                f"cds={self.cds_shape}, {self.n_blocks} blocks of {self.block_size}, {self.nbytes / 1e6:.1f} MB, "
+                f"rtol={self.rtol:g})")

@@ -112,6 +112,7 @@ class ResponseEngine:
         """
         self.data_axes = self._data_axes_of(data, "data")
         self.data = SparseData(data, self.n_rows, self.n_columns, what="data")
+        self._row_tiles = self._tiles()
         self.background_names = list((backgrounds or {}).keys())
         self._bkg_at_bins = {}
         self._bkg_total = {}
@@ -128,6 +129,13 @@ class ResponseEngine:
                     self.data.nnz, self.n_rows * self.n_columns,
                     100 * self.data.nnz / (self.n_rows * self.n_columns), self.data.total_counts,
                     len(self.background_names))
+
+    def _tiles(self, cache_bytes=1 << 20):
+        """Row tile boundaries: a tile's model rows fit in about `cache_bytes`, at least one tile per thread."""
+        row_bytes = self.response.n_padded * self.dtype.itemsize
+        n_tiles = max(numba.get_num_threads(), -(-self.n_rows * row_bytes // cache_bytes))
+        n_tiles = min(n_tiles, self.n_rows)
+        return np.linspace(0, self.n_rows, n_tiles + 1).round().astype(np.int64)
 
     def with_data(self, data, backgrounds=None):
         """A new engine on other counts, sharing this one's response, mapping and exposure.
@@ -196,11 +204,10 @@ class ResponseEngine:
         self._require_data()
         if rows is None:
             rows = self.source_rows(image)
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
         r = self.response
         out = np.empty(self.data.nnz, dtype=np.float64)
-        forward_at_bins(r.col_ptr, r.col_idx, r.col_val, self.data.active_cols, self.data.data_ptr,
-                        self.data.row, rows, out)
+        forward_at_bins(r.col_ptr, r.block, r.values, self.data.active_cols, self.data.data_ptr, self.data.row,
+                        r.internal_rows(rows, dtype=self.dtype), self._row_tiles, out)
         return out
 
     def background_at_bins(self, bkg_norms=None):
@@ -274,10 +281,10 @@ class ResponseEngine:
         if weights.shape != (self.data.nnz,):
             raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
         r = self.response
-        n_parts = max(1, min(numba.get_num_threads(), self.data.active_cols.shape[0]))
-        rows = adjoint_at_bins(r.col_ptr, r.col_idx, r.col_val, self.data.active_cols, self.data.data_ptr,
-                               self.data.row, weights, self.n_rows, r.n_source, n_parts)
-        return self.mapping.adjoint(rows)
+        rows = np.zeros((self.n_rows, r.n_padded), dtype=self.dtype)
+        adjoint_at_bins(r.col_ptr, r.block, r.values, self.data.active_cols, self.data.data_ptr, self.data.row,
+                        weights, self._row_tiles, rows)
+        return self.mapping.adjoint(r.original_rows(rows))
 
     def background_products(self, weights):
         """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""
@@ -308,8 +315,7 @@ class ResponseEngine:
         if not dense:
             raise CosiInputError("expectation() materializes every bin; use expectation_at_bins() for the "
                                  "sparse path")
-        rows = np.asarray(self.mapping.forward(self.image_values(image)), dtype=np.float64)
-        sky = np.asarray((self.response.to_scipy().T.tocsr() @ rows.T).T)
+        sky = self.response.fold(self.mapping.forward(self.image_values(image)))
         norms = self.background_norms(bkg_norms)
         for name in self.background_names:
             bkg = self._bkg_hist[name]
@@ -322,6 +328,27 @@ class ResponseEngine:
             row_axis = getattr(self.mapping, "row_axis", None)
             axes = Axes(list(self.cds_axes) if row_axis is None else [row_axis, *self.cds_axes])
         return Histogram(axes, contents=sky.reshape(tuple(axes.nbins)))
+
+    def expectation_cds(self, image, bkg_norms=None):
+        """Expected counts summed over the ScAtt/Time rows, per CDS bin [Em, Phi, PsiChi].
+
+        Cheap at any scale: the rows are summed before folding (one sparse product).
+        """
+        rows = self.mapping.forward(self.image_values(image)).sum(axis=0, keepdims=True)
+        out = self.response.fold(rows).reshape(self.response.cds_shape)
+        if self.data is not None:
+            norms = self.background_norms(bkg_norms)
+            for name in self.background_names:
+                flat, values = flat_nonzero(self._bkg_hist[name], (self.n_rows, self.n_columns), name)
+                out += norms[name] * np.bincount(flat % self.n_columns, weights=values,
+                                                 minlength=self.n_columns).reshape(self.response.cds_shape)
+        return out
+
+    def data_cds(self):
+        """Observed counts summed over the ScAtt/Time rows, per CDS bin [Em, Phi, PsiChi]."""
+        self._require_data()
+        return np.bincount(self.data.column, weights=self.data.counts,
+                           minlength=self.n_columns).reshape(self.response.cds_shape)
 
     def exposure_histogram(self):
         """Exposure map ``X_j = sum_i R_ij`` as a Histogram over the model axes (cm2 s sr)."""

@@ -1,105 +1,114 @@
 """Compiled kernels of the sparse-data path.
 
-The response is stored column by column over the Compton data space (CDS): for
-CDS bin ``c`` the stored source entries ``k`` (a NuLambda pixel and an Ei bin)
-are ``col_idx[col_ptr[c]:col_ptr[c+1]]`` with values ``col_val[...]``. The
-non-empty data bins are grouped by the same CDS column: the bins of column ``c``
-are ``data_ptr[c]:data_ptr[c+1]`` and ``data_row[q]`` is their ScAtt/Time row.
+The response is stored column by column over the Compton data space (CDS), in
+aligned blocks of ``BLOCK`` consecutive source entries (internal numbering, see
+:mod:`.column_response`): the blocks of CDS bin ``c`` are
+``col_ptr[c]:col_ptr[c+1]``, block ``b`` covers internal entries
+``block[b] * BLOCK + 0 .. BLOCK - 1`` with values ``values[b, :]``.
 
-Both kernels walk the active columns once, so each response column is read
-once per call and reused for every data bin in that column, while the rows of
-the source-space model ``M[row, k]`` stay in cache.
+The non-empty data bins are grouped by CDS column, and within a column by
+ScAtt/Time row: the bins of column ``c`` are ``data_ptr[c]:data_ptr[c+1]``,
+``data_row[q]`` is the row of bin ``q``.
+
+The rows are split into tiles, one task per tile. A task walks the active
+columns and handles only the bins of its rows, so its part of the model rows
+``M[row, :]`` stays in cache, the model rows are read with one vector load per
+block, and in the transpose product each task writes only its own rows
+(no locks, no private copies).
 """
 import numba
 import numpy as np
 
+#: Source entries per stored block (one 64-byte cache line of float32).
+BLOCK = 16
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def forward_at_bins(col_ptr, col_idx, col_val, active_cols, data_ptr, data_row, model_rows, out):
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def forward_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, model_rows, row_tiles, out):
     """Expected counts at the non-empty bins: ``out[q] = sum_k M[row_q, k] R[k, c_q]``.
 
     Parameters
     ----------
-    col_ptr, col_idx, col_val : ndarray
-        Column-compressed response (see module docstring).
+    col_ptr, block, values : ndarray
+        Block-compressed response (module docstring).
     active_cols : ndarray of int64
-        CDS columns holding at least one non-empty data bin.
+        CDS columns holding at least one non-empty bin.
     data_ptr : ndarray of int64, shape (n_columns + 1,)
-        Data bins of column ``c`` are ``data_ptr[c]:data_ptr[c+1]``.
     data_row : ndarray of int32
-        ScAtt/Time row of each data bin.
-    model_rows : ndarray, shape (n_rows, n_source)
-        Source-space model rows ``M[row, k]``.
+    model_rows : ndarray, shape (n_rows, n_padded)
+        Source rows in the internal numbering.
+    row_tiles : ndarray of int64
+        Tile boundaries over the rows (``row_tiles[0] = 0``, last = n_rows).
     out : ndarray of float64, shape (n_data,)
         Filled in place.
     """
-    for a in numba.prange(active_cols.shape[0]):
-        c = active_cols[a]
-        p0 = col_ptr[c]
-        p1 = col_ptr[c + 1]
-        for q in range(data_ptr[c], data_ptr[c + 1]):
-            row = model_rows[data_row[q]]
-            acc = 0.0
-            for p in range(p0, p1):
-                acc += row[col_idx[p]] * col_val[p]
-            out[q] = acc
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def adjoint_at_bins(col_ptr, col_idx, col_val, active_cols, data_ptr, data_row, weights, n_rows, n_source,
-                    n_parts):
-    """Transpose product at the non-empty bins: ``G[row, k] = sum_q R[k, c_q] w_q [row_q == row]``.
-
-    The active columns are split into ``n_parts`` contiguous parts, each
-    accumulating into its own copy of ``G`` (no write conflicts between threads);
-    the copies are summed at the end.
-
-    Returns
-    -------
-    ndarray of float64, shape (n_rows, n_source)
-    """
-    n_active = active_cols.shape[0]
-    part = (n_active + n_parts - 1) // n_parts
-    partial = np.zeros((n_parts, n_rows, n_source))
-    for t in numba.prange(n_parts):
-        g = partial[t]
-        for a in range(t * part, min(n_active, (t + 1) * part)):
+    for t in numba.prange(row_tiles.shape[0] - 1):
+        lo = row_tiles[t]
+        hi = row_tiles[t + 1]
+        lanes = np.zeros(BLOCK, dtype=model_rows.dtype)
+        for a in range(active_cols.shape[0]):
             c = active_cols[a]
-            p0 = col_ptr[c]
-            p1 = col_ptr[c + 1]
+            b0 = col_ptr[c]
+            b1 = col_ptr[c + 1]
             for q in range(data_ptr[c], data_ptr[c + 1]):
+                s = data_row[q]
+                if s < lo or s >= hi:
+                    continue
+                row = model_rows[s]
+                lanes[:] = 0
+                for b in range(b0, b1):
+                    base = block[b] * BLOCK
+                    for u in range(BLOCK):
+                        lanes[u] += row[base + u] * values[b, u]
+                acc = 0.0
+                for u in range(BLOCK):
+                    acc += lanes[u]
+                out[q] = acc
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def adjoint_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, weights, row_tiles, out):
+    """Transpose product at the non-empty bins: ``out[row, k] += sum_q R[k, c_q] w_q [row_q == row]``.
+
+    ``out`` (n_rows, n_padded), internal numbering, must be zeroed by the caller.
+    """
+    for t in numba.prange(row_tiles.shape[0] - 1):
+        lo = row_tiles[t]
+        hi = row_tiles[t + 1]
+        for a in range(active_cols.shape[0]):
+            c = active_cols[a]
+            b0 = col_ptr[c]
+            b1 = col_ptr[c + 1]
+            for q in range(data_ptr[c], data_ptr[c + 1]):
+                s = data_row[q]
+                if s < lo or s >= hi:
+                    continue
                 w = weights[q]
                 if w == 0.0:
                     continue
-                grow = g[data_row[q]]
-                for p in range(p0, p1):
-                    grow[col_idx[p]] += col_val[p] * w
-    total = partial[0]
-    for t in range(1, n_parts):
-        total += partial[t]
-    return total
+                g = out[s]
+                for b in range(b0, b1):
+                    base = block[b] * BLOCK
+                    for u in range(BLOCK):
+                        g[base + u] += values[b, u] * w
 
 
-@numba.njit(cache=True)
-def scatter_columns(col_of_entry, n_columns):
-    """Stable counting sort of entries by column.
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def fold_all_columns(col_ptr, block, values, rows_t, out):
+    """Dense product ``out[c, r] = sum_k R[k, c] rows_t[k, r]`` for every CDS column c.
 
-    Entries given in ascending source index stay ascending within each column.
-
-    Returns
-    -------
-    col_ptr : ndarray of int64, shape (n_columns + 1,)
-    position : ndarray of int64
-        Destination of each input entry in column-compressed storage.
+    ``rows_t`` is (n_padded, n_rows) in the internal numbering: the inner loop over
+    rows is contiguous.
     """
-    counts = np.zeros(n_columns + 1, dtype=np.int64)
-    for i in range(col_of_entry.shape[0]):
-        counts[col_of_entry[i] + 1] += 1
-    col_ptr = np.cumsum(counts)
-    fill = col_ptr[:-1].copy()
-    position = np.empty(col_of_entry.shape[0], dtype=np.int64)
-    for i in range(col_of_entry.shape[0]):
-        c = col_of_entry[i]
-        position[i] = fill[c]
-        fill[c] += 1
-    return col_ptr, position
+    n_rows = rows_t.shape[1]
+    for c in numba.prange(col_ptr.shape[0] - 1):
+        acc = np.zeros(n_rows)
+        for b in range(col_ptr[c], col_ptr[c + 1]):
+            base = block[b] * BLOCK
+            for u in range(BLOCK):
+                v = np.float64(values[b, u])
+                if v != 0.0:
+                    source = rows_t[base + u]
+                    for r in range(n_rows):
+                        acc[r] += v * source[r]
+        out[c, :] = acc

@@ -155,12 +155,17 @@ def _set(parameter, value, lo, hi):
     parameter.value = value
 
 
+def _set_if_free(parameter, value, lo, hi):
+    if parameter.free:
+        _set(parameter, value, lo, hi)
+
+
 def _set_position(shape, l, b, sigma):
     params = shape.parameters
     span = max(3 * sigma, 2.0)
     if "l0" in params:
-        _set(params["l0"], l, l - span, l + span)
-        _set(params["b0"], b, max(-90.0, b - span), min(90.0, b + span))
+        _set_if_free(params["l0"], l, l - span, l + span)
+        _set_if_free(params["b0"], b, max(-90.0, b - span), min(90.0, b + span))
         return
     frame = function_frame(shape)
     vec = hp.ang2vec(l, b, lonlat=True)
@@ -168,8 +173,8 @@ def _set_position(shape, l, b, sigma):
         vec = frame_rotation("galactic", frame) @ vec
     lon, lat = (float(a[0]) for a in hp.vec2ang(vec, lonlat=True))
     span_lon = span / max(np.cos(np.radians(lat)), 0.1)
-    _set(params["lon0"], lon, lon - span_lon, lon + span_lon)
-    _set(params["lat0"], lat, max(-90.0, lat - span), min(90.0, lat + span))
+    _set_if_free(params["lon0"], lon, lon - span_lon, lon + span_lon)
+    _set_if_free(params["lat0"], lat, max(-90.0, lat - span), min(90.0, lat + span))
 
 
 def _set_size(shape, sigma):
@@ -182,8 +187,8 @@ def _set_size(shape, sigma):
         "scale_height": sigma / np.sqrt(2.0),   # exponential in b: <b^2> = 2 h^2
     }
     for name, value in sizes.items():
-        if name in params and params[name].free:
-            _set(params[name], value, value / 4.0, value * 4.0)
+        if name in params:
+            _set_if_free(params[name], value, value / 4.0, value * 4.0)
 
 
 def _set_normalization(spectrum, ei_edges, target_flux):
@@ -205,9 +210,10 @@ def initialize_from_image(model, image, radius_deg=None, sources=None):
 
     For each extended source (or those named in `sources`), the image moments in
     a disc around the image peak nearest to the source's current centre give the
-    centroid, the width and the flux; they set the position, size and spectral
-    normalization with bounds (position +- 3 widths, size /4..x4, normalization
-    /10..x10). The disc radius is where the enclosed flux stops growing.
+    centroid, the width and the flux; they set the free position, size and
+    spectral normalization parameters with bounds (position +- 3 widths, size
+    /4..x4, normalization /10..x10). The disc radius is where the enclosed flux
+    stops growing; sources sharing a peak share its flux equally.
 
     Parameters
     ----------
@@ -227,28 +233,35 @@ def initialize_from_image(model, image, radius_deg=None, sources=None):
     """
     ei_edges = image.axes[1].edges.to_value(u.keV)
     names = list(sources) if sources is not None else list(model.extended_sources)
+    unknown = [name for name in names if name not in model.extended_sources]
+    if unknown:
+        raise CosiInputError(f"{unknown} are not extended sources of the model "
+                             f"(extended sources: {list(model.extended_sources)})")
+    peaks = image_peaks(image)
+    if not peaks:
+        raise CosiInputError("the RL image has no positive peak to initialize from")
+    # the significant image peak nearest to where the model puts each source
+    chosen = {}
+    for name in names:
+        center = _center_of(model.extended_sources[name].spatial_shape)
+        chosen[name] = None if center is None else min(peaks, key=lambda p: _angle(p, center))
     used = {}
     for name in names:
-        if name not in model.extended_sources:
-            raise CosiInputError(f"'{name}' is not an extended source of the model "
-                                 f"(extended sources: {list(model.extended_sources)})")
         source = model.extended_sources[name]
         shape = source.spatial_shape
-        center = _center_of(shape)
-        if center is None:
+        peak = chosen[name]
+        if peak is None:
             logger.info("source %s: shape %s has no centre; only its normalization is set", name, shape.name)
             moments = {"total_flux": float(_image_array(image)[0].clip(0).sum() * 4 * np.pi / image.axes[0].nbins)}
+            sharing = sum(1 for p in chosen.values() if p is None)
         else:
-            # the significant image peak nearest to where the model puts the source
-            peaks = image_peaks(image)
-            if not peaks:
-                raise CosiInputError("the RL image has no positive peak to initialize from")
-            peak = min(peaks, key=lambda p: _angle(p, center))
             radius = radius_deg or enclosing_radius(image, peak)
             moments = image_moments(image, peak, radius)
             _set_position(shape, moments["l"], moments["b"], moments["sigma"])
             _set_size(shape, moments["sigma"])
-        normalization = _set_normalization(source.spectrum.main.shape, ei_edges, moments["total_flux"])
+            sharing = sum(1 for p in chosen.values() if p == peak)
+        # overlapping components (e.g. a bulge and a disk) share the flux of their peak
+        normalization = _set_normalization(source.spectrum.main.shape, ei_edges, moments["total_flux"] / sharing)
         logger.info("source %s initialized from the RL image: %s (normalization %s)", name,
                     {k: v for k, v in moments.items() if k != "flux"}, normalization)
         used[name] = moments

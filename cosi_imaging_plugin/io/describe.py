@@ -1,0 +1,69 @@
+"""A short text description of any COSI file this package reads."""
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import CosiFileError
+
+
+def _axes_lines(axes):
+    lines = []
+    for axis in axes:
+        if hasattr(axis, "nside"):
+            frame = getattr(getattr(axis, "coordsys", None), "name", None)
+            lines.append(f"  {axis.label}: HEALPix NSIDE {axis.nside} {axis.scheme} ({frame}), {axis.nbins} pixels")
+        else:
+            edges = axis.edges
+            lines.append(f"  {axis.label}: {axis.nbins} bins, {edges[0]} .. {edges[-1]}")
+    return lines
+
+
+def describe_file(path):
+    """Describe a response, histogram, orientation or exposure-table file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+
+    Returns
+    -------
+    str
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CosiFileError(f"{path} does not exist")
+    if path.suffix == ".ori":
+        from .orientation import Orientation
+
+        ori = Orientation.read(path)
+        t = ori.unix_seconds
+        return (f"{path}: orientation, {len(t)} samples over {t[-1] - t[0]:.1f} s, "
+                f"livetime {ori.total_livetime.to_value('s'):.1f} s")
+    if path.suffix in (".fits", ".fit"):
+        from .exposure_table import ExposureTable
+
+        table = ExposureTable.read(path)
+        return f"{path}: exposure table, {len(table)} ScAtt bins at NSIDE {table.nside} ({table.scheme})"
+    try:
+        with h5py.File(path, "r") as f:
+            is_response = "DRM" in f
+            groups = list(f.keys())
+    except OSError as exc:
+        raise CosiFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    if is_response:
+        from .response import FullDetectorResponse
+
+        with FullDetectorResponse.open(path) as rsp:
+            kind = "sparse" if rsp.is_sparse else "dense"
+            head = f"{path}: FullDetectorResponse v{rsp.version} ({kind}), unit {rsp.unit}, shape {rsp.shape}"
+            return "\n".join([head, *_axes_lines(rsp.axes)])
+    from .histograms import read_histogram
+
+    name = "hist" if "hist" in groups else groups[0]
+    hist = read_histogram(path, name=name)
+    contents = hist.contents
+    values = contents.data if hasattr(contents, "coords") else np.asarray(getattr(contents, "value", contents))
+    head = (f"{path}: histogram '{name}', shape {tuple(int(n) for n in hist.axes.nbins)}, unit {hist.unit}, "
+            f"{'sparse' if hist.is_sparse else 'dense'}, total {float(np.sum(values)):.6g}")
+    return "\n".join([head, *_axes_lines(hist.axes)])
