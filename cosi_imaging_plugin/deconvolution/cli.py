@@ -7,7 +7,8 @@ relative to the manifest)::
     ccm: ccm.h5                      # [ScAtt, lb, NuLambda]
     data_scatt: data_scatt.h5        # counts [ScAtt, Em, Phi, PsiChi]
     data_galactic: data_gal.h5       # counts [Em, Phi, PsiChi] in the Galactic frame (optional)
-    backgrounds: {albedo: bkg.h5}    # templates with the axes of the data used
+    backgrounds: {albedo: bkg.h5}    # templates [ScAtt, Em, Phi, PsiChi] for data_scatt
+    backgrounds_galactic: {albedo: bkg_gal.h5}   # templates for data_galactic
     exposure_table: exposure.fits    # needed for a Galactic-CDS analysis
     orientation: orbit.ori
     parameter_file: parfile.yml      # used when no PARFILE is given
@@ -24,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.yaml"
 #: Roles a manifest may name; ``backgrounds`` maps names to files.
-ROLES = ("response", "ccm", "data_scatt", "data_galactic", "backgrounds", "exposure_table", "orientation",
-         "parameter_file")
+ROLES = ("response", "ccm", "data_scatt", "data_galactic", "backgrounds", "backgrounds_galactic", "exposure_table",
+         "orientation", "parameter_file")
+#: Roles that map background names to files.
+BACKGROUND_ROLES = ("backgrounds", "backgrounds_galactic")
 
 
 def read_manifest(data_dir):
@@ -69,10 +72,10 @@ def read_manifest(data_dir):
         if role not in ROLES:
             logger.info("%s: role '%s' is not used by the deconvolution", path, role)
             continue
-        if role == "backgrounds":
+        if role in BACKGROUND_ROLES:
             if not isinstance(value, dict):
-                raise CosiFileError(f"{path}: 'backgrounds' must map names to files, got {value!r}")
-            out[role] = {str(name): resolve(f"backgrounds:{name}", file) for name, file in value.items()}
+                raise CosiFileError(f"{path}: '{role}' must map names to files, got {value!r}")
+            out[role] = {str(name): resolve(f"{role}:{name}", file) for name, file in value.items()}
         else:
             out[role] = resolve(role, value)
     return out
@@ -110,7 +113,9 @@ def build_dataset(manifest, name="data", cds="auto", rtol=0.0, dtype=np.float32)
     missing = [role for role in needed if role not in manifest]
     if missing:
         raise CosiFileError(f"the manifest lacks role(s) {missing} needed for a {cds} analysis")
-    backgrounds = {k: read_histogram(v, counts=True) for k, v in manifest.get("backgrounds", {}).items()}
+    # the templates must have the binning of the data analysed
+    role = "backgrounds" if cds == "scatt" else "backgrounds_galactic"
+    backgrounds = {k: read_histogram(v, counts=True) for k, v in manifest.get(role, {}).items()}
     response = ColumnResponse.from_file(manifest["response"], rtol=rtol, dtype=dtype)
     ccm = read_ccm(manifest["ccm"])
     if cds == "scatt":

@@ -1,0 +1,98 @@
+"""The end-to-end pipeline and the command line."""
+import copy
+import json
+
+import pytest
+import yaml
+
+from cosi_imaging_plugin.cli import main
+from cosi_imaging_plugin.errors import CosiInputError
+from cosi_imaging_plugin.pipeline import read_fit_config, run_pipeline
+
+from test_simulate import tiny_config
+
+PRODUCTS = ["summary.json", "fit_results.fits", "fit_results.txt", "rl_image.png", "rl_image_log.png",
+            "fitted_model.png", "residuals_phi.png", "residuals_psichi.png", "rl/results.h5", "rl/results.fits",
+            "rl/convergence.png"]
+
+
+def fit_config(data):
+    """The demo's model on another dataset: bulge width and flux, disk flux, two background norms."""
+    config = copy.deepcopy(read_fit_config("demo_mini_511keV"))
+    config.pop("_base")
+    config["data"] = data
+    config["deconvolution"]["overrides"] = ["deconvolution:parameter:iteration_max = 10"]
+    return config
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """Simulate a small bulge + disk dataset (two days, NSIDE 8) and run the whole pipeline on it."""
+    root = tmp_path_factory.mktemp("pipeline")
+    sim = tiny_config(name="small", sky=[{"preset": "bulge_511"}, {"preset": "disk_511"}],
+                      backgrounds={"albedo": {"kind": "albedo", "rate": 0.11},
+                                   "instrumental": {"kind": "instrumental", "rate": 0.07}})
+    sim["instrument"]["overrides"]["binning"].update(nside=8, phi_edges_deg={"start": 0.0, "stop": 180.0,
+                                                                             "bins": 15})
+    sim.update(scatt_nside=8, model_nside=8, galactic=False, response_rtol=1e-3)
+    sim["orbit"].update(duration_s=2 * 86400.0, rocking_period_s=86400.0)
+    sim_path = root / "small.yaml"
+    sim_path.write_text(yaml.safe_dump(sim))
+    out = root / "out"
+    summary = run_pipeline(fit_config({"simulate": str(sim_path)}), out, progress=False)
+    return out, summary
+
+
+def test_pipeline_writes_every_product(pipeline_run):
+    out, summary = pipeline_run
+    for name in PRODUCTS:
+        assert (out / name).is_file(), name
+    written = json.loads((out / "summary.json").read_text())
+    assert written["sources"] == summary["sources"]
+    assert set(summary["sources"]) == {"bulge_511", "disk_511"}
+    assert set(summary["backgrounds"]) == {"albedo", "instrumental"}
+
+
+def test_pipeline_recovers_injected_fluxes(pipeline_run):
+    _, summary = pipeline_run
+    for name, entry in summary["sources"].items():
+        # a 3-sigma bound: a false failure has probability 0.3% per source
+        assert abs(entry["flux_pull"]) < 3.0, (name, entry)
+    for name, entry in summary["backgrounds"].items():
+        assert abs(entry["pull"]) < 3.0, (name, entry)
+
+
+def test_cached_dataset_is_reused(pipeline_run, caplog):
+    out, _ = pipeline_run
+    manifest = next((out / "data").glob("*/manifest.yaml"))
+    stamp = manifest.stat().st_mtime
+    config = fit_config({"manifest": str(manifest)})
+    config["deconvolution"]["overrides"] = ["deconvolution:parameter:iteration_max = 2"]
+    run_pipeline(config, out / "again", progress=False)
+    assert manifest.stat().st_mtime == stamp
+
+
+def test_bad_fit_configuration_names_the_key(tmp_path):
+    config = fit_config({"simulate": "mini_511keV"})
+    config["modle"] = {}
+    with pytest.raises(CosiInputError, match="modle"):
+        read_fit_config(config)
+    config = fit_config({"simulate": "mini_511keV", "manifest": "x"})
+    with pytest.raises(CosiInputError, match="exactly one"):
+        read_fit_config(config)
+
+
+def test_cli_info_and_errors(fixtures_dir, capsys):
+    assert main(["-q", "info", str(fixtures_dir / "test_full_detector_response.h5")]) == 0
+    assert "FullDetectorResponse v1 (sparse)" in capsys.readouterr().out
+    assert main(["-q", "info", str(fixtures_dir / "missing.h5")]) == 2
+    assert main(["-q", "fit", "no_such_config"]) == 2
+
+
+def test_cli_simulate_refuses_to_overwrite(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(galactic=False)))
+    out = tmp_path / "sim"
+    assert main(["-q", "simulate", str(config), "-o", str(out)]) == 0
+    assert (out / "manifest.yaml").is_file()
+    assert main(["-q", "simulate", str(config), "-o", str(out)]) == 2
