@@ -108,3 +108,12 @@ def test_bad_edges_and_negative_spectrum():
         integrate_spectrum(Powerlaw(), [500.0, 200.0])
     with pytest.raises(CosiInputError, match="negative"):
         integrate_spectrum(lambda e: -np.ones_like(e), [100.0, 200.0])
+
+
+def test_negative_values_allowed_when_asked():
+    # a minimizer may try a negative normalization: allowed, and integrated linearly
+    line = Gaussian(F=-1e-3, mu=511.0, sigma=1.0)
+    flux = integrate_spectrum(line, [505.0, 517.0], allow_negative=True)
+    assert flux[0] == pytest.approx(-1e-3 * special.erf(6 / np.sqrt(2)), rel=1e-6)
+    with pytest.raises(CosiInputError, match="negative"):
+        integrate_spectrum(line, [505.0, 517.0])

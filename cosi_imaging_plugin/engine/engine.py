@@ -130,12 +130,18 @@ class ResponseEngine:
                     100 * self.data.nnz / (self.n_rows * self.n_columns), self.data.total_counts,
                     len(self.background_names))
 
-    def _tiles(self, cache_bytes=1 << 20):
-        """Row tile boundaries: a tile's model rows fit in about `cache_bytes`, at least one tile per thread."""
-        row_bytes = self.response.n_padded * self.dtype.itemsize
-        n_tiles = max(numba.get_num_threads(), -(-self.n_rows * row_bytes // cache_bytes))
-        n_tiles = min(n_tiles, self.n_rows)
-        return np.linspace(0, self.n_rows, n_tiles + 1).round().astype(np.int64)
+    def _tiles(self):
+        """Row tile boundaries with equal numbers of non-empty bins, two tiles per thread.
+
+        Counts are spread very unevenly over the rows (long and short attitude
+        bins), so equal row ranges would leave a thread idle; two tiles per thread
+        keep each tile's model rows small enough to stay in cache.
+        """
+        n_tiles = min(2 * numba.get_num_threads(), self.n_rows)
+        cumulative = np.concatenate([[0], np.cumsum(np.bincount(self.data.row, minlength=self.n_rows))])
+        tiles = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_tiles + 1), side="left")
+        tiles[0], tiles[-1] = 0, self.n_rows
+        return np.unique(tiles).astype(np.int64)
 
     def with_data(self, data, backgrounds=None):
         """A new engine on other counts, sharing this one's response, mapping and exposure.

@@ -83,7 +83,7 @@ def adjoint_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, wei
                 s = data_row[q]
                 if s < lo or s >= hi:
                     continue
-                w = weights[q]
+                w = out.dtype.type(weights[q])
                 if w == 0.0:
                     continue
                 g = out[s]

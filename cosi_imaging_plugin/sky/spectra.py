@@ -86,5 +86,5 @@ def _name(function):
 def _check_values(values, function, allow_negative):
     if not np.all(np.isfinite(values)):
         raise CosiInputError(f"spectrum {_name(function)} returned NaN or infinite values")
-    if np.any(values < 0):
+    if not allow_negative and np.any(values < 0):
         raise CosiInputError(f"spectrum {_name(function)} returned negative flux")
