@@ -19,89 +19,31 @@ one gradient of a fit needs. Printed figures (last line: one JSON object):
 - ``speedup = dense_s / sparse_s``, ``limit_ratio = sparse_s / limit_s``,
   ``peak_mb`` (resident memory during the sparse iterations, dense arrays freed).
 """
-import argparse
 import gc
 import logging
 import sys
 from pathlib import Path
 
-import healpy as hp
 import numpy as np
-import sparse
-from astropy import units as u
-from histpy import Axes, Axis, Histogram
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _dc2  # noqa: E402
 from _common import PeakRSS, gemm_rate, memory_read_bandwidth, report, timed  # noqa: E402
 
-from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse, ResponseEngine  # noqa: E402
-from cosi_imaging_plugin.exposure import ExposureTable, coordsys_conversion_matrix  # noqa: E402
-from cosi_imaging_plugin.instrument.config import InstrumentConfig  # noqa: E402
-from cosi_imaging_plugin.instrument.orbit import OrbitConfig, simulate_orbit  # noqa: E402
-from cosi_imaging_plugin.instrument.response_generator import generate_response  # noqa: E402
+from cosi_imaging_plugin.engine import ResponseEngine  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
 
-def bulge_disk_image(nside, flux_bulge=1e-3, flux_disk=1e-3):
-    """511 keV-like sky (ph cm-2 s-1 sr-1): Gaussian bulge (FWHM 20 deg) + thin disk (3 deg scale height)."""
-    lon, lat = hp.pix2ang(nside, np.arange(hp.nside2npix(nside)), lonlat=True)
-    lon = (lon + 180) % 360 - 180
-    sigma = np.radians(20 / 2.355)
-    vec = np.array(hp.ang2vec(lon, lat, lonlat=True))
-    r = np.arccos(np.clip(vec[:, 0], -1, 1))
-    bulge = np.exp(-0.5 * (r / sigma) ** 2)
-    disk = np.exp(-np.abs(lat) / 3.0) * np.exp(-0.5 * (lon / 60.0) ** 2)
-    domega = 4 * np.pi / lon.size
-    image = flux_bulge * bulge / (bulge.sum() * domega) + flux_disk * disk / (disk.sum() * domega)
-    return image[:, None]
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nside", type=int, default=16, help="response, model and ScAtt NSIDE")
-    parser.add_argument("--phi-bins", type=int, default=60)
-    parser.add_argument("--days", type=float, default=90.0)
-    parser.add_argument("--counts", type=float, default=1.5e6, help="total expected counts")
-    parser.add_argument("--rtol", type=float, default=1e-3, help="response truncation tolerance")
+    parser = _dc2.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="sparse iterations timed (median)")
     parser.add_argument("--dense-repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also time each step of the sparse iteration")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rng = np.random.default_rng(1)
-
-    config = InstrumentConfig.default().updated(
-        {"binning": {"nside": args.nside, "phi_edges_deg": {"start": 0.0, "stop": 180.0, "bins": args.phi_bins}}})
-    logger.info("generating the response")
-    generated = generate_response(config, dtype=np.float32)
-    dense_rsp, rsp_axes = generated.contents, generated.axes
-    del generated
-    n_nu, n_ei = dense_rsp.shape[:2]
-    cds_shape = dense_rsp.shape[2:]
-    n_columns = int(np.prod(cds_shape))
-    rsp_matrix = dense_rsp.reshape(n_nu * n_ei, n_columns)
-
-    orbit = OrbitConfig(duration_s=args.days * 86400, cadence_s=60.0, rocking_deg=22.0, inclination_deg=1.0,
-                        precession_period_days=60.0)
-    table = ExposureTable.from_orientation(simulate_orbit(orbit), nside=args.nside)
-    ccm = coordsys_conversion_matrix(table, nside_model=args.nside, nside_response=args.nside,
-                                     use_averaged_pointing=True)
-    mapping = CCMMapping(ccm)
-    n_rows = mapping.n_rows
-    logger.info("%d ScAtt bins, %d CDS bins per row", n_rows, n_columns)
-
-    image = bulge_disk_image(args.nside)
-    rows32 = mapping.forward(image, dtype=np.float32)
-    sky = rows32 @ rsp_matrix
-    # instrument-frame background: isotropic in the spacecraft frame, proportional to each bin's exposure
-    bkg_shape = rsp_matrix.sum(axis=0, dtype=np.float64)
-    bkg = (mapping.row_exposure[:, None] * bkg_shape[None, :]).astype(np.float32)
-    scale_bkg = (args.counts - sky.sum(dtype=np.float64)) / bkg.sum(dtype=np.float64)
-    bkg *= np.float32(scale_bkg)
-    counts = rng.poisson(sky + bkg).astype(np.float32)
-    logger.info("%.0f counts in %d non-empty bins of %d", counts.sum(dtype=np.float64), np.count_nonzero(counts),
-                counts.size)
+    dc2 = _dc2.build(args)
+    mapping, rsp_matrix, counts, bkg, image = dc2.mapping, dc2.response_matrix, dc2.counts, dc2.background, dc2.image
 
     def dense_iteration():
         rows = mapping.forward(image, dtype=np.float32)
@@ -116,20 +58,11 @@ def main():
     dense_s, (dense_logl, dense_t, dense_eps) = timed(dense_iteration, args.dense_repeats)
     logger.info("dense iteration: %.2f s", dense_s)
 
-    data_axes = Axes([Axis(np.arange(n_rows + 1), label="ScAtt"), *rsp_axes[2:]])
-    data = Histogram(data_axes, contents=sparse.COO.from_numpy(counts.reshape(n_rows, *cds_shape)))
-    background = Histogram(data_axes, contents=bkg.reshape(n_rows, *cds_shape))
-    nonzero = np.flatnonzero(counts)
-    dense_eps_at_bins = dense_eps.reshape(-1)[nonzero].astype(np.float64)
-    del sky, counts, dense_eps
-    gc.collect()
-
-    chunk = 64
-    response = ColumnResponse.from_chunks(
-        ((slice(i, min(n_nu, i + chunk)), dense_rsp[i:i + chunk]) for i in range(0, n_nu, chunk)),
-        rsp_axes, u.cm**2, rtol=args.rtol, dtype=np.float32)
-    dense_bytes = dense_rsp.nbytes
-    del dense_rsp, rsp_matrix, bkg
+    data, background = dc2.histograms()
+    dense_eps_at_bins = dense_eps.reshape(-1)[np.flatnonzero(counts)].astype(np.float64)
+    dense_bytes = rsp_matrix.nbytes
+    response = dc2.compressed_response(args.rtol)
+    del dc2, rsp_matrix, counts, bkg, dense_eps
     gc.collect()
     engine = ResponseEngine(response, mapping, data=data, backgrounds={"activation": background}, dtype=np.float32)
     del data, background
@@ -182,7 +115,7 @@ def main():
         "stored_response_mb": round(response.nbytes / 1e6, 0),
         "stored_fraction": round(response.nnz / (response.n_source * response.n_columns), 4),
         "rtol": args.rtol,
-        "scatt_bins": n_rows,
+        "scatt_bins": engine.n_rows,
         "nnz": nnz,
         "m_per_data_bin": round(m, 1),
         "m_per_cds_bin": round(response.mean_entries_per_column, 1),

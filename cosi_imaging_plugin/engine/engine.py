@@ -197,7 +197,7 @@ class ResponseEngine:
         return self.mapping.forward(self.image_values(image), dtype=self.dtype)
 
     # ---- the sparse-data path -----------------------------------------------------------------
-    def sky_expectation_at_bins(self, image=None, rows=None):
+    def sky_expectation_at_bins(self, image=None, rows=None, dtype=None):
         """Expected sky counts at the non-empty data bins.
 
         Parameters
@@ -206,6 +206,10 @@ class ResponseEngine:
             Sky image (see :meth:`image_values`).
         rows : ndarray, optional
             Precomputed source rows (e.g. of a point source); used instead of `image`.
+        dtype : numpy dtype, optional
+            Type of the source rows in the kernel (default: the engine's). float64
+            makes the result a smooth function of the image to ~1e-15, which
+            minimizers need; float32 rounds each row value to ~6e-8.
         """
         self._require_data()
         if rows is None:
@@ -213,7 +217,7 @@ class ResponseEngine:
         r = self.response
         out = np.empty(self.data.nnz, dtype=np.float64)
         forward_at_bins(r.col_ptr, r.block, r.values, self.data.active_cols, self.data.data_ptr, self.data.row,
-                        r.internal_rows(rows, dtype=self.dtype), self._row_tiles, out)
+                        r.internal_rows(rows, dtype=dtype or self.dtype), self._row_tiles, out)
         return out
 
     def background_at_bins(self, bkg_norms=None):

@@ -45,7 +45,8 @@ def forward_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, mod
     for t in numba.prange(row_tiles.shape[0] - 1):
         lo = row_tiles[t]
         hi = row_tiles[t + 1]
-        lanes = np.zeros(BLOCK, dtype=model_rows.dtype)
+        # float64 lanes: the likelihood must be a smooth function of the model for minimizers
+        lanes = np.zeros(BLOCK)
         for a in range(active_cols.shape[0]):
             c = active_cols[a]
             b0 = col_ptr[c]

@@ -16,7 +16,7 @@ from astropy.coordinates import FK5, ICRS, CartesianRepresentation, Galactic, Sk
 from ..errors import CosiInputError
 
 # Parameters that set the angular scale of astromodels' shapes (degrees).
-_SIZE_PARAMETERS = ("sigma", "radius", "a", "b")
+_SIZE_PARAMETERS = ("sigma", "radius", "a", "b", "sigma_l", "sigma_b", "scale_height")
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,13 +127,31 @@ class Rasterizer:
             mean[sel], spread[sel] = self._mean(function, pixels[sel], level)
         return mean, spread
 
-    def __call__(self, function):
+    def level_for(self, function, max_level=4):
+        """Uniform split level resolving `function`: sub-pixels at most half its smallest size."""
+        _, size = _center_and_size(function)
+        if size is None:
+            return 2
+        pixel_size = np.degrees(np.sqrt(self.pixel_area))
+        return int(np.clip(np.ceil(np.log2(2 * pixel_size / size)), 1, max_level))
+
+    def __call__(self, function, level=None):
         """Pixel means [npix] of ``function(lon, lat)`` (same unit as the function, e.g. sr^-1).
 
-        Pixels whose sub-pixel values differ (edges, steep gradients) are split
-        further until the summed change of their flux between two levels is below
-        ``rtol`` times the total flux, or ``max_level`` is reached.
+        Parameters
+        ----------
+        function : callable
+            An astromodels Function2D or any ``f(lon, lat)``.
+        level : int, optional
+            Split every pixel into ``4**level`` sub-pixels, the same everywhere: the
+            result is then a smooth function of the shape's parameters, which a
+            minimizer needs. By default the split is adaptive: pixels whose
+            sub-pixel values differ (edges, steep gradients) are split further until
+            the summed change of their flux between two levels is below ``rtol``
+            times the total flux, or ``max_level`` is reached.
         """
+        if level is not None:
+            return self._mean(function, np.arange(self.npix), int(level))[0]
         levels = self._start_levels(function)
         everything = np.arange(self.npix)
         image, spread = self._mean_at(function, everything, levels)

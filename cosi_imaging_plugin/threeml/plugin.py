@@ -82,6 +82,8 @@ class COSIImagingLike(PluginPrototype):
         self._saturated = float(np.sum(self._counts * np.log(self._counts) - self._counts) - engine.data.log_factorial)
         self._model = None
         self._folders = {}
+        # background norms of the plugin this dataset was simulated from (see get_simulated_dataset)
+        self._parent_backgrounds = {}
 
     # ---- construction from files -----------------------------------------------------------------
     @classmethod
@@ -146,9 +148,27 @@ class COSIImagingLike(PluginPrototype):
             logger.warning("model for %s has no point or extended source", self.name)
         self._model = likelihood_model
         self._folders = folders
+        self._fix_copied_parent_norms(likelihood_model)
         # fold once now: a source that cannot be rasterized or integrated fails before the fit starts
         for folder in folders.values():
             folder.check()
+
+    def _fix_copied_parent_norms(self, likelihood_model):
+        """Fix the copies of the background norms of the plugin this dataset was simulated from.
+
+        3ML's ``GoodnessOfFit`` and ``LikelihoodRatioTest`` fit each simulated dataset with a
+        clone of the best-fit model, which carries copies of the original plugin's nuisance
+        parameters as external parameters. Nothing in the simulated dataset constrains them, so
+        left free they make the fit degenerate (MIGRAD fails); they are fixed at their best-fit
+        values. The original plugin's own parameters (a model shared with it) are left alone.
+        """
+        parameters = likelihood_model.parameters
+        for name, original in self._parent_backgrounds.items():
+            copy = parameters.get(name)
+            if copy is not None and copy is not original and copy.free:
+                copy.free = False
+                logger.info("%s: fixed %s = %g, a copy of a nuisance parameter of the dataset it was "
+                            "simulated from", self.name, name, copy.value)
 
     def background_norms(self):
         """Current background normalizations {template: value}."""
@@ -223,6 +243,7 @@ class COSIImagingLike(PluginPrototype):
                               log_like_offset=self._log_like_offset, function_frame=self._function_frame)
         for bkg, par in self._background_parameters.items():
             new._background_parameters[bkg].value = par.value
+        new._parent_backgrounds = {par.name: par for par in self._background_parameters.values()}
         return new
 
     @property

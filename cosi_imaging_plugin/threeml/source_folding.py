@@ -47,6 +47,7 @@ class SeparableSourceFolder:
             if getattr(shape, "n_dim", 2) != 2:
                 raise CosiInputError(f"source '{self.name}': spatial shape {shape.name} is not a Function2D")
         self._state = None
+        self._level = None
         self.spatial_map = None
         self.folded = None
         self.exposure = None
@@ -72,7 +73,10 @@ class SeparableSourceFolder:
             image = np.zeros(self.rasterizer.npix)
             np.add.at(image, pixels, weights / self.rasterizer.pixel_area)
             return image
-        return self.rasterizer(self.source.spatial_shape)
+        if self._level is None:
+            # fixed once per source: an adaptive split would make the likelihood jump as parameters move
+            self._level = self.rasterizer.level_for(self.source.spatial_shape)
+        return self.rasterizer(self.source.spatial_shape, level=self._level)
 
     def update(self):
         """Re-fold if the morphology changed since the last call; return True if it did."""
@@ -85,7 +89,8 @@ class SeparableSourceFolder:
         unit_image = np.zeros((self.spatial_map.size, n_ei))
         for e in range(n_ei):
             unit_image[:, e] = self.spatial_map
-            self.folded[e] = self.engine.sky_expectation_at_bins(unit_image)
+            # float64 rows: a smooth likelihood for the minimizer
+            self.folded[e] = self.engine.sky_expectation_at_bins(unit_image, dtype=np.float64)
             unit_image[:, e] = 0.0
         # expected counts over all bins per unit flux in each Ei bin
         self.exposure = np.einsum("j,je->e", self.spatial_map, self.engine.exposure_map)
@@ -167,7 +172,8 @@ class Function3DSourceFolder:
         state = self._state_now()
         if state != self._state:
             image = self.image()
-            self._cached = (self.engine.sky_expectation_at_bins(image), float(np.sum(self.engine.exposure_map * image)))
+            self._cached = (self.engine.sky_expectation_at_bins(image, dtype=np.float64),
+                            float(np.sum(self.engine.exposure_map * image)))
             self._state = state
             self.n_folds += 1
         return self._cached
