@@ -84,10 +84,11 @@ def test_rl_start_converges_in_fewer_calls_to_the_same_optimum(rl_setup):
         fits[label] = (CountingPlugin.calls, jl.results.get_statistic_frame()["-log(likelihood)"]["total"], results)
     (calls_default, like_default, res_default), (calls_rl, like_rl, res_rl) = fits["default"], fits["rl"]
     assert calls_rl < calls_default
-    # the same optimum: likelihood within 0.01 and parameters within a tenth of their errors
+    # the same optimum: -log(likelihood) within 0.01, so each parameter within sqrt(2 x 0.01) = 0.14 of its
+    # error (a parabolic likelihood); 0.2 sigma bounds that
     assert like_rl == pytest.approx(like_default, abs=0.01)
     for name in res_rl.index:
-        assert abs(res_rl.loc[name, "value"] - res_default.loc[name, "value"]) < 0.1 * res_rl.loc[name, "error"]
+        assert abs(res_rl.loc[name, "value"] - res_default.loc[name, "value"]) < 0.2 * res_rl.loc[name, "error"]
 
 
 def test_template_source_from_rl_image_fits_its_normalization(rl_setup, tmp_path):

@@ -213,7 +213,9 @@ class ResponseEngine:
         """
         self._require_data()
         if rows is None:
-            rows = self.source_rows(image)
+            # the rows in the requested type from the start: rounding them to the engine's type first
+            # would undo the smoothness that float64 is asked for
+            rows = self.mapping.forward(self.image_values(image), dtype=dtype or self.dtype)
         r = self.response
         out = np.empty(self.data.nnz, dtype=np.float64)
         forward_at_bins(r.col_ptr, r.block, r.values, self.data.active_cols, self.data.data_ptr, self.data.row,

@@ -127,13 +127,21 @@ class Rasterizer:
             mean[sel], spread[sel] = self._mean(function, pixels[sel], level)
         return mean, spread
 
-    def level_for(self, function, max_level=4):
-        """Uniform split level resolving `function`: sub-pixels at most half its smallest size."""
-        _, size = _center_and_size(function)
-        if size is None:
-            return 2
+    def level_for(self, function, default=3, max_level=4):
+        """Uniform split level for fitting `function`, fixed by its definition, not its current values.
+
+        Sub-pixels are at most half the smallest size the shape may take (the lower
+        bound of its size parameters); without such bounds, ``default``. A level
+        that depended on the current values would make cached and fresh
+        evaluations of the same model differ.
+        """
+        params = getattr(function, "parameters", {})
+        floors = [float(params[name].min_value) for name in _SIZE_PARAMETERS
+                  if name in params and params[name].min_value is not None and params[name].min_value > 0]
+        if not floors:
+            return default
         pixel_size = np.degrees(np.sqrt(self.pixel_area))
-        return int(np.clip(np.ceil(np.log2(2 * pixel_size / size)), 1, max_level))
+        return int(np.clip(np.ceil(np.log2(2 * pixel_size / min(floors))), 1, max_level))
 
     def __call__(self, function, level=None):
         """Pixel means [npix] of ``function(lon, lat)`` (same unit as the function, e.g. sr^-1).
