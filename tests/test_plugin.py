@@ -6,7 +6,7 @@ import pytest
 from astromodels import (Band, Disk_on_sphere, ExtendedSource, Gaussian, Gaussian_on_sphere, Line, Model,
                          PointSource, Powerlaw)
 from scipy import stats
-from threeML import DataList, JointLikelihood
+from threeML import DataList, GoodnessOfFit, JointLikelihood
 
 from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.sky.rasterize import Rasterizer
@@ -172,6 +172,27 @@ def test_simulated_dataset_is_a_poisson_draw_of_the_model(point_setup):
     sim.set_model(Model(crab_like()))
     assert np.isfinite(sim.get_log_like())
 
+
+
+def test_goodness_of_fit_fits_only_the_simulated_datasets_parameters(point_setup):
+    """GoodnessOfFit refits a clone of the best-fit model, which carries copies of the original
+    plugin's background norms: they are fixed, the simulated dataset's own norms are fitted."""
+    engine, _, _ = point_setup
+    model = Model(crab_like())
+    model.crab.spectrum.main.Powerlaw.K.bounds = (1e-6, 1e-2)
+    plugin = COSIImagingLike("cosi", engine)
+    jl = JointLikelihood(model, DataList(plugin), verbose=False)
+    jl.fit(quiet=True)
+    gof, parameters, likes = GoodnessOfFit(jl).by_mc(n_iterations=2)
+    assert 0.0 <= gof["total"] <= 1.0 and 0.0 <= gof["cosi"] <= 1.0
+    fitted = set(parameters.index.get_level_values(1))
+    assert "cosi_sim_instrumental_norm" in fitted and "cosi_instrumental_norm" not in fitted
+    # the original model keeps its own norm free
+    assert model.parameters["cosi_instrumental_norm"].free
+    # a model shared with the original plugin is not touched
+    sim = plugin.get_simulated_dataset("cosi_sim", seed=1)
+    sim.set_model(model)
+    assert model.parameters["cosi_instrumental_norm"].free
 
 # ---- bad input ------------------------------------------------------------------------------------
 def test_negative_spectrum_is_an_error_before_the_fit(point_setup):
