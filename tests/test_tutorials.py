@@ -6,7 +6,6 @@ the Agg matplotlib backend. A failing cell fails the test with the cell's source
 The notebook on the COSI team's files gets their directory through ``COSI_FIXTURES`` (from the
 ``fixtures_dir`` fixture, which fails under CI when they are missing).
 """
-import os
 import re
 import sys
 from pathlib import Path
