@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_path
 from .errors import CosiInputError
+from .io.yaml_files import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,7 @@ def read_fit_config(config):
         if not path.is_file():
             path = builtin_fit_config(str(config))
         base = path.parent
-        try:
-            config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise CosiInputError(f"{path}: not valid YAML: {exc}") from exc
+        config = read_yaml(path, "fit configuration")
     if not isinstance(config, dict):
         raise CosiInputError("a fit configuration must be a mapping")
     unknown = set(config) - FIT_KEYS

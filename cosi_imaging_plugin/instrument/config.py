@@ -22,7 +22,8 @@ import yaml
 from scipy.optimize import brentq
 from scipy.special import ndtr
 
-from ..errors import CosiInputError, CosiFileError
+from ..errors import CosiInputError
+from ..io.yaml_files import read_yaml
 from . import kinematics
 
 log = logging.getLogger(__name__)
@@ -417,14 +418,7 @@ class InstrumentConfig:
             names the file and the key).
         """
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise CosiFileError(f"{path}: cannot read instrument configuration: {exc}") from exc
-        try:
-            mapping = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CosiFileError(f"{path}: not valid YAML: {exc}") from exc
+        mapping = read_yaml(path, "instrument configuration")
         config = cls.from_dict(mapping, source=str(path))
         log.debug("read instrument configuration '%s' from %s", config.name, path)
         return config

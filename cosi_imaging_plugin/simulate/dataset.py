@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .._atomic import atomic_directory, atomic_path
 from ..errors import CosiFileError, CosiInputError
+from ..io.yaml_files import read_yaml
 from ..instrument.config import InstrumentConfig
 from ..instrument.orbit import OrbitConfig
 from .backgrounds import BACKGROUND_KINDS, fold_rows, scale_rows, template_rows
@@ -304,14 +305,7 @@ class SimulationConfig:
         SimulationConfig
         """
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise CosiFileError(f"{path}: cannot read simulation configuration: {exc}") from exc
-        try:
-            mapping = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CosiFileError(f"{path}: not valid YAML: {exc}") from exc
+        mapping = read_yaml(path, "simulation configuration")
         return cls.from_dict(mapping, source=str(path), base_dir=path.parent)
 
     def to_dict(self):
