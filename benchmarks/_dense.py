@@ -22,7 +22,8 @@ def dense_engine(engine, response_matrix):
     dense = copy.copy(engine)
     shape = (engine.n_rows, engine.n_columns)
 
-    def sky_expectation_at_bins(image=None, rows=None):
+    def sky_expectation_at_bins(image=None, rows=None, dtype=None):
+        # `dtype` is accepted for interface parity; the baseline always works in float32
         if rows is None:
             rows = engine.mapping.forward(engine.image_values(image), dtype=np.float32)
         full = np.tensordot(np.asarray(rows, dtype=np.float32), response_matrix, axes=(1, 0))

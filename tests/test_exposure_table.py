@@ -102,6 +102,18 @@ def test_grouping_first_seen_order_and_totals():
                   == table.healpix_index_z)
 
 
+def test_mean_attitudes_are_the_averaged_pointings():
+    table = ExposureTable.from_orientation(orbit(), nside=2)
+    attitudes = table.mean_attitudes()
+    assert attitudes.shape == (len(table), 3, 3)
+    for b in range(len(table)):
+        np.testing.assert_array_equal(attitudes[b], table.rotation_matrices(b, averaged=True)[0])
+    # proper rotations whose z column points at the averaged z pointing
+    np.testing.assert_allclose(np.linalg.det(attitudes), 1.0, atol=1e-12)
+    z = hp.ang2vec(table.zpointing_averaged[:, 0], table.zpointing_averaged[:, 1], lonlat=True)
+    np.testing.assert_allclose(attitudes[:, :, 2], z, atol=1e-12)
+
+
 def test_revisited_attitude_joins_its_first_bin():
     ori = orbit(n=400, step=30.0)  # two orbits: every attitude bin is visited twice
     table = ExposureTable.from_orientation(ori, nside=1)

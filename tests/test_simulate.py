@@ -410,7 +410,7 @@ def test_galactic_data_conserve_and_follow_rotated_expectation(tiny, tiny_expect
     assert np.all(counts == np.round(counts))
     assert counts.sum() == tiny_expectation["data"].contents.sum()  # every count moved, none lost
     table = tiny_expectation["table"]
-    attitudes = np.array([table.rotation_matrices(i, averaged=True)[0] for i in range(len(table))])
+    attitudes = table.mean_attitudes()
     expected = rotate_to_galactic(tiny_expectation["expected"], attitudes, 4, 4)
     pearson_check(counts[0], expected, "Galactic-CDS data")
     # the same data do not follow a rotation with the wrong attitudes (the check can fail)

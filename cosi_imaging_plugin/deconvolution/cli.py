@@ -17,9 +17,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..errors import CosiFileError, CosiInputError
+from ..io.manifest import read_manifest_mapping, resolve_backgrounds, resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,36 +48,15 @@ def read_manifest(data_dir):
     CosiFileError
         Missing manifest or a named file that does not exist (the role is named).
     """
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST
-    if not path.is_file():
-        raise CosiFileError(f"{path} does not exist: the data directory needs a {MANIFEST}")
-    try:
-        manifest = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CosiFileError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise CosiFileError(f"{path} must hold a mapping of roles to files")
-
-    def resolve(role, value):
-        if not isinstance(value, str):
-            raise CosiFileError(f"{path}: '{role}' must be a file name, got {value!r}")
-        file = (path.parent / value).resolve()
-        if not file.exists():
-            raise CosiFileError(f"{path}: file {file} of role '{role}' does not exist")
-        return file
-
+    path = Path(data_dir) / MANIFEST
     out = {}
-    for role, value in manifest.items():
+    for role, value in read_manifest_mapping(path).items():
         if role not in ROLES:
             logger.info("%s: role '%s' is not used by the deconvolution", path, role)
-            continue
-        if role in BACKGROUND_ROLES:
-            if not isinstance(value, dict):
-                raise CosiFileError(f"{path}: '{role}' must map names to files, got {value!r}")
-            out[role] = {str(name): resolve(f"{role}:{name}", file) for name, file in value.items()}
+        elif role in BACKGROUND_ROLES:
+            out[role] = resolve_backgrounds(path, role, value)
         else:
-            out[role] = resolve(role, value)
+            out[role] = resolve_file(path, role, value)
     return out
 
 
@@ -129,7 +108,7 @@ def build_dataset(manifest, name="data", cds="auto", rtol=0.0, dtype=np.float32)
                              f"CCM {manifest['ccm']} has {ccm.axes[0].nbins}")
     logger.info("Galactic-CDS analysis: precomputing the Galactic-frame response with the mean attitude of "
                 "each ScAtt bin")
-    attitudes = np.array([table.rotation_matrices(i, averaged=True)[0] for i in range(len(table))])
+    attitudes = table.mean_attitudes()
     gal = galactic_response(response, ccm, attitudes, rtol=rtol, dtype=dtype)
     event = read_histogram(manifest["data_galactic"], counts=True)
     return DeconvolutionDataset(name, event, backgrounds, gal, galactic=True, dtype=dtype)

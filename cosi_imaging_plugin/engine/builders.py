@@ -103,7 +103,7 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, r
         raise CosiInputError("Galactic-CDS data need an orientation file to rotate the response")
     table = ExposureTable.from_orientation(orientation, nside=nside_rsp)
     ccm = coordsys_conversion_matrix(table, nside_model or nside_rsp, nside_rsp, use_averaged_pointing=True)
-    attitudes = np.concatenate([table.rotation_matrices(i, averaged=True) for i in range(len(table))])
+    attitudes = table.mean_attitudes()
     gal = galactic_response(column_response, ccm, attitudes, nside_psichi=data.axes["PsiChi"].nside, rtol=rtol,
                             dtype=dtype)
     return ResponseEngine.from_galactic_response(gal, data=data, backgrounds=backgrounds, dtype=dtype)

@@ -12,18 +12,17 @@ ScAtt/Time row: the bins of column ``c`` are ``data_ptr[c]:data_ptr[c+1]``,
 
 The rows are split into tiles, one task per tile. A task walks the active
 columns and handles only the bins of its rows, so its part of the model rows
-``M[row, :]`` stays in cache, the model rows are read with one vector load per
-block, and in the transpose product each task writes only its own rows
-(no locks, no private copies).
+``M[row, :]`` stays in cache, and in the transpose product each task writes
+only its own rows (no locks, no private copies). Each block is one vector
+operation (:mod:`.block_ops`).
 """
 import numba
 import numpy as np
 
-#: Source entries per stored block (one 64-byte cache line of float32).
-BLOCK = 16
+from .block_ops import BLOCK, axpy_blocks, dot_blocks
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def forward_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, model_rows, row_tiles, out):
     """Expected counts at the non-empty bins: ``out[q] = sum_k M[row_q, k] R[k, c_q]``.
 
@@ -45,8 +44,6 @@ def forward_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, mod
     for t in numba.prange(row_tiles.shape[0] - 1):
         lo = row_tiles[t]
         hi = row_tiles[t + 1]
-        # float64 lanes: the likelihood must be a smooth function of the model for minimizers
-        lanes = np.zeros(BLOCK)
         for a in range(active_cols.shape[0]):
             c = active_cols[a]
             b0 = col_ptr[c]
@@ -55,19 +52,11 @@ def forward_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, mod
                 s = data_row[q]
                 if s < lo or s >= hi:
                     continue
-                row = model_rows[s]
-                lanes[:] = 0
-                for b in range(b0, b1):
-                    base = block[b] * BLOCK
-                    for u in range(BLOCK):
-                        lanes[u] += row[base + u] * values[b, u]
-                acc = 0.0
-                for u in range(BLOCK):
-                    acc += lanes[u]
-                out[q] = acc
+                # float64 accumulation: the likelihood is a smooth function of the model for minimizers
+                out[q] = dot_blocks(model_rows[s], block, values, b0, b1)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def adjoint_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, weights, row_tiles, out):
     """Transpose product at the non-empty bins: ``out[row, k] += sum_q R[k, c_q] w_q [row_q == row]``.
 
@@ -84,14 +73,8 @@ def adjoint_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, wei
                 s = data_row[q]
                 if s < lo or s >= hi:
                     continue
-                w = out.dtype.type(weights[q])
-                if w == 0.0:
-                    continue
-                g = out[s]
-                for b in range(b0, b1):
-                    base = block[b] * BLOCK
-                    for u in range(BLOCK):
-                        g[base + u] += values[b, u] * w
+                if weights[q] != 0.0:
+                    axpy_blocks(out[s], block, values, b0, b1, weights[q])
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)

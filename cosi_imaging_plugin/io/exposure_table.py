@@ -375,6 +375,17 @@ class ExposureTable:
         """True when Earth zenith and altitude are known for every pointing."""
         return self.earth_zenith is not None and self.altitude is not None
 
+    def mean_attitudes(self):
+        """The attitude of every ScAtt bin built from its averaged pointings.
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_bins, 3, 3)
+            One rotation per bin (see :meth:`rotation_matrices` with ``averaged=True``).
+        """
+        z, x = self.zpointing_averaged, self.xpointing_averaged
+        return rotation_from_axes(lonlat_to_vec(x[:, 0], x[:, 1]), lonlat_to_vec(z[:, 0], z[:, 1]))
+
     def rotation_matrices(self, index, averaged=False):
         """Attitude rotation matrices of one ScAtt bin.
 

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .._atomic import atomic_directory, atomic_path
 from ..errors import CosiFileError, CosiInputError
+from ..io.manifest import read_manifest_mapping, resolve_backgrounds, resolve_file
 from ..io.yaml_files import read_yaml
 from ..instrument.config import InstrumentConfig
 from ..instrument.orbit import OrbitConfig
@@ -520,34 +521,15 @@ def load_manifest(path):
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise CosiFileError(f"{path} does not exist: a simulated dataset directory holds a {MANIFEST_NAME}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CosiFileError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+    data = read_manifest_mapping(path)
+    if data.get("format") != MANIFEST_FORMAT:
         raise CosiFileError(f"{path}: not a simulated-dataset manifest (format must be '{MANIFEST_FORMAT}')")
-    base = path.parent.resolve()
-
-    def resolve(role, value):
-        if not isinstance(value, str):
-            raise CosiFileError(f"{path}: role '{role}' must name a file, got {value!r}")
-        file = base / value
-        if not file.is_file():
-            raise CosiFileError(f"{path}: file {file} of role '{role}' does not exist")
-        return file
-
     for role in _REQUIRED_ROLES:
         if role not in data:
             raise CosiFileError(f"{path}: missing role '{role}'")
-    files = {role: resolve(role, data[role]) for role in FILES if role in data}
-    backgrounds = {}
-    for group in ("backgrounds", "backgrounds_galactic"):
-        value = data.get(group) or {}
-        if not isinstance(value, dict):
-            raise CosiFileError(f"{path}: '{group}' must map background names to files, got {value!r}")
-        backgrounds[group] = {str(k): resolve(f"{group}:{k}", v) for k, v in value.items()}
+    files = {role: resolve_file(path, role, data[role]) for role in FILES if role in data}
+    backgrounds = {group: resolve_backgrounds(path, group, data.get(group))
+                   for group in ("backgrounds", "backgrounds_galactic")}
     return Manifest(path=path.resolve(), name=str(data.get("name", "")), seed=int(data.get("seed", -1)),
                     files=files, backgrounds=backgrounds["backgrounds"],
                     backgrounds_galactic=backgrounds["backgrounds_galactic"], truth=data.get("truth") or {},
@@ -584,11 +566,6 @@ def _rotation_table(attitude, nside_local, nside_galactic, scheme_local):
     pixels[columns, slot] = op.indices
     weights[columns, slot] = op.data
     return pixels, weights / weights.sum(axis=1, keepdims=True)
-
-
-def _scatt_attitudes(table):
-    """Mean attitude of every ScAtt bin (the one the Galactic-CDS deconvolution uses)."""
-    return np.array([table.rotation_matrices(i, averaged=True)[0] for i in range(len(table))])
 
 
 def _parameter_file(config, ei_edges):
@@ -725,7 +702,7 @@ def _simulate_into(config, out, progress):
     sky = _SkyModel(config, response, mapping)
     components = _Components(config, response, mapping, table, livetime, sky.image)
     watch.lap("sky image and background rows")
-    attitudes = _scatt_attitudes(table) if config.galactic else None
+    attitudes = table.mean_attitudes() if config.galactic else None
     draws = _draw(config, response, components, attitudes, progress)
     watch.lap("expected counts and Poisson draw")
     if not math.isclose(draws.folded_sky, sky.expected, rel_tol=1e-4, abs_tol=1e-9):
