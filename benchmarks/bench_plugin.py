@@ -19,7 +19,10 @@ The last printed line is one JSON object with ``spectral_eval_s``, ``spatial_eva
 ``baseline_eval_s``, ``spectral_speedup`` (baseline_eval_s / spectral_eval_s),
 ``spatial_speedup`` and ``fit_s``.
 """
+import cProfile
+import io
 import logging
+import pstats
 import sys
 import time
 import warnings
@@ -71,6 +74,18 @@ class UncachedPlugin(COSIImagingLike):
         return super().get_log_like()
 
 
+def log_profile(function, repeats, lines=15):
+    """Log the functions taking most of the time of `repeats` calls (cumulative, cProfile)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(repeats):
+        function()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(lines)
+    logger.info("profile of %d spatial evaluations:\n%s", repeats, text.getvalue())
+
+
 def main():
     from astromodels import Model
     from threeML import DataList, JointLikelihood
@@ -79,6 +94,7 @@ def main():
     parser = _dc2.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dense-repeats", type=int, default=2, help="calls of the dense re-fold baseline")
+    parser.add_argument("--profile", action="store_true", help="log where the time of a spatial evaluation goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     truth = source()
@@ -102,6 +118,8 @@ def main():
     widths = iter(np.linspace(8.0, 12.0, 1000))
     spatial_eval_s, _ = timed(lambda: (setattr(shape.sigma, "value", next(widths)), plugin.get_log_like()),
                               args.repeats)
+    if args.profile:
+        log_profile(lambda: (setattr(shape.sigma, "value", next(widths)), plugin.get_log_like()), args.repeats)
     refold = UncachedPlugin("cosi", engine)
     refold.set_model(model)
     refold_eval_s, _ = timed(lambda: (setattr(spectrum.K, "value", next(values)), refold.get_log_like()),

@@ -25,21 +25,27 @@ def save_image(image, path, title, log=False, energy_index=0):
     _save(fig, path)
 
 
-def plot_residuals(plugin, output_dir):
-    """Data versus model in the CDS: the Phi distribution and PsiChi maps, summed over ScAtt and Em.
+def residual_figures(plugin):
+    """Data versus model in the CDS, summed over ScAtt and Em: the Phi distribution and PsiChi maps.
 
-    Writes ``residuals_phi.png`` and ``residuals_psichi.png`` into `output_dir`.
+    Parameters
+    ----------
+    plugin : cosi_imaging_plugin.threeml.COSIImagingLike
+        With a model set.
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, matplotlib.figure.Figure)
+        Phi distribution with a residual panel; PsiChi maps of data, model and residuals.
     """
     import matplotlib.pyplot as plt
 
-    engine = plugin.engine
-    data = engine.data_cds()
-    model = engine.expectation_cds(plugin.model_image(), plugin.background_norms())
-    phi_axis = engine.cds_axes["Phi"]
-    phi_edges = phi_axis.edges.to_value("deg")
+    data, model = plugin.data_cds(), plugin.model_cds()
+    phi_edges = data.axes["Phi"].edges.to_value("deg")
     centres = 0.5 * (phi_edges[1:] + phi_edges[:-1])
-    data_phi, model_phi = data.sum(axis=(0, 2)), model.sum(axis=(0, 2))
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), gridspec_kw={"height_ratios": [3, 1]})
+    data_phi, model_phi = data.project("Phi").contents, model.project("Phi").contents
+    phi_figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 6),
+                                             gridspec_kw={"height_ratios": [3, 1]})
     top.errorbar(centres, data_phi, yerr=np.sqrt(data_phi), fmt="o", ms=3, label="data")
     top.stairs(model_phi, phi_edges, label="model", color="C1")
     top.set_ylabel("counts")
@@ -49,16 +55,22 @@ def plot_residuals(plugin, output_dir):
     bottom.axhline(0, color="k", lw=0.8)
     bottom.set_xlabel("Compton scattering angle Phi [deg]")
     bottom.set_ylabel("(d - m) / sqrt(m)")
-    _save(fig, output_dir / "residuals_phi.png")
 
-    psi_axis = engine.cds_axes["PsiChi"]
-    data_psi, model_psi = data.sum(axis=(0, 1)), model.sum(axis=(0, 1))
+    psi_axis = data.axes["PsiChi"]
+    data_psi, model_psi = data.project("PsiChi").contents, model.project("PsiChi").contents
     nest = str(psi_axis.scheme).lower() == "nested"
-    fig = plt.figure(figsize=(15, 4))
+    psichi_figure = plt.figure(figsize=(15, 4))
     with np.errstate(divide="ignore", invalid="ignore"):
         residual = np.where(model_psi > 0, (data_psi - model_psi) / np.sqrt(model_psi), hp.UNSEEN)
     for i, (values, title) in enumerate([(data_psi, "data"), (model_psi, "model"),
                                          (residual, "(d - m) / sqrt(m)")]):
-        hp.mollview(values, fig=fig.number, sub=(1, 3, i + 1), title=f"PsiChi: {title}", nest=nest,
+        hp.mollview(values, fig=psichi_figure.number, sub=(1, 3, i + 1), title=f"PsiChi: {title}", nest=nest,
                     cmap="RdBu_r" if i == 2 else "viridis")
-    _save(fig, output_dir / "residuals_psichi.png")
+    return phi_figure, psichi_figure
+
+
+def plot_residuals(plugin, output_dir):
+    """Write ``residuals_phi.png`` and ``residuals_psichi.png`` (see :func:`residual_figures`) into `output_dir`."""
+    phi_figure, psichi_figure = residual_figures(plugin)
+    _save(phi_figure, output_dir / "residuals_phi.png")
+    _save(psichi_figure, output_dir / "residuals_psichi.png")

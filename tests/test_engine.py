@@ -151,6 +151,21 @@ def test_log_likelihood_equals_scipy_poisson_sum(problem):
     assert engine.log_likelihood(problem["image"], {"albedo": 0.9}) == pytest.approx(reference, rel=1e-12)
 
 
+def test_per_row_background_norms(problem, rng):
+    engine = make_engine(problem)
+    row_norms = rng.uniform(0.5, 1.5, N_ROWS)
+    expected = problem["truth"] + row_norms.reshape(-1, *([1] * (problem["bkg"].ndim - 1))) * problem["bkg"]
+    reference = stats.poisson.logpmf(problem["counts"], expected).sum()
+    assert engine.log_likelihood(problem["image"], {"albedo": row_norms}) == pytest.approx(reference, rel=1e-12)
+    assert engine.total_expected(problem["image"], {"albedo": row_norms}) == pytest.approx(expected.sum(), rel=1e-12)
+    dense = engine.expectation(problem["image"], {"albedo": row_norms}).contents
+    np.testing.assert_allclose(dense, expected, rtol=1e-12)
+    np.testing.assert_allclose(engine.expectation_cds(problem["image"], {"albedo": row_norms}),
+                               expected.sum(axis=0), rtol=1e-12)
+    with pytest.raises(CosiInputError, match="normalization of background 'albedo' has shape"):
+        engine.total_expected(problem["image"], {"albedo": row_norms[:-1]})
+
+
 def test_background_products(problem, rng):
     engine = make_engine(problem)
     w = rng.normal(size=engine.data.nnz)

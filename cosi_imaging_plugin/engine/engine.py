@@ -117,6 +117,7 @@ class ResponseEngine:
         self._bkg_at_bins = {}
         self._bkg_total = {}
         self._bkg_hist = {}
+        self._bkg_row_totals = {}
         for name, hist in (backgrounds or {}).items():
             axes = self._data_axes_of(hist, f"background '{name}'")
             check_axes_match(axes, self.data_axes, list(axes.labels), f"background '{name}'", "data")
@@ -228,16 +229,32 @@ class ResponseEngine:
         norms = self.background_norms(bkg_norms)
         out = np.zeros(self.data.nnz)
         for name in self.background_names:
-            out += norms[name] * self._bkg_at_bins[name]
+            norm = norms[name]
+            out += (norm[self.data.row] if np.ndim(norm) else norm) * self._bkg_at_bins[name]
         return out
 
     def background_norms(self, bkg_norms=None):
-        """Normalizations for every background (1 where not given); unknown names are errors."""
+        """Normalizations for every background (1 where not given); unknown names are errors.
+
+        A normalization is a number, or an array with one value per ScAtt/Time row
+        (a template normalized separately in groups of rows).
+        """
         bkg_norms = dict(bkg_norms or {})
         unknown = set(bkg_norms) - set(self.background_names)
         if unknown:
             raise CosiInputError(f"unknown background name(s) {sorted(unknown)}; known: {self.background_names}")
-        return {name: float(bkg_norms.get(name, 1.0)) for name in self.background_names}
+        out = {}
+        for name in self.background_names:
+            value = bkg_norms.get(name, 1.0)
+            if np.ndim(value) == 0:
+                out[name] = float(value)
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != (self.n_rows,):
+                raise CosiInputError(f"normalization of background '{name}' has shape {value.shape}: expected a "
+                                     f"number or one value per row, shape ({self.n_rows},)")
+            out[name] = value
+        return out
 
     def background_template_at_bins(self, name):
         """Template of background `name` at the non-empty bins."""
@@ -247,6 +264,21 @@ class ResponseEngine:
         """Sum of background template `name` over all bins."""
         return self._bkg_total[name]
 
+    def background_row_totals(self, name):
+        """Sum of background template `name` over the CDS bins of each ScAtt/Time row, shape (n_rows,)."""
+        self._require_data()
+        if name not in self._bkg_row_totals:
+            flat, values = flat_nonzero(self._bkg_hist[name], (self.n_rows, self.n_columns),
+                                        f"background '{name}'")
+            self._bkg_row_totals[name] = np.bincount(flat // self.n_columns, weights=values, minlength=self.n_rows)
+        return self._bkg_row_totals[name]
+
+    def _background_total(self, name, norm):
+        """Expected counts of background `name` over all bins for a normalization (number or per row)."""
+        if np.ndim(norm):
+            return float(np.dot(norm, self.background_row_totals(name)))
+        return norm * self._bkg_total[name]
+
     def expectation_at_bins(self, image, bkg_norms=None):
         """Expected counts (sky + backgrounds) at the non-empty data bins."""
         return self.sky_expectation_at_bins(image) + self.background_at_bins(bkg_norms)
@@ -255,7 +287,7 @@ class ResponseEngine:
         """Expected counts summed over all data bins, from the exposure map."""
         sky = float(np.sum(self.exposure_map * self.image_values(image)))
         norms = self.background_norms(bkg_norms)
-        return sky + sum(norms[n] * self._bkg_total[n] for n in self.background_names)
+        return sky + sum(self._background_total(n, norms[n]) for n in self.background_names)
 
     def log_likelihood_from(self, expectation_at_bins, total_expected):
         """Poisson log-likelihood ``sum d ln eps - sum eps - sum ln d!``.
@@ -334,7 +366,8 @@ class ResponseEngine:
             values = np.zeros(self.n_rows * self.n_columns)
             flat, vals = flat_nonzero(bkg, (self.n_rows, self.n_columns), name)
             values[flat] = vals
-            sky += norms[name] * values.reshape(self.n_rows, self.n_columns)
+            norm = norms[name]
+            sky += (norm[:, None] if np.ndim(norm) else norm) * values.reshape(self.n_rows, self.n_columns)
         axes = self.data_axes
         if axes is None:
             row_axis = getattr(self.mapping, "row_axis", None)
@@ -352,8 +385,10 @@ class ResponseEngine:
             norms = self.background_norms(bkg_norms)
             for name in self.background_names:
                 flat, values = flat_nonzero(self._bkg_hist[name], (self.n_rows, self.n_columns), name)
-                out += norms[name] * np.bincount(flat % self.n_columns, weights=values,
-                                                 minlength=self.n_columns).reshape(self.response.cds_shape)
+                norm = norms[name]
+                weights = values * (norm[flat // self.n_columns] if np.ndim(norm) else norm)
+                out += np.bincount(flat % self.n_columns, weights=weights,
+                                   minlength=self.n_columns).reshape(self.response.cds_shape)
         return out
 
     def data_cds(self):

@@ -4,7 +4,8 @@ Point and extended sources of an astromodels ``Model`` are rasterized onto the
 engine's HEALPix model grid, folded through the response (cached per source and
 per spatial-parameter state) and fitted jointly with one normalization per named
 background template, which appear in 3ML as nuisance parameters
-``{plugin}_{template}_norm``.
+``{plugin}_{template}_norm`` (or ``{plugin}_{template}_g{k}_norm``, one per group
+of ScAtt/Time rows, when a template is split into groups).
 """
 import logging
 
@@ -45,10 +46,14 @@ class COSIImagingLike(PluginPrototype):
         'factorial' reports the full Poisson log-likelihood ``sum d ln eps - sum eps - sum ln d!``.
     function_frame : {'icrs', 'galactic'}
         Frame of the astromodels spatial parameters (astromodels uses ICRS).
+    background_groups : dict of str to array_like of int, optional
+        Templates split into one normalization per group of ScAtt/Time rows:
+        ``groups[row]`` is the group (0, 1, ...) of each row of the data. Bounds,
+        priors and fixing given for the template apply to each of its groups.
     """
 
     def __init__(self, name, engine, background_bounds=None, background_priors=None, fixed_backgrounds=(),
-                 log_like_offset="saturated", function_frame="icrs"):
+                 log_like_offset="saturated", function_frame="icrs", background_groups=None):
         if engine.data is None:
             raise CosiInputError("the engine given to COSIImagingLike has no data (call engine.set_data first)")
         if log_like_offset not in LOG_LIKE_OFFSETS:
@@ -58,21 +63,23 @@ class COSIImagingLike(PluginPrototype):
         self._function_frame = function_frame
         background_bounds = dict(background_bounds or {})
         self._priors = dict(background_priors or {})
+        self._groups = {k: np.asarray(v) for k, v in (background_groups or {}).items()}
         for key, what in ((set(background_bounds), "background_bounds"), (set(self._priors), "background_priors"),
-                          (set(fixed_backgrounds), "fixed_backgrounds")):
+                          (set(fixed_backgrounds), "fixed_backgrounds"), (set(self._groups), "background_groups")):
             unknown = key - set(engine.background_names)
             if unknown:
                 raise CosiInputError(f"{what} names unknown background(s) {sorted(unknown)}; "
                                      f"known: {engine.background_names}")
-        nuisance = {}
-        self._background_parameters = {}
+        self._background_terms = []
         for bkg in engine.background_names:
             lo, hi = background_bounds.get(bkg, (0.0, 100.0))
-            par = Parameter(f"{name}_{bkg}_norm", 1.0, min_value=lo, max_value=hi, delta=0.01,
-                            free=bkg not in set(fixed_backgrounds),
-                            desc=f"normalization of background template '{bkg}' of {name}")
-            nuisance[par.name] = par
-            self._background_parameters[bkg] = par
+            for term in _background_terms(name, engine, bkg, self._groups.get(bkg)):
+                term.parameter = Parameter(term.parameter_name, 1.0, min_value=lo, max_value=hi, delta=0.01,
+                                           free=bkg not in set(fixed_backgrounds),
+                                           desc=f"normalization of background template '{bkg}' of {name}"
+                                                + ("" if term.group is None else f", row group {term.group}"))
+                self._background_terms.append(term)
+        nuisance = {term.parameter.name: term.parameter for term in self._background_terms}
         super().__init__(name, nuisance)
         axis = engine.model_axes[0]
         self._rasterizer = Rasterizer(axis.nside, axis.scheme, grid_frame=_frame_name(axis),
@@ -128,6 +135,37 @@ class COSIImagingLike(PluginPrototype):
             rtol=rtol, dtype=dtype, nside_model=nside_model)
         return cls(name, engine, **kwargs)
 
+    @classmethod
+    def from_manifest(cls, name, manifest, frame="spacecraft", rtol=1e-3, dtype=np.float32, **kwargs):
+        """Plugin on a dataset written by ``cosi-imaging simulate``.
+
+        Parameters
+        ----------
+        name : str
+            Plugin name.
+        manifest : str or pathlib.Path
+            The dataset's ``manifest.yaml`` or its directory.
+        frame : {'spacecraft', 'galactic'}
+            'spacecraft': the ScAtt-binned data with the CCM; 'galactic': the
+            Galactic-frame data (when simulated) with the orientation.
+        rtol, dtype, **kwargs
+            As for :meth:`from_files`.
+        """
+        from ..simulate import load_manifest
+
+        dataset = load_manifest(manifest)
+        if frame == "spacecraft":
+            return cls.from_files(name, response=dataset["response"], data=dataset["data_scatt"],
+                                  backgrounds=dataset["backgrounds"], ccm=dataset["ccm"], rtol=rtol, dtype=dtype,
+                                  **kwargs)
+        if frame == "galactic":
+            if "data_galactic" not in dataset:
+                raise CosiInputError(f"{dataset.path} holds no Galactic-frame data (simulate with galactic: true)")
+            return cls.from_files(name, response=dataset["response"], data=dataset["data_galactic"],
+                                  backgrounds=dataset["backgrounds_galactic"], orientation=dataset["orientation"],
+                                  rtol=rtol, dtype=dtype, **kwargs)
+        raise CosiInputError(f"frame must be 'spacecraft' or 'galactic', got {frame!r}")
+
     # ---- 3ML interface -------------------------------------------------------------------------
     def set_model(self, likelihood_model):
         """Register an astromodels Model; check that every source can be folded."""
@@ -171,8 +209,24 @@ class COSIImagingLike(PluginPrototype):
                             "simulated from", self.name, name, copy.value)
 
     def background_norms(self):
-        """Current background normalizations {template: value}."""
-        return {bkg: float(par.value) for bkg, par in self._background_parameters.items()}
+        """Current background normalizations {template: value} (``template_g{k}`` for split templates)."""
+        return {term.key: float(term.parameter.value) for term in self._background_terms}
+
+    def background_row_norms(self):
+        """{template: normalization} as the engine takes it: a number, or one value per row for split templates."""
+        norms = {}
+        for term in self._background_terms:
+            if term.group is None:
+                norms[term.template] = float(term.parameter.value)
+            else:
+                row_norms = norms.setdefault(term.template, np.zeros(self._engine.n_rows))
+                row_norms[term.rows] = term.parameter.value
+        return norms
+
+    @property
+    def background_parameters(self):
+        """The nuisance parameters {template (or ``template_g{k}``): astromodels Parameter}."""
+        return {term.key: term.parameter for term in self._background_terms}
 
     def expectation_at_bins(self):
         """(expected counts at the non-empty bins, expected counts over all bins) for the current model."""
@@ -184,9 +238,10 @@ class COSIImagingLike(PluginPrototype):
             at_bins, summed = folder.expectation()
             eps += at_bins
             total += summed
-        for bkg, norm in self.background_norms().items():
-            eps += norm * self._engine.background_template_at_bins(bkg)
-            total += norm * self._engine.background_total(bkg)
+        for term in self._background_terms:
+            norm = term.parameter.value
+            eps += norm * term.at_bins
+            total += norm * term.total
         return eps, total
 
     def get_log_like(self):
@@ -204,8 +259,10 @@ class COSIImagingLike(PluginPrototype):
             log_like -= self._saturated + self._engine.data.log_factorial
         else:
             log_like -= self._engine.data.log_factorial
-        for bkg, (mean, sigma) in self._priors.items():
-            log_like -= 0.5 * ((self._background_parameters[bkg].value - mean) / sigma) ** 2
+        for term in self._background_terms:
+            if term.template in self._priors:
+                mean, sigma = self._priors[term.template]
+                log_like -= 0.5 * ((term.parameter.value - mean) / sigma) ** 2
         return log_like
 
     def inner_fit(self):
@@ -227,24 +284,92 @@ class COSIImagingLike(PluginPrototype):
 
     def get_model_counts(self):
         """Expected counts of the current model in every bin (dense Histogram over the data axes)."""
-        return self._engine.expectation(self.model_image(), self.background_norms())
+        return self._engine.expectation(self.model_image(), self.background_row_norms())
 
     def get_simulated_dataset(self, name=None, seed=None):
-        """A new plugin on Poisson counts drawn from the current model (for GoodnessOfFit and LRT)."""
+        """A new plugin on Poisson counts drawn from the current model (for GoodnessOfFit and LRT).
+
+        Parameters
+        ----------
+        name : str, optional
+            Name of the new plugin (default ``{name}_sim``).
+        seed : int or numpy.random.Generator, optional
+            Seed of the Poisson draw.
+        """
         rng = np.random.default_rng(seed)
         expected = self.get_model_counts()
         counts = rng.poisson(np.asarray(expected.contents)).astype(np.float64)
         engine = self._engine.with_data(Histogram(expected.axes, contents=counts))
-        new = COSIImagingLike(name or f"{self.name}_sim", engine,
-                              background_bounds={b: (p.min_value, p.max_value)
-                                                 for b, p in self._background_parameters.items()},
-                              background_priors=self._priors,
-                              fixed_backgrounds=[b for b, p in self._background_parameters.items() if not p.free],
-                              log_like_offset=self._log_like_offset, function_frame=self._function_frame)
-        for bkg, par in self._background_parameters.items():
-            new._background_parameters[bkg].value = par.value
-        new._parent_backgrounds = {par.name: par for par in self._background_parameters.values()}
+        new = COSIImagingLike(name or f"{self.name}_sim", engine, background_priors=self._priors,
+                              log_like_offset=self._log_like_offset, function_frame=self._function_frame,
+                              background_groups=self._groups)
+        for term, copy in zip(self._background_terms, new._background_terms):
+            copy.parameter.bounds = term.parameter.bounds
+            copy.parameter.value = term.parameter.value
+            copy.parameter.free = term.parameter.free
+        new._parent_backgrounds = {term.parameter.name: term.parameter for term in self._background_terms}
         return new
+
+    # ---- data versus model ---------------------------------------------------------------------
+    def data_cds(self):
+        """Observed counts summed over the ScAtt/Time rows: Histogram over [Em, Phi, PsiChi]."""
+        return Histogram(self._engine.cds_axes, contents=self._engine.data_cds())
+
+    def model_cds(self, sources=None, backgrounds=True):
+        """Expected counts of the current model summed over the rows: Histogram over [Em, Phi, PsiChi].
+
+        Parameters
+        ----------
+        sources : list of str, optional
+            Sources included (default all).
+        backgrounds : bool
+            Include the normalized background templates.
+        """
+        norms = self.background_row_norms()
+        if not backgrounds:
+            norms = {name: 0.0 for name in norms}
+        return Histogram(self._engine.cds_axes,
+                         contents=self._engine.expectation_cds(self.model_image(sources), norms))
+
+    def residuals_cds(self):
+        """Significance ``(data - model) / sqrt(model)`` per CDS bin summed over the rows (0 where model is 0)."""
+        data, model = self.data_cds().contents, self.model_cds().contents
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.where(model > 0, (data - model) / np.sqrt(model), 0.0)
+        return Histogram(self._engine.cds_axes, contents=values)
+
+    def display(self):
+        """Data versus model: the Phi distribution with residuals, and PsiChi maps of data, model and residuals.
+
+        Returns
+        -------
+        (matplotlib.figure.Figure, matplotlib.figure.Figure)
+            The Phi figure and the PsiChi figure.
+        """
+        from ..products import residual_figures
+
+        return residual_figures(self)
+
+    def write_model_map(self, path, sources=None, overwrite=False):
+        """Write the model sky image (ph cm-2 s-1 sr-1 per Ei bin) as a histpy HDF5 file, atomically.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+        sources : list of str, optional
+            Sources included (default all).
+        overwrite : bool
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        from astropy import units as u
+
+        from ..io.histograms import write_histogram
+
+        image = Histogram(self._engine.model_axes, contents=self.model_image(sources), unit=u.Unit("cm-2 s-1 sr-1"))
+        return write_histogram(image, path, overwrite=overwrite)
 
     @property
     def engine(self):
@@ -261,3 +386,32 @@ def _frame_name(axis):
     frame = getattr(axis, "coordsys", None)
     name = getattr(frame, "name", None) or str(frame or "galactic")
     return name.lower()
+
+
+class _BackgroundTerm:
+    """One background normalization: a template, or the rows of one group of it, gathered at the non-empty bins."""
+
+    def __init__(self, plugin_name, template, group, rows, at_bins, total):
+        self.template = template
+        self.group = group
+        self.rows = rows
+        self.at_bins = at_bins
+        self.total = total
+        self.key = template if group is None else f"{template}_g{group}"
+        self.parameter_name = f"{plugin_name}_{self.key}_norm"
+        self.parameter = None
+
+
+def _background_terms(plugin_name, engine, template, groups):
+    """The normalization terms of one template: itself, or one per group of rows."""
+    at_bins = engine.background_template_at_bins(template)
+    if groups is None:
+        return [_BackgroundTerm(plugin_name, template, None, None, at_bins, engine.background_total(template))]
+    if groups.shape != (engine.n_rows,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+        raise CosiInputError(f"background_groups['{template}'] must hold one non-negative integer group per row, "
+                             f"shape ({engine.n_rows},); got shape {groups.shape} and dtype {groups.dtype}")
+    row_totals = engine.background_row_totals(template)
+    group_of_bin = groups[engine.data.row]
+    return [_BackgroundTerm(plugin_name, template, int(k), groups == k, np.where(group_of_bin == k, at_bins, 0.0),
+                            float(row_totals[groups == k].sum()))
+            for k in np.unique(groups)]
