@@ -70,7 +70,7 @@ class UncachedPlugin(COSIImagingLike):
 
     def get_log_like(self):
         for folder in self.folders.values():
-            folder._state = None
+            folder.forget()
         return super().get_log_like()
 
 
@@ -143,8 +143,9 @@ def main():
     start = time.perf_counter()
     results = jl.fit(quiet=True)[0]
     fit_s = time.perf_counter() - start
-    calls = fit_plugin.calls
-    logger.info("fit in %.1f s, %d likelihood calls:\n%s", fit_s, calls, results[["value", "error"]].to_string())
+    calls, folds = fit_plugin.calls, fit_plugin.folders["blob"].n_folds
+    logger.info("fit in %.1f s, %d likelihood calls, %d spatial folds:\n%s", fit_s, calls, folds,
+                results[["value", "error"]].to_string())
     report({
         "spectral_eval_s": round(spectral_eval_s, 5),
         "spatial_eval_s": round(spatial_eval_s, 4),
@@ -154,6 +155,7 @@ def main():
         "spatial_speedup": round(baseline_eval_s / spatial_eval_s, 2),
         "fit_s": round(fit_s, 1),
         "fit_calls": calls,
+        "fit_folds": folds,
         "fit_sigma": round(float(results.loc["blob.Gaussian_on_sphere.sigma", "value"]), 3),
         "fit_sigma_error": round(float(results.loc["blob.Gaussian_on_sphere.sigma", "error"]), 3),
         "nnz": engine.data.nnz,

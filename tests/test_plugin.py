@@ -118,6 +118,13 @@ def test_cached_and_uncached_paths_agree(point_setup):
     fresh = COSIImagingLike("cosi", engine)
     fresh.set_model(model)
     assert cached == pytest.approx(fresh.get_log_like(), rel=1e-10)
+    # back to an earlier morphology: served from the fold cache, bit for bit what a new fold gives
+    model.blob.Gaussian_on_sphere.sigma = 10.0
+    revisited = plugin.get_log_like()
+    assert plugin.folders["blob"].n_folds == folds["blob"] + 1
+    plugin.folders["blob"].forget()
+    assert plugin.get_log_like() == revisited
+    assert plugin.folders["blob"].n_folds == folds["blob"] + 2
 
 
 def test_moved_point_source_is_interpolated_not_snapped(point_setup):

@@ -9,6 +9,7 @@ Sources with energy-dependent morphology (astromodels ``Function3D``) are
 re-folded whenever any of their parameters changes.
 """
 import logging
+from collections import OrderedDict
 
 import numpy as np
 
@@ -33,9 +34,13 @@ class SeparableSourceFolder:
         On the engine's model grid.
     ei_edges : ndarray
         Edges of the response's Ei bins in keV.
+    cache_size : int
+        Spatial states whose folds are kept. Minimizers come back to recent states
+        (a central point after its finite-difference steps, the shifted points of
+        HESSE's mixed derivatives), so a few states save many re-folds.
     """
 
-    def __init__(self, source, engine, rasterizer, ei_edges):
+    def __init__(self, source, engine, rasterizer, ei_edges, cache_size=8):
         self.source = source
         self.name = source.name
         self.engine = engine
@@ -48,6 +53,8 @@ class SeparableSourceFolder:
                 raise CosiInputError(f"source '{self.name}': spatial shape {shape.name} is not a Function2D")
         self._state = None
         self._level = None
+        self._cache = OrderedDict()
+        self.cache_size = int(cache_size)
         self.spatial_map = None
         self.folded = None
         self.exposure = None
@@ -78,10 +85,20 @@ class SeparableSourceFolder:
             self._level = self.rasterizer.level_for(self.source.spatial_shape)
         return self.rasterizer(self.source.spatial_shape, level=self._level)
 
+    def forget(self):
+        """Drop every cached fold: the next call folds anew."""
+        self._state = None
+        self._cache.clear()
+
     def update(self):
-        """Re-fold if the morphology changed since the last call; return True if it did."""
+        """Re-fold if the morphology changed since the last call; return True if it was folded anew."""
         state = self.spatial_state()
         if state == self._state:
+            return False
+        if state in self._cache:
+            self._cache.move_to_end(state)
+            self.spatial_map, self.folded, self.exposure = self._cache[state]
+            self._state = state
             return False
         self.spatial_map = self.spatial_image()
         n_ei = self.ei_edges.size - 1
@@ -95,6 +112,9 @@ class SeparableSourceFolder:
         # expected counts over all bins per unit flux in each Ei bin
         self.exposure = np.einsum("j,je->e", self.spatial_map, self.engine.exposure_map)
         self._state = state
+        self._cache[state] = (self.spatial_map, self.folded, self.exposure)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         self.n_folds += 1
         logger.debug("re-folded source %s (%d folds)", self.name, self.n_folds)
         return True
@@ -149,6 +169,10 @@ class Function3DSourceFolder:
 
     def _state_now(self):
         return _parameter_state(self.source.parameters)
+
+    def forget(self):
+        """Drop the cached fold: the next call folds anew."""
+        self._state = None
 
     def check(self):
         """Fold once at the current values (NaN or negative brightness are errors)."""
