@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CosiInputError
+from .kernel_layout import tiled_blocks
 from .kernels import BLOCK, fold_all_columns
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class ColumnResponse:
         lanes = (block.astype(np.int64)[:, None] * self.block_size + np.arange(self.block_size)).ravel()
         internal = np.bincount(lanes, weights=values.ravel().astype(np.float64), minlength=self.n_padded)
         self.effective_area = internal[self.inverse_order].reshape(n_pix, n_ei)
+        self._tiled = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -245,6 +247,22 @@ class ColumnResponse:
     def mean_entries_per_column(self):
         """Mean number of stored source entries per CDS bin."""
         return self.nnz / max(1, self.n_columns)
+
+    def tiled_blocks(self):
+        """The stored blocks in the tile-major order of the sparse-data kernels (built once, then kept).
+
+        A second copy of the values: the kernels stream it tile by tile, while the
+        column-major copy serves the dense products.
+
+        Returns
+        -------
+        TiledBlocks
+        """
+        if self._tiled is None:
+            self._tiled = tiled_blocks(self)
+            logger.debug("tile-major copy of the response: %d tiles, %.1f MB", self._tiled.n_tiles,
+                         self._tiled.nbytes / 1e6)
+        return self._tiled
 
     # ---- model rows in the internal numbering ----------------------------------------------------
     def internal_rows(self, rows, dtype=None):

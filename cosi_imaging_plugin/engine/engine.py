@@ -23,6 +23,7 @@ from histpy import Axes, Histogram
 
 from ..errors import AxisMismatchError, CosiInputError
 from ..io.histograms import check_axes_match
+from .kernel_layout import column_chunks, tiled_rows, untiled_rows
 from .kernels import adjoint_at_bins, forward_at_bins
 from .sparse_data import SparseData, flat_nonzero, gather
 from .sky_mapping import CCMMapping, PixelMapping
@@ -112,7 +113,8 @@ class ResponseEngine:
         """
         self.data_axes = self._data_axes_of(data, "data")
         self.data = SparseData(data, self.n_rows, self.n_columns, what="data")
-        self._row_tiles = self._tiles()
+        # two chunks per thread: the columns' bins are spread unevenly over the sky
+        self._chunks = column_chunks(self.data, 2 * numba.get_num_threads())
         self.background_names = list((backgrounds or {}).keys())
         self._bkg_at_bins = {}
         self._bkg_total = {}
@@ -130,19 +132,6 @@ class ResponseEngine:
                     self.data.nnz, self.n_rows * self.n_columns,
                     100 * self.data.nnz / (self.n_rows * self.n_columns), self.data.total_counts,
                     len(self.background_names))
-
-    def _tiles(self):
-        """Row tile boundaries with equal numbers of non-empty bins, two tiles per thread.
-
-        Counts are spread very unevenly over the rows (long and short attitude
-        bins), so equal row ranges would leave a thread idle; two tiles per thread
-        keep each tile's model rows small enough to stay in cache.
-        """
-        n_tiles = min(2 * numba.get_num_threads(), self.n_rows)
-        cumulative = np.concatenate([[0], np.cumsum(np.bincount(self.data.row, minlength=self.n_rows))])
-        tiles = np.searchsorted(cumulative, np.linspace(0, cumulative[-1], n_tiles + 1), side="left")
-        tiles[0], tiles[-1] = 0, self.n_rows
-        return np.unique(tiles).astype(np.int64)
 
     def with_data(self, data, backgrounds=None):
         """A new engine on other counts, sharing this one's response, mapping and exposure.
@@ -217,10 +206,11 @@ class ResponseEngine:
             # the rows in the requested type from the start: rounding them to the engine's type first
             # would undo the smoothness that float64 is asked for
             rows = self.mapping.forward(self.image_values(image), dtype=dtype or self.dtype)
-        r = self.response
-        out = np.empty(self.data.nnz, dtype=np.float64)
-        forward_at_bins(r.col_ptr, r.block, r.values, self.data.active_cols, self.data.data_ptr, self.data.row,
-                        r.internal_rows(rows, dtype=dtype or self.dtype), self._row_tiles, out)
+        tiles = self.response.tiled_blocks()
+        out = np.zeros(self.data.nnz, dtype=np.float64)
+        forward_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols, self._chunks,
+                        self.data.data_ptr, self.data.row, tiled_rows(self.response, tiles, rows, dtype or self.dtype),
+                        out)
         return out
 
     def background_at_bins(self, bkg_norms=None):
@@ -324,11 +314,11 @@ class ResponseEngine:
         weights = np.ascontiguousarray(weights, dtype=np.float64)
         if weights.shape != (self.data.nnz,):
             raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
-        r = self.response
-        rows = np.zeros((self.n_rows, r.n_padded), dtype=self.dtype)
-        adjoint_at_bins(r.col_ptr, r.block, r.values, self.data.active_cols, self.data.data_ptr, self.data.row,
-                        weights, self._row_tiles, rows)
-        return self.mapping.adjoint(r.original_rows(rows))
+        tiles = self.response.tiled_blocks()
+        tiled = np.zeros((tiles.n_tiles, self.n_rows, tiles.tile_width), dtype=self.dtype)
+        adjoint_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols, self.data.data_ptr,
+                        self.data.row, weights, tiled)
+        return self.mapping.adjoint(untiled_rows(self.response, tiled))
 
     def background_products(self, weights):
         """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""

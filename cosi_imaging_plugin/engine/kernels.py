@@ -10,11 +10,11 @@ The non-empty data bins are grouped by CDS column, and within a column by
 ScAtt/Time row: the bins of column ``c`` are ``data_ptr[c]:data_ptr[c+1]``,
 ``data_row[q]`` is the row of bin ``q``.
 
-The rows are split into tiles, one task per tile. A task walks the active
-columns and handles only the bins of its rows, so its part of the model rows
-``M[row, :]`` stays in cache, and in the transpose product each task writes
-only its own rows (no locks, no private copies). Each block is one vector
-operation (:mod:`.block_ops`).
+The forward and transpose kernels walk the response tile by tile over the
+source entries (:mod:`.kernel_layout`): the part of the model rows a tile needs
+stays in cache, every stored block is read once per pass as part of one stream,
+and each task writes only its own output (no locks, no private copies). Each
+block is one vector operation (:mod:`.block_ops`).
 """
 import numba
 import numpy as np
@@ -23,58 +23,60 @@ from .block_ops import BLOCK, axpy_blocks, dot_blocks
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, model_rows, row_tiles, out):
+def forward_at_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, data_row, tiled_rows, out):
     """Expected counts at the non-empty bins: ``out[q] = sum_k M[row_q, k] R[k, c_q]``.
 
     Parameters
     ----------
-    col_ptr, block, values : ndarray
-        Block-compressed response (module docstring).
+    tile_ptr, local_block, values : ndarray
+        Tile-major stored blocks (:class:`.kernel_layout.TiledBlocks`).
     active_cols : ndarray of int64
         CDS columns holding at least one non-empty bin.
+    chunks : ndarray of int64
+        Boundaries of the column chunks in ``active_cols``, one task each.
     data_ptr : ndarray of int64, shape (n_columns + 1,)
     data_row : ndarray of int32
-    model_rows : ndarray, shape (n_rows, n_padded)
-        Source rows in the internal numbering.
-    row_tiles : ndarray of int64
-        Tile boundaries over the rows (``row_tiles[0] = 0``, last = n_rows).
+    tiled_rows : ndarray, shape (n_tiles, n_rows, tile_width)
+        Source rows laid out tile by tile (:func:`.kernel_layout.tiled_rows`).
     out : ndarray of float64, shape (n_data,)
-        Filled in place.
+        Zeroed by the caller; the tiles' partial sums are added in place.
     """
-    for t in numba.prange(row_tiles.shape[0] - 1):
-        lo = row_tiles[t]
-        hi = row_tiles[t + 1]
-        for a in range(active_cols.shape[0]):
-            c = active_cols[a]
-            b0 = col_ptr[c]
-            b1 = col_ptr[c + 1]
-            for q in range(data_ptr[c], data_ptr[c + 1]):
-                s = data_row[q]
-                if s < lo or s >= hi:
+    n_tiles = tile_ptr.shape[0]
+    # one task per column chunk: it alone writes the bins of its columns
+    for h in numba.prange(chunks.shape[0] - 1):
+        for t in range(n_tiles):
+            rows = tiled_rows[t]
+            blocks = tile_ptr[t]
+            for a in range(chunks[h], chunks[h + 1]):
+                c = active_cols[a]
+                b0 = blocks[c]
+                b1 = blocks[c + 1]
+                if b0 == b1:
                     continue
-                # float64 accumulation: the likelihood is a smooth function of the model for minimizers
-                out[q] = dot_blocks(model_rows[s], block, values, b0, b1)
+                for q in range(data_ptr[c], data_ptr[c + 1]):
+                    # float64 accumulation: the likelihood is a smooth function of the model for minimizers
+                    out[q] += dot_blocks(rows[data_row[q]], local_block, values, b0, b1)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def adjoint_at_bins(col_ptr, block, values, active_cols, data_ptr, data_row, weights, row_tiles, out):
+def adjoint_at_bins(tile_ptr, local_block, values, active_cols, data_ptr, data_row, weights, tiled_out):
     """Transpose product at the non-empty bins: ``out[row, k] += sum_q R[k, c_q] w_q [row_q == row]``.
 
-    ``out`` (n_rows, n_padded), internal numbering, must be zeroed by the caller.
+    ``tiled_out`` (n_tiles, n_rows, tile_width) is laid out like the forward
+    kernel's rows and must be zeroed by the caller; each task owns whole tiles.
     """
-    for t in numba.prange(row_tiles.shape[0] - 1):
-        lo = row_tiles[t]
-        hi = row_tiles[t + 1]
+    for t in numba.prange(tile_ptr.shape[0]):
+        rows = tiled_out[t]
+        blocks = tile_ptr[t]
         for a in range(active_cols.shape[0]):
             c = active_cols[a]
-            b0 = col_ptr[c]
-            b1 = col_ptr[c + 1]
+            b0 = blocks[c]
+            b1 = blocks[c + 1]
+            if b0 == b1:
+                continue
             for q in range(data_ptr[c], data_ptr[c + 1]):
-                s = data_row[q]
-                if s < lo or s >= hi:
-                    continue
                 if weights[q] != 0.0:
-                    axpy_blocks(out[s], block, values, b0, b1, weights[q])
+                    axpy_blocks(rows[data_row[q]], local_block, values, b0, b1, weights[q])
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
