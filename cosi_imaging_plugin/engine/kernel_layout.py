@@ -81,15 +81,18 @@ def column_chunks(data, n_chunks):
 
 def tiled_rows(response, tiles, rows, dtype):
     """Source rows [n_rows, n_source] (original numbering) -> [n_tiles, n_rows, tile_width], zero padded."""
-    rows = np.asarray(rows)
-    n_rows = rows.shape[0]
-    flat = np.zeros((n_rows, tiles.n_tiles * tiles.tile_width), dtype=dtype)
-    flat[:, :response.n_source] = rows[:, response.order]
-    return np.ascontiguousarray(flat.reshape(n_rows, tiles.n_tiles, tiles.tile_width).transpose(1, 0, 2))
+    from .kernels import scatter_tiled
+
+    rows = np.ascontiguousarray(rows)
+    out = np.empty((tiles.n_tiles, rows.shape[0], tiles.tile_width), dtype=dtype)
+    scatter_tiled(rows, response.order, out)
+    return out
 
 
 def untiled_rows(response, tiled):
     """Inverse of :func:`tiled_rows`: [n_tiles, n_rows, tile_width] -> [n_rows, n_source] original numbering."""
-    n_tiles, n_rows, width = tiled.shape
-    flat = np.asarray(tiled).transpose(1, 0, 2).reshape(n_rows, n_tiles * width)
-    return np.ascontiguousarray(flat[:, :response.n_source][:, response.inverse_order])
+    from .kernels import gather_tiled
+
+    out = np.empty((tiled.shape[1], response.n_source), dtype=tiled.dtype)
+    gather_tiled(tiled, response.inverse_order, out)
+    return out

@@ -98,3 +98,29 @@ def fold_all_columns(col_ptr, block, values, rows_t, out):
                     for r in range(n_rows):
                         acc[r] += v * source[r]
         out[c, :] = acc
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def scatter_tiled(rows, order, out):
+    """``out[t, r, u] = rows[r, order[t * width + u]]``, zero past the last source entry.
+
+    ``rows`` is (n_rows, n_source) in the original numbering, ``order`` maps
+    internal to original indices, ``out`` is (n_tiles, n_rows, width).
+    """
+    n_tiles, n_rows, width = out.shape
+    n_source = order.shape[0]
+    for t in numba.prange(n_tiles):
+        for r in range(n_rows):
+            for u in range(width):
+                i = t * width + u
+                out[t, r, u] = rows[r, order[i]] if i < n_source else 0.0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def gather_tiled(tiled, inverse_order, out):
+    """Inverse of :func:`scatter_tiled`: ``out[r, k] = tiled[i // width, r, i % width]`` with ``i = inverse_order[k]``."""
+    n_tiles, n_rows, width = tiled.shape
+    for r in numba.prange(n_rows):
+        for k in range(inverse_order.shape[0]):
+            i = inverse_order[k]
+            out[r, k] = tiled[i // width, r, i % width]
