@@ -202,15 +202,18 @@ class ResponseEngine:
             minimizers need; float32 rounds each row value to ~6e-8.
         """
         self._require_data()
-        if rows is None:
-            # the rows in the requested type from the start: rounding them to the engine's type first
-            # would undo the smoothness that float64 is asked for
-            rows = self.mapping.forward(self.image_values(image), dtype=dtype or self.dtype)
         tiles = self.response.tiled_blocks()
+        dtype = dtype or self.dtype
+        if rows is None:
+            # the rows in the requested type straight from the float64 sums: rounding them to the engine's
+            # type first would undo the smoothness that float64 is asked for
+            shape = (tiles.n_tiles, self.n_rows, tiles.tile_width)
+            tiled = self.mapping.forward_tiled(self.image_values(image), self.response.inverse_order, shape, dtype)
+        else:
+            tiled = tiled_rows(self.response, tiles, rows, dtype)
         out = np.zeros(self.data.nnz, dtype=np.float64)
         forward_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols, self._chunks,
-                        self.data.data_ptr, self.data.row, tiled_rows(self.response, tiles, rows, dtype or self.dtype),
-                        out)
+                        self.data.data_ptr, self.data.row, tiled, out)
         return out
 
     def background_at_bins(self, bkg_norms=None):

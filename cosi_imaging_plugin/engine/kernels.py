@@ -124,3 +124,26 @@ def gather_tiled(tiled, inverse_order, out):
         for k in range(inverse_order.shape[0]):
             i = inverse_order[k]
             out[r, k] = tiled[i // width, r, i % width]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def csr_forward_tiled(indptr, indices, data, image, n_source_pix, position, out):
+    """Sky image -> tile-major source rows through a CCM in CSR form, in one pass.
+
+    CSR row ``s * n_source_pix + nu`` holds ``C[s, j, nu] dOmega_j`` over sky pixels
+    ``j``; the row value for Ei bin ``e`` goes to source index ``k = nu * n_ei + e``,
+    stored at internal position ``p = position[k]`` as ``out[p // width, s, p % width]``.
+    Entries of ``out`` past the last source index are left as they are (zero).
+    """
+    n_rows = out.shape[1]
+    width = out.shape[2]
+    n_ei = image.shape[1]
+    for s in numba.prange(n_rows):
+        for nu in range(n_source_pix):
+            row = s * n_source_pix + nu
+            for e in range(n_ei):
+                acc = 0.0
+                for q in range(indptr[row], indptr[row + 1]):
+                    acc += data[q] * image[indices[q], e]
+                p = position[nu * n_ei + e]
+                out[p // width, s, p % width] = acc

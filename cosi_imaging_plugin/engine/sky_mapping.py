@@ -11,6 +11,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import AxisMismatchError, CosiInputError
+from .kernels import csr_forward_tiled
 
 
 class CCMMapping:
@@ -64,6 +65,22 @@ class CCMMapping:
         rows = self.matrix @ image
         return np.ascontiguousarray(rows.reshape(self.n_rows, -1), dtype=dtype)
 
+    def forward_tiled(self, image, position, shape, dtype):
+        """Source rows of a sky image laid out tile by tile for the kernels (see :mod:`.kernel_layout`).
+
+        Parameters
+        ----------
+        image : ndarray, shape (n_model_pix, n_ei)
+        position : ndarray of int64
+            Internal position of each source index ``nu * n_ei + e``.
+        shape : (n_tiles, n_rows, tile_width)
+        dtype : numpy dtype
+        """
+        out = np.zeros(shape, dtype=dtype)
+        csr_forward_tiled(self.matrix.indptr, self.matrix.indices, self.matrix.data,
+                          np.ascontiguousarray(image, dtype=np.float64), self.n_source_pix, position, out)
+        return out
+
     def adjoint(self, rows):
         """Sky array [n_model_pix, n_ei] from source rows [n_rows, n_source_pix * n_ei]."""
         rows = np.asarray(rows, dtype=np.float64).reshape(self.n_rows * self.n_source_pix, -1)
@@ -108,6 +125,13 @@ class PixelMapping:
     def forward(self, image, dtype=np.float64):
         """Source row ``M`` [1, n_pix * n_ei] for a sky image [n_pix, n_ei]."""
         return np.ascontiguousarray(np.asarray(image, dtype=np.float64).reshape(1, -1) * self.scale, dtype=dtype)
+
+    def forward_tiled(self, image, position, shape, dtype):
+        """Source row laid out tile by tile for the kernels (see :meth:`CCMMapping.forward_tiled`)."""
+        out = np.zeros(shape, dtype=dtype)
+        width = shape[2]
+        out[position // width, 0, position % width] = self.forward(image)[0]
+        return out
 
     def adjoint(self, rows):
         """Sky array [n_pix, n_ei] from a source row."""

@@ -70,16 +70,11 @@ class COSIImagingLike(PluginPrototype):
             if unknown:
                 raise CosiInputError(f"{what} names unknown background(s) {sorted(unknown)}; "
                                      f"known: {engine.background_names}")
-        self._background_terms = []
-        for bkg in engine.background_names:
-            lo, hi = background_bounds.get(bkg, (0.0, 100.0))
-            for term in _background_terms(name, engine, bkg, self._groups.get(bkg)):
-                term.parameter = Parameter(term.parameter_name, 1.0, min_value=lo, max_value=hi, delta=0.01,
-                                           free=bkg not in set(fixed_backgrounds),
-                                           desc=f"normalization of background template '{bkg}' of {name}"
-                                                + ("" if term.group is None else f", row group {term.group}"))
-                self._background_terms.append(term)
-        nuisance = {term.parameter.name: term.parameter for term in self._background_terms}
+        self._backgrounds = [_BackgroundTemplate(name, engine, bkg, self._groups.get(bkg),
+                                                 background_bounds.get(bkg, (0.0, 100.0)),
+                                                 free=bkg not in set(fixed_backgrounds))
+                             for bkg in engine.background_names]
+        nuisance = {par.name: par for par in self.background_parameters.values()}
         super().__init__(name, nuisance)
         axis = engine.model_axes[0]
         self._rasterizer = Rasterizer(axis.nside, axis.scheme, grid_frame=_frame_name(axis),
@@ -210,23 +205,16 @@ class COSIImagingLike(PluginPrototype):
 
     def background_norms(self):
         """Current background normalizations {template: value} (``template_g{k}`` for split templates)."""
-        return {term.key: float(term.parameter.value) for term in self._background_terms}
+        return {key: float(par.value) for key, par in self.background_parameters.items()}
 
     def background_row_norms(self):
         """{template: normalization} as the engine takes it: a number, or one value per row for split templates."""
-        norms = {}
-        for term in self._background_terms:
-            if term.group is None:
-                norms[term.template] = float(term.parameter.value)
-            else:
-                row_norms = norms.setdefault(term.template, np.zeros(self._engine.n_rows))
-                row_norms[term.rows] = term.parameter.value
-        return norms
+        return {background.template: background.row_norms() for background in self._backgrounds}
 
     @property
     def background_parameters(self):
         """The nuisance parameters {template (or ``template_g{k}``): astromodels Parameter}."""
-        return {term.key: term.parameter for term in self._background_terms}
+        return {key: par for background in self._backgrounds for key, par in background.parameters.items()}
 
     def expectation_at_bins(self):
         """(expected counts at the non-empty bins, expected counts over all bins) for the current model."""
@@ -238,10 +226,10 @@ class COSIImagingLike(PluginPrototype):
             at_bins, summed = folder.expectation()
             eps += at_bins
             total += summed
-        for term in self._background_terms:
-            norm = term.parameter.value
-            eps += norm * term.at_bins
-            total += norm * term.total
+        for background in self._backgrounds:
+            at_bins, summed = background.expectation()
+            eps += at_bins
+            total += summed
         return eps, total
 
     def get_log_like(self):
@@ -259,10 +247,11 @@ class COSIImagingLike(PluginPrototype):
             log_like -= self._saturated + self._engine.data.log_factorial
         else:
             log_like -= self._engine.data.log_factorial
-        for term in self._background_terms:
-            if term.template in self._priors:
-                mean, sigma = self._priors[term.template]
-                log_like -= 0.5 * ((term.parameter.value - mean) / sigma) ** 2
+        for background in self._backgrounds:
+            if background.template in self._priors:
+                mean, sigma = self._priors[background.template]
+                for par in background.parameters.values():
+                    log_like -= 0.5 * ((par.value - mean) / sigma) ** 2
         return log_like
 
     def inner_fit(self):
@@ -303,11 +292,12 @@ class COSIImagingLike(PluginPrototype):
         new = COSIImagingLike(name or f"{self.name}_sim", engine, background_priors=self._priors,
                               log_like_offset=self._log_like_offset, function_frame=self._function_frame,
                               background_groups=self._groups)
-        for term, copy in zip(self._background_terms, new._background_terms):
-            copy.parameter.bounds = term.parameter.bounds
-            copy.parameter.value = term.parameter.value
-            copy.parameter.free = term.parameter.free
-        new._parent_backgrounds = {term.parameter.name: term.parameter for term in self._background_terms}
+        copies = new.background_parameters
+        for key, par in self.background_parameters.items():
+            copies[key].bounds = par.bounds
+            copies[key].value = par.value
+            copies[key].free = par.free
+        new._parent_backgrounds = {par.name: par for par in self.background_parameters.values()}
         return new
 
     # ---- data versus model ---------------------------------------------------------------------
@@ -388,30 +378,56 @@ def _frame_name(axis):
     return name.lower()
 
 
-class _BackgroundTerm:
-    """One background normalization: a template, or the rows of one group of it, gathered at the non-empty bins."""
+class _BackgroundTemplate:
+    """A background template gathered at the non-empty bins, with one normalization or one per group of rows.
 
-    def __init__(self, plugin_name, template, group, rows, at_bins, total):
+    Parameters
+    ----------
+    plugin_name : str
+    engine : ResponseEngine
+    template : str
+        Template name in the engine.
+    groups : ndarray of int, shape (n_rows,), optional
+        Group of each ScAtt/Time row; one normalization per distinct value.
+    bounds : (float, float)
+    free : bool
+    """
+
+    def __init__(self, plugin_name, engine, template, groups, bounds, free):
         self.template = template
-        self.group = group
-        self.rows = rows
-        self.at_bins = at_bins
-        self.total = total
-        self.key = template if group is None else f"{template}_g{group}"
-        self.parameter_name = f"{plugin_name}_{self.key}_norm"
-        self.parameter = None
+        self.at_bins = engine.background_template_at_bins(template)
+        description = f"normalization of background template '{template}' of {plugin_name}"
+        if groups is None:
+            self.labels, self.row_group, self.bin_group = [None], None, None
+            self.totals = np.array([engine.background_total(template)])
+        else:
+            if (groups.shape != (engine.n_rows,) or not np.issubdtype(groups.dtype, np.integer)
+                    or groups.min(initial=0) < 0):
+                raise CosiInputError(f"background_groups['{template}'] must hold one non-negative integer group "
+                                     f"per row, shape ({engine.n_rows},); got shape {groups.shape} and dtype "
+                                     f"{groups.dtype}")
+            self.labels, self.row_group = np.unique(groups, return_inverse=True)
+            self.bin_group = self.row_group[engine.data.row]
+            self.totals = np.bincount(self.row_group, weights=engine.background_row_totals(template),
+                                      minlength=len(self.labels))
+        self.parameters = {}
+        for label in self.labels:
+            key = template if label is None else f"{template}_g{label}"
+            self.parameters[key] = Parameter(
+                f"{plugin_name}_{key}_norm", 1.0, min_value=bounds[0], max_value=bounds[1], delta=0.01, free=free,
+                desc=description + ("" if label is None else f", row group {label}"))
 
+    def norms(self):
+        """Current normalization of each group (one value without groups)."""
+        return np.array([par.value for par in self.parameters.values()], dtype=np.float64)
 
-def _background_terms(plugin_name, engine, template, groups):
-    """The normalization terms of one template: itself, or one per group of rows."""
-    at_bins = engine.background_template_at_bins(template)
-    if groups is None:
-        return [_BackgroundTerm(plugin_name, template, None, None, at_bins, engine.background_total(template))]
-    if groups.shape != (engine.n_rows,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
-        raise CosiInputError(f"background_groups['{template}'] must hold one non-negative integer group per row, "
-                             f"shape ({engine.n_rows},); got shape {groups.shape} and dtype {groups.dtype}")
-    row_totals = engine.background_row_totals(template)
-    group_of_bin = groups[engine.data.row]
-    return [_BackgroundTerm(plugin_name, template, int(k), groups == k, np.where(group_of_bin == k, at_bins, 0.0),
-                            float(row_totals[groups == k].sum()))
-            for k in np.unique(groups)]
+    def row_norms(self):
+        """The normalization as the engine takes it: a number, or one value per row."""
+        norms = self.norms()
+        return float(norms[0]) if self.row_group is None else norms[self.row_group]
+
+    def expectation(self):
+        """(expected counts at the non-empty bins, expected counts over all bins)."""
+        norms = self.norms()
+        at_bins = norms[0] * self.at_bins if self.bin_group is None else norms[self.bin_group] * self.at_bins
+        return at_bins, float(norms @ self.totals)
