@@ -12,7 +12,9 @@ indices, and stored in aligned blocks of ``B = 16`` consecutive entries (one
 64-byte cache line of float32). A kernel then reads the model row with one
 contiguous, vectorised load per block instead of one scattered load per entry.
 Blocks are stored whole: entries of a stored block are kept even when the
-truncation would drop them (more accurate, at no extra cost).
+truncation would drop them (more accurate, at no extra cost). The sparse-data
+kernels use a second, tile-major copy of the blocks (:meth:`ColumnResponse.tiled_blocks`,
+built on first use), so an engine holds the stored response twice.
 
 Truncation contract
 -------------------
