@@ -4,11 +4,12 @@ import warnings
 import numpy as np
 import pytest
 from astromodels import (Band, Disk_on_sphere, ExtendedSource, Gaussian, Gaussian_on_sphere, Line, Model,
-                         PointSource, Powerlaw)
+                         ParticleSource, PointSource, Powerlaw)
+from histpy import Axis, Histogram
 from scipy import stats
 from threeML import DataList, GoodnessOfFit, JointLikelihood
 
-from cosi_imaging_plugin.errors import CosiInputError
+from cosi_imaging_plugin.errors import AxisMismatchError, CosiInputError
 from cosi_imaging_plugin.sky.rasterize import Rasterizer
 from cosi_imaging_plugin.sky.spectra import integrate_spectrum
 from cosi_imaging_plugin.threeml import COSIImagingLike
@@ -222,6 +223,35 @@ def test_nan_spectrum_is_an_error(point_setup):
     band = Band(K=1e-4, alpha=-1.0, beta=-2.0, xp=np.nan, piv=100.0)
     with pytest.raises(CosiInputError, match="NaN"):
         plugin.set_model(Model(PointSource("bad", ra=10.0, dec=10.0, spectral_shape=band)))
+
+
+def test_unfoldable_source_type_is_named(point_setup):
+    engine, _, _ = point_setup
+    plugin = COSIImagingLike("cosi", engine)
+    electrons = ParticleSource("electrons", distribution_shape=Powerlaw(K=1.0, index=-2.0))
+    with pytest.raises(CosiInputError, match=r"cannot fold source\(s\) \['electrons'\]"):
+        plugin.set_model(Model(crab_like(), electrons))
+
+
+def test_shape_without_sky_integral_is_named_before_the_fit(point_setup):
+    engine, _, _ = point_setup
+    plugin = COSIImagingLike("cosi", engine)
+    # a disk far smaller than the sub-pixels: nothing of it lands on the model grid
+    shape = Disk_on_sphere(lon0=266.4, lat0=-28.9, radius=1e-3)
+    shape.radius.bounds = (1e-4, 10.0)
+    source = ExtendedSource("speck", spatial_shape=shape, spectral_shape=Powerlaw(K=1e-4, index=-2.0, piv=500.0))
+    with pytest.raises(CosiInputError, match="source 'speck': spatial shape Disk_on_sphere integrates to 0"):
+        plugin.set_model(Model(source))
+
+
+def test_background_with_wrong_axes_is_named(point_setup):
+    engine, _, _ = point_setup
+    template = engine._bkg_hist["instrumental"]
+    axes = template.axes
+    wrong = Histogram([axes[0], axes[1], Axis(np.linspace(0, 180, axes[2].nbins), label="Phi", unit="deg"),
+                       axes[3]])
+    with pytest.raises(AxisMismatchError, match="axis 'Phi' differs between background 'odd' and response"):
+        engine.with_data(engine._bkg_hist["instrumental"], backgrounds={"odd": wrong})
 
 
 def test_unknown_background_name_in_bounds(point_setup):

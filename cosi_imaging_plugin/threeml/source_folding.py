@@ -80,10 +80,19 @@ class SeparableSourceFolder:
             image = np.zeros(self.rasterizer.npix)
             np.add.at(image, pixels, weights / self.rasterizer.pixel_area)
             return image
+        shape = self.source.spatial_shape
         if self._level is None:
             # fixed once per source: an adaptive split would make the likelihood jump as parameters move
-            self._level = self.rasterizer.level_for(self.source.spatial_shape)
-        return self.rasterizer(self.source.spatial_shape, level=self._level)
+            self._level = self.rasterizer.level_for(shape)
+        image = self.rasterizer(shape, level=self._level)
+        integral = float(np.sum(image)) * self.rasterizer.pixel_area
+        if not integral > 0:
+            state = ", ".join(f"{name}={par.value:.6g}" for name, par in shape.parameters.items())
+            raise CosiInputError(f"source '{self.name}': spatial shape {shape.name} integrates to {integral:g} over "
+                                 f"the model grid (NSIDE {self.rasterizer.nside}, {4 ** self._level} sub-pixels per "
+                                 f"pixel) at [{state}]: it has no sky integral there; a shape smaller than the "
+                                 f"sub-pixels needs a point source or a finer grid")
+        return image
 
     def forget(self):
         """Drop every cached fold: the next call folds anew."""
