@@ -13,23 +13,9 @@ from cosi_imaging_plugin.exposure import check_ccm, coordsys_conversion_matrix, 
 from cosi_imaging_plugin.io import ExposureTable, Orientation, read_ccm
 from cosi_imaging_plugin.io.orientation import vec_to_lonlat
 
+from synthetic_inputs import circular_orbit
+
 FIX = "image_deconvolution/"
-
-
-def orbit(n=120, step=30.0, altitude=550.0, inclination=0.4, livetime_fraction=0.9):
-    """Zenith-pointing circular orbit (period 95 min), x axis along the velocity."""
-    t = 1.83e9 + step * np.arange(n)
-    phase = 2 * np.pi * (t - t[0]) / 5700.0
-    zenith = np.stack([np.cos(phase), np.sin(phase) * np.cos(inclination), np.sin(phase) * np.sin(inclination)], -1)
-    normal = np.array([0.0, -np.sin(inclination), np.cos(inclination)])
-    x = np.cross(normal, zenith)
-
-    def sky(v):
-        lon, lat = vec_to_lonlat(v)
-        return SkyCoord(l=lon * u.deg, b=lat * u.deg, frame="galactic")
-
-    return Orientation(t, sky(x), sky(zenith), altitude=np.full(n, altitude) * u.km, earth_zenith=sky(zenith),
-                       livetime=np.full(n, livetime_fraction * step) * u.s)
 
 
 def dense(hist):
@@ -81,7 +67,7 @@ def test_row_sums_are_exposures(fixture_table):
     ccm = coordsys_conversion_matrix(fixture_table, nside_model=2, nside_response=4)
     assert dense(ccm).shape == (1, 48, 192)
     np.testing.assert_allclose(dense(ccm).sum(axis=2), fixture_table.exposure[0], rtol=1e-13)
-    ori = orbit()
+    ori = circular_orbit()
     table = ExposureTable.from_orientation(ori, nside=2)
     ccm = coordsys_conversion_matrix(table, nside_model=4, nside_response=2)
     sums = dense(ccm).sum(axis=2)
@@ -91,7 +77,7 @@ def test_row_sums_are_exposures(fixture_table):
 
 def test_matches_direct_per_pointing_sum():
     """Independent check: one direction, one attitude at a time, through histpy's interpolation."""
-    ori = orbit(n=12)
+    ori = circular_orbit(n=12)
     table = ExposureTable.from_orientation(ori, nside=1)
     ccm = coordsys_conversion_matrix(table, nside_model=2, nside_response=2)
     values = dense(ccm)
@@ -127,7 +113,7 @@ def test_time_bins_split_intervals_by_overlap(fixtures_dir):
 
 
 def test_earth_occultation_zeroes_pixels_below_the_limb():
-    ori = orbit(n=60)
+    ori = circular_orbit(n=60)
     table = ExposureTable.from_orientation(ori, nside=1)
     ccm = dense(coordsys_conversion_matrix(table, 2, 2, earth_occultation=True))
     free = dense(coordsys_conversion_matrix(table, 2, 2))
@@ -144,7 +130,7 @@ def test_earth_occultation_zeroes_pixels_below_the_limb():
 
 
 def test_orientation_scatt_and_float32():
-    ori = orbit(n=40)
+    ori = circular_orbit(n=40)
     table = ExposureTable.from_orientation(ori, nside=2)
     direct = coordsys_conversion_matrix(ori, 1, 1, nside_scatt=2, dtype=np.float32)
     assert direct.contents.dtype == np.float32

@@ -39,6 +39,8 @@ from cosi_imaging_plugin.engine import ColumnResponse
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiFileError, CosiInputError
 from cosi_imaging_plugin.io import write_histogram, write_response
 
+from synthetic_inputs import random_attitudes
+
 NSIDE, N_EM, N_PHI, N_ROWS = 2, 2, 6, 4
 NPIX = hp.nside2npix(NSIDE)
 DOMEGA = 4 * np.pi / NPIX
@@ -71,17 +73,6 @@ def cone_response(ei_edges, arm_deg=25.0):
     area = 100.0 * (1 + 0.5 * vec[2])
     values = area[:, None, None, None, None] * em[None, :, :, None, None] * cone[:, None, None, :, :]
     return values, axes
-
-
-def random_attitudes(rng, n):
-    out = []
-    for _ in range(n):
-        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-        q = q * np.sign(np.diag(r))
-        if np.linalg.det(q) < 0:
-            q[:, 0] *= -1
-        out.append(q)
-    return np.array(out)
 
 
 def ccm_dense(attitudes, dt):

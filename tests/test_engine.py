@@ -17,6 +17,8 @@ from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine
 from cosi_imaging_plugin.engine.galactic import galactic_response, psichi_rotation, rotate_to_galactic
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiInputError
 
+from synthetic_inputs import random_attitudes
+
 NSIDE_RSP, NSIDE_MODEL, N_EI, N_EM, N_PHI, N_ROWS = 2, 2, 2, 2, 5, 4
 
 
@@ -36,18 +38,6 @@ def random_response(rng, zero_fraction=0.6):
     shape = tuple(a.nbins for a in axes)
     values = rng.gamma(0.5, 1.0, size=shape) * (rng.random(shape) > zero_fraction)
     return values, axes
-
-
-def random_attitudes(rng, n):
-    """Random proper rotations (columns: Galactic x, y, z of the spacecraft)."""
-    out = []
-    for _ in range(n):
-        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-        q = q * np.sign(np.diag(r))
-        if np.linalg.det(q) < 0:
-            q[:, 0] *= -1
-        out.append(q)
-    return np.array(out)
 
 
 def ccm_from_attitudes(attitudes, dt, nside_model=NSIDE_MODEL, nside_rsp=NSIDE_RSP):

@@ -3,35 +3,23 @@ import astropy.units as u
 import healpy as hp
 import numpy as np
 import pytest
-from astropy.coordinates import SkyCoord
 from astropy.io import fits
 
 from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
 from cosi_imaging_plugin.exposure import attitude_map
 from cosi_imaging_plugin.io import ExposureTable, Orientation
-from cosi_imaging_plugin.io.orientation import vec_to_lonlat
+
+from synthetic_inputs import circular_orbit
+
+def orbit(n=200, **kwargs):
+    return circular_orbit(n=n, t0=1.9e9, **kwargs)
+
 
 FIXTURE_TABLE = "image_deconvolution/exposure_table_test_nside1_ring.fits"
 FIXTURE_COLUMNS = ["scatt_binning_index", "exposure", "num_pointings", "bkg_group", "healpix_index_z_pointing",
                    "healpix_index_x_pointing", "delta_time", "zpointing_l", "zpointing_b", "xpointing_l",
                    "xpointing_b", "zpointing_averaged_l", "zpointing_averaged_b", "xpointing_averaged_l",
                    "xpointing_averaged_b"]
-
-
-def orbit(n=200, step=30.0, altitude=550.0, inclination=0.4, livetime_fraction=0.9):
-    """Zenith-pointing circular orbit (period 95 min), x axis along the velocity."""
-    t = 1.9e9 + step * np.arange(n)
-    phase = 2 * np.pi * (t - t[0]) / 5700.0
-    zenith = np.stack([np.cos(phase), np.sin(phase) * np.cos(inclination), np.sin(phase) * np.sin(inclination)], -1)
-    normal = np.array([0.0, -np.sin(inclination), np.cos(inclination)])
-    x = np.cross(normal, zenith)
-
-    def sky(v):
-        lon, lat = vec_to_lonlat(v)
-        return SkyCoord(l=lon * u.deg, b=lat * u.deg, frame="galactic")
-
-    return Orientation(t, sky(x), sky(zenith), altitude=np.full(n, altitude) * u.km, earth_zenith=sky(zenith),
-                       livetime=np.full(n, livetime_fraction * step) * u.s)
 
 
 def test_read_fixture(fixtures_dir):
