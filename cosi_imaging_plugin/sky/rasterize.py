@@ -84,6 +84,8 @@ class Rasterizer:
         self.function_frame = function_frame
         self._nest = _nest_index(self.nside, self.scheme)
         self._neighbours = hp.get_all_neighbours(self.nside, np.arange(self.npix), nest=self.scheme == "nested").T
+        # sub-pixel centres of the whole grid by (level, frame): a fit rasterizes the same grid at every fold
+        self._all_subpixels = {}
 
     def rotation(self, frame):
         """Matrix taking grid-frame unit vectors to `frame`."""
@@ -91,9 +93,20 @@ class Rasterizer:
 
     def subpixel_lonlat(self, pixels, level, frame=None):
         """(lon, lat) in `frame` (default: the function frame) of the 4**level sub-pixel centres of each pixel."""
+        frame = frame or self.function_frame
+        if len(pixels) == self.npix and np.array_equal(pixels, np.arange(self.npix)):
+            key = (int(level), frame)
+            if key not in self._all_subpixels:
+                lon, lat = self._subpixel_lonlat(pixels, level, frame)
+                lon.flags.writeable = lat.flags.writeable = False  # shared by every later call
+                self._all_subpixels[key] = (lon, lat)
+            return self._all_subpixels[key]
+        return self._subpixel_lonlat(pixels, level, frame)
+
+    def _subpixel_lonlat(self, pixels, level, frame):
         children = (self._nest[pixels][:, None] * 4**level + np.arange(4**level)[None, :]).ravel()
         vec = np.array(hp.pix2vec(self.nside * 2**level, children, nest=True))
-        return _lonlat(self.rotation(frame or self.function_frame) @ vec)
+        return _lonlat(self.rotation(frame) @ vec)
 
     def _mean(self, function, pixels, level):
         """Mean and spread (max - min) of the function over the sub-pixels of each pixel."""
