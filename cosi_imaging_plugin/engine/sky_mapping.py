@@ -65,7 +65,7 @@ class CCMMapping:
         rows = self.matrix @ image
         return np.ascontiguousarray(rows.reshape(self.n_rows, -1), dtype=dtype)
 
-    def forward_tiled(self, image, position, shape, dtype):
+    def forward_tiled(self, image, position, out):
         """Source rows of a sky image laid out tile by tile for the kernels (see :mod:`.kernel_layout`).
 
         Parameters
@@ -73,10 +73,10 @@ class CCMMapping:
         image : ndarray, shape (n_model_pix, n_ei)
         position : ndarray of int64
             Internal position of each source index ``nu * n_ei + e``.
-        shape : (n_tiles, n_rows, tile_width)
-        dtype : numpy dtype
+        out : ndarray, shape (n_tiles, n_rows, tile_width)
+            Written at every source position; the padding past the last one is
+            left as it is (zero in a buffer that started as zeros).
         """
-        out = np.zeros(shape, dtype=dtype)
         csr_forward_tiled(self.matrix.indptr, self.matrix.indices, self.matrix.data,
                           np.ascontiguousarray(image, dtype=np.float64), self.n_source_pix, position, out)
         return out
@@ -126,10 +126,9 @@ class PixelMapping:
         """Source row ``M`` [1, n_pix * n_ei] for a sky image [n_pix, n_ei]."""
         return np.ascontiguousarray(np.asarray(image, dtype=np.float64).reshape(1, -1) * self.scale, dtype=dtype)
 
-    def forward_tiled(self, image, position, shape, dtype):
+    def forward_tiled(self, image, position, out):
         """Source row laid out tile by tile for the kernels (see :meth:`CCMMapping.forward_tiled`)."""
-        out = np.zeros(shape, dtype=dtype)
-        width = shape[2]
+        width = out.shape[2]
         out[position // width, 0, position % width] = self.forward(image)[0]
         return out
 
