@@ -23,7 +23,7 @@ from histpy import Axes, Histogram
 
 from ..errors import AxisMismatchError, CosiInputError
 from ..io.histograms import check_axes_match
-from .kernel_layout import column_chunks, tiled_rows
+from .kernel_layout import column_chunks, tiled_rows, untiled_rows
 from .kernels import adjoint_at_bins, forward_at_bins
 from .sparse_data import SparseData, flat_nonzero, gather
 from .sky_mapping import CCMMapping, PixelMapping
@@ -330,7 +330,7 @@ class ResponseEngine:
         tiled = np.zeros((tiles.n_tiles, self.n_rows, tiles.tile_width), dtype=self.dtype)
         adjoint_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols, self.data.data_ptr,
                         self.data.row, weights, tiled)
-        return self.mapping.adjoint_tiled(tiled, self.response.inverse_order, self.model_axes[1].nbins)
+        return self.mapping.adjoint(untiled_rows(self.response, tiled))
 
     def background_products(self, weights):
         """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""

@@ -89,3 +89,11 @@ def tiled_rows(response, tiles, rows, dtype):
     scatter_tiled(rows, response.order, out)
     return out
 
+
+def untiled_rows(response, tiled):
+    """Inverse of :func:`tiled_rows`: [n_tiles, n_rows, tile_width] -> [n_rows, n_source] original numbering."""
+    from .kernels import gather_tiled
+
+    out = np.empty((tiled.shape[1], response.n_source), dtype=tiled.dtype)
+    gather_tiled(tiled, response.inverse_order, out)
+    return out

@@ -117,6 +117,16 @@ def scatter_tiled(rows, order, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
+def gather_tiled(tiled, inverse_order, out):
+    """Inverse of :func:`scatter_tiled`: ``out[r, k] = tiled[i // width, r, i % width]`` with ``i = inverse_order[k]``."""
+    n_tiles, n_rows, width = tiled.shape
+    for r in numba.prange(n_rows):
+        for k in range(inverse_order.shape[0]):
+            i = inverse_order[k]
+            out[r, k] = tiled[i // width, r, i % width]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
 def csr_forward_tiled(indptr, indices, data, image, n_source_pix, position, out):
     """Sky image -> tile-major source rows through a CCM in CSR form, in one pass.
 
@@ -137,25 +147,3 @@ def csr_forward_tiled(indptr, indices, data, image, n_source_pix, position, out)
                     acc += data[q] * image[indices[q], e]
                 p = position[nu * n_ei + e]
                 out[p // width, s, p % width] = acc
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def csr_adjoint_tiled(indptr, indices, data, tiled, n_source_pix, position, out):
-    """Tile-major source rows -> sky array through the transposed CCM in CSR form, in one pass.
-
-    The adjoint of :func:`csr_forward_tiled`: CSR row ``j`` of the transposed CCM
-    holds ``C[s, j, nu] dOmega_j`` at column ``s * n_source_pix + nu``, and
-    ``out[j, e] = sum_{s, nu} C[s, j, nu] dOmega_j tiled[p // width, s, p % width]``
-    with ``p = position[nu * n_ei + e]``.
-    """
-    width = tiled.shape[2]
-    n_ei = out.shape[1]
-    for j in numba.prange(out.shape[0]):
-        for e in range(n_ei):
-            acc = 0.0
-            for q in range(indptr[j], indptr[j + 1]):
-                column = indices[q]
-                s = column // n_source_pix
-                p = position[(column - s * n_source_pix) * n_ei + e]
-                acc += data[q] * tiled[p // width, s, p % width]
-            out[j, e] = acc

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import AxisMismatchError, CosiInputError
-from .kernels import csr_adjoint_tiled, csr_forward_tiled
+from .kernels import csr_forward_tiled
 
 
 class CCMMapping:
@@ -81,13 +81,6 @@ class CCMMapping:
                           np.ascontiguousarray(image, dtype=np.float64), self.n_source_pix, position, out)
         return out
 
-    def adjoint_tiled(self, tiled, position, n_ei):
-        """Sky array [n_model_pix, n_ei] from tile-major source rows (the adjoint of :meth:`forward_tiled`)."""
-        out = np.empty((self.n_model_pix, n_ei))
-        csr_adjoint_tiled(self._matrix_t.indptr, self._matrix_t.indices, self._matrix_t.data, tiled,
-                          self.n_source_pix, position, out)
-        return out
-
     def adjoint(self, rows):
         """Sky array [n_model_pix, n_ei] from source rows [n_rows, n_source_pix * n_ei]."""
         rows = np.asarray(rows, dtype=np.float64).reshape(self.n_rows * self.n_source_pix, -1)
@@ -138,11 +131,6 @@ class PixelMapping:
         width = out.shape[2]
         out[position // width, 0, position % width] = self.forward(image)[0]
         return out
-
-    def adjoint_tiled(self, tiled, position, n_ei):
-        """Sky array [n_pix, n_ei] from a tile-major source row (see :meth:`CCMMapping.adjoint_tiled`)."""
-        width = tiled.shape[2]
-        return self.adjoint(tiled[position // width, 0, position % width][None, :])
 
     def adjoint(self, rows):
         """Sky array [n_pix, n_ei] from a source row."""
