@@ -274,10 +274,6 @@ class ColumnResponse:
         out[:, :self.n_source] = rows[:, self.order]
         return out
 
-    def original_rows(self, internal):
-        """Inverse of :meth:`internal_rows`."""
-        return np.ascontiguousarray(np.asarray(internal)[:, :self.n_source][:, self.inverse_order])
-
     # ---- dense products (model maps, simulations, tests) ---------------------------------------
     def fold(self, rows):
         """Expected counts ``rows @ R`` in every CDS bin: [n_rows, n_columns] float64.
