@@ -34,13 +34,14 @@ class SeparableSourceFolder:
         On the engine's model grid.
     ei_edges : ndarray
         Edges of the response's Ei bins in keV.
-    cache_size : int
-        Spatial states whose folds are kept. Minimizers come back to recent states
-        (a central point after its finite-difference steps, the shifted points of
-        HESSE's mixed derivatives), so a few states save many re-folds.
+    cache_bytes : float
+        Memory for the folds of recent spatial states (at least two states are
+        kept, at most 32). Minimizers come back to recent states (a central point
+        after its finite-difference steps, the shifted points of HESSE's mixed
+        derivatives): at NSIDE 8, 32 states instead of 8 save 11% of the folds.
     """
 
-    def __init__(self, source, engine, rasterizer, ei_edges, cache_size=8):
+    def __init__(self, source, engine, rasterizer, ei_edges, cache_bytes=256e6):
         self.source = source
         self.name = source.name
         self.engine = engine
@@ -54,7 +55,8 @@ class SeparableSourceFolder:
         self._state = None
         self._level = None
         self._cache = OrderedDict()
-        self.cache_size = int(cache_size)
+        fold_bytes = 8 * (self.ei_edges.size - 1) * engine.data.nnz
+        self.cache_size = int(np.clip(cache_bytes // max(fold_bytes, 1), 2, 32))
         self.spatial_map = None
         self.folded = None
         self.exposure = None
