@@ -29,7 +29,8 @@ class SeparableSourceFolder:
     Parameters
     ----------
     source : astromodels PointSource or ExtendedSource
-    engine : ResponseEngine
+    engine : ResponseEngine or None
+        None where only the source's image is needed (the simulator).
     rasterizer : cosi_imaging_plugin.sky.rasterize.Rasterizer
         On the engine's model grid.
     ei_edges : ndarray
@@ -55,8 +56,10 @@ class SeparableSourceFolder:
         self._state = None
         self._level = None
         self._cache = OrderedDict()
-        fold_bytes = 8 * (self.ei_edges.size - 1) * engine.data.nnz
-        self.cache_size = int(np.clip(cache_bytes // max(fold_bytes, 1), 2, 32))
+        # without an engine or its data (the simulator's use) nothing is folded at the non-empty bins
+        data = getattr(engine, "data", None)
+        nnz = 0 if data is None else data.nnz
+        self.cache_size = int(np.clip(cache_bytes // max(8 * (self.ei_edges.size - 1) * nnz, 1), 2, 32))
         self.spatial_map = None
         self.folded = None
         self.exposure = None
