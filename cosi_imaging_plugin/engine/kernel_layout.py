@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .block_ops import BLOCK
+from .kernels import gather_tiled, scatter_tiled
 
 #: Blocks per source tile: 256 entries, so a tile of model rows for ~1000 ScAtt bins
 #: is 1 MB in float32 (one core's L2 cache) or 2 MB in float64. Measured at DC2 scale,
@@ -82,8 +83,6 @@ def column_chunks(data, n_chunks):
 
 def tiled_rows(response, tiles, rows, dtype):
     """Source rows [n_rows, n_source] (original numbering) -> [n_tiles, n_rows, tile_width], zero padded."""
-    from .kernels import scatter_tiled
-
     rows = np.ascontiguousarray(rows)
     out = np.empty((tiles.n_tiles, rows.shape[0], tiles.tile_width), dtype=dtype)
     scatter_tiled(rows, response.order, out)
@@ -92,8 +91,6 @@ def tiled_rows(response, tiles, rows, dtype):
 
 def untiled_rows(response, tiled):
     """Inverse of :func:`tiled_rows`: [n_tiles, n_rows, tile_width] -> [n_rows, n_source] original numbering."""
-    from .kernels import gather_tiled
-
     out = np.empty((tiled.shape[1], response.n_source), dtype=tiled.dtype)
     gather_tiled(tiled, response.inverse_order, out)
     return out
