@@ -1,17 +1,25 @@
 """Vector operations on the response's 16-entry blocks, written as LLVM intrinsics.
 
-The kernels of :mod:`.kernels` spend their time on one operation: a block of
-``BLOCK`` consecutive source entries of a model row times the block's stored
-values. Numba's own code for it loads and multiplies one element at a time (its
-loop vectorizer prefers gathers across blocks, and its SLP vectorizer is off), so
-these two intrinsics emit the block as one vector load, multiply and add, which
-is several times faster. Both take C-contiguous arrays and run without bounds
-checks: the callers in :mod:`.kernels` guarantee the indices.
+The kernels of :mod:`.kernels` spend their time on one operation: the stored
+blocks of one CDS column (``BLOCK`` consecutive source entries each) against the
+model rows of that column's non-empty bins. Numba's own code for it loads and
+multiplies one element at a time (its loop vectorizer prefers gathers across
+blocks, and its SLP vectorizer is off), so these intrinsics emit each block as
+one vector load, multiply and add. They take a group of ``n`` bins of the same
+column at once: each stored block is loaded and converted once for the group, and
+the group's ``n`` independent sums keep the vector units busy where one sum would
+wait on its own additions.
 
-- :func:`dot_blocks`: ``sum_b sum_u row[block[b]*BLOCK + u] * values[b, u]``,
-  accumulated in float64 whatever the input types.
-- :func:`axpy_blocks`: ``row[block[b]*BLOCK + u] += w * values[b, u]`` in the
-  row's type.
+- ``dot_blocks_<n>(rows, row_index, q0, block, values, b0, b1, out)``:
+  ``out[q] += sum_b sum_u rows[row_index[q], block[b]*BLOCK + u] * values[b, u]``
+  for ``q = q0 .. q0 + n - 1``, accumulated in float64 whatever the input types.
+- ``axpy_blocks_<n>(rows, row_index, q0, block, values, b0, b1, weights)``:
+  ``rows[row_index[q], block[b]*BLOCK + u] += weights[q] * values[b, u]`` in the
+  rows' type, for the same ``q``.
+
+The rows of one group must be distinct (they are: one bin per row and column).
+All arrays must be C-contiguous; there are no bounds checks, the callers in
+:mod:`.kernels` guarantee the indices.
 """
 from llvmlite import ir
 from numba import types
@@ -20,6 +28,8 @@ from numba.extending import intrinsic
 
 #: Source entries per stored block (one 64-byte cache line of float32).
 BLOCK = 16
+#: Bins handled together by the ``*_blocks_4`` operations.
+GROUP = 4
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -27,14 +37,13 @@ _F64 = ir.DoubleType()
 _FAST = ("fast",)
 
 
-def _check_types(row, block, values):
-    """Typing guard: contiguous float rows and values, an integer block array."""
-    ok = (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
-          and isinstance(row.dtype, types.Float)
-          and isinstance(block, types.Array) and block.ndim == 1 and isinstance(block.dtype, types.Integer)
-          and isinstance(values, types.Array) and values.ndim == 2 and values.layout == "C"
-          and isinstance(values.dtype, types.Float))
-    return ok
+def _check_types(rows, row_index, block, values, vector):
+    """Typing guard: C-contiguous 2-D float rows and values, integer index arrays, a 1-D float vector."""
+    def array(a, ndim, kind):
+        return isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" and isinstance(a.dtype, kind)
+
+    return (array(rows, 2, types.Float) and array(row_index, 1, types.Integer) and array(block, 1, types.Integer)
+            and array(values, 2, types.Float) and array(vector, 1, types.Float))
 
 
 def _convert(builder, vector, target):
@@ -46,93 +55,132 @@ def _convert(builder, vector, target):
     return builder.fptrunc(vector, target)
 
 
-def _block_pointers(context, builder, signature, args, b, row_vector, values_vector):
-    """Pointers to the row's entries of block ``b`` and to the block's stored values."""
-    row = context.make_array(signature.args[0])(context, builder, args[0])
-    block = context.make_array(signature.args[1])(context, builder, args[1])
-    values = context.make_array(signature.args[2])(context, builder, args[2])
-    index = builder.load(builder.gep(block.data, [b]))
-    index = builder.sext(index, _I64) if index.type.width < 64 else index
-    row_ptr = builder.gep(row.data, [builder.mul(index, ir.Constant(_I64, BLOCK))])
-    values_ptr = builder.gep(values.data, [builder.mul(b, ir.Constant(_I64, BLOCK))])
-    return builder.bitcast(row_ptr, row_vector.as_pointer()), builder.bitcast(values_ptr, values_vector.as_pointer())
+def _as_i64(context, builder, value, numba_type):
+    return context.cast(builder, value, numba_type, types.int64)
 
 
-def _block_range(context, builder, signature, args):
-    lo = context.cast(builder, args[3], signature.args[3], types.int64)
-    hi = context.cast(builder, args[4], signature.args[4], types.int64)
-    return lo, builder.sub(hi, lo)
+def _load_index(builder, pointer):
+    value = builder.load(pointer)
+    return builder.sext(value, _I64) if value.type.width < 64 else value
 
 
-@intrinsic
-def dot_blocks(typingctx, row, block, values, b0, b1):
-    """Dot product of `row` with the stored blocks ``b0 .. b1 - 1`` (float64 result).
-
-    Parameters
-    ----------
-    row : 1-D float array (C-contiguous)
-        Model row in the internal numbering.
-    block : 1-D int array
-        Block index of each stored block.
-    values : 2-D float array (n_blocks, BLOCK), C-contiguous
-    b0, b1 : int
-        Range of stored blocks.
-    """
-    if not _check_types(row, block, values):
-        return None
-    signature = types.float64(row, block, values, b0, b1)
-
-    def codegen(context, builder, signature, args):
-        row_vector = ir.VectorType(context.get_data_type(signature.args[0].dtype), BLOCK)
-        values_vector = ir.VectorType(context.get_data_type(signature.args[2].dtype), BLOCK)
-        lanes = ir.VectorType(_F64, BLOCK)
-        acc = cgutils.alloca_once_value(builder, ir.Constant(lanes, [0.0] * BLOCK))
-        lo, n = _block_range(context, builder, signature, args)
-        with cgutils.for_range(builder, n) as loop:
-            b = builder.add(lo, loop.index)
-            row_ptr, values_ptr = _block_pointers(context, builder, signature, args, b, row_vector, values_vector)
-            r = _convert(builder, builder.load(row_ptr, align=4), lanes)
-            v = _convert(builder, builder.load(values_ptr, align=4), lanes)
-            builder.store(builder.fadd(builder.load(acc), builder.fmul(r, v, flags=_FAST), flags=_FAST), acc)
-        # pairwise sum of the lanes: a fixed order, so the result does not depend on the compiler
-        total, width = builder.load(acc), BLOCK
-        while width > 1:
-            width //= 2
-            low = builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
-            high = builder.shuffle_vector(total, total,
-                                          ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-            total = builder.fadd(low, high)
-        return builder.extract_element(total, ir.Constant(_I32, 0))
-
-    return signature, codegen
+def _group_rows(context, builder, signature, args, n):
+    """``q0`` and pointers to the start of the rows of bins ``q0 .. q0 + n - 1``."""
+    rows = context.make_array(signature.args[0])(context, builder, args[0])
+    row_index = context.make_array(signature.args[1])(context, builder, args[1])
+    q0 = _as_i64(context, builder, args[2], signature.args[2])
+    width = builder.extract_value(rows.shape, 1)
+    pointers = []
+    for i in range(n):
+        row = _load_index(builder, builder.gep(row_index.data, [builder.add(q0, ir.Constant(_I64, i))]))
+        pointers.append(builder.gep(rows.data, [builder.mul(row, width)]))
+    return q0, pointers
 
 
-@intrinsic
-def axpy_blocks(typingctx, row, block, values, b0, b1, w):
-    """``row[block[b]*BLOCK + u] += w * values[b, u]`` for the stored blocks ``b0 .. b1 - 1``.
+def _for_blocks(context, builder, signature, args, values_vector, body):
+    """Loop over the stored blocks ``b0 .. b1 - 1``: ``body(entry_offset, block_values)``."""
+    block = context.make_array(signature.args[3])(context, builder, args[3])
+    values = context.make_array(signature.args[4])(context, builder, args[4])
+    lo = _as_i64(context, builder, args[5], signature.args[5])
+    hi = _as_i64(context, builder, args[6], signature.args[6])
+    with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
+        b = builder.add(lo, loop.index)
+        offset = builder.mul(_load_index(builder, builder.gep(block.data, [b])), ir.Constant(_I64, BLOCK))
+        pointer = builder.gep(values.data, [builder.mul(b, ir.Constant(_I64, BLOCK))])
+        body(offset, builder.load(builder.bitcast(pointer, values_vector.as_pointer()), align=4))
 
-    Parameters are those of :func:`dot_blocks` and the float weight `w`; the
-    update is computed in the row's type.
-    """
-    if not _check_types(row, block, values) or not isinstance(w, (types.Float, types.Integer)):
-        return None
-    signature = types.void(row, block, values, b0, b1, w)
 
-    def codegen(context, builder, signature, args):
-        row_type = context.get_data_type(signature.args[0].dtype)
-        row_vector = ir.VectorType(row_type, BLOCK)
-        values_vector = ir.VectorType(context.get_data_type(signature.args[2].dtype), BLOCK)
-        weight = context.cast(builder, args[5], signature.args[5], signature.args[0].dtype)
-        weights = cgutils.get_null_value(row_vector)
-        for u in range(BLOCK):
-            weights = builder.insert_element(weights, weight, ir.Constant(_I32, u))
-        lo, n = _block_range(context, builder, signature, args)
-        with cgutils.for_range(builder, n) as loop:
-            b = builder.add(lo, loop.index)
-            row_ptr, values_ptr = _block_pointers(context, builder, signature, args, b, row_vector, values_vector)
-            v = _convert(builder, builder.load(values_ptr, align=4), row_vector)
-            updated = builder.fadd(builder.load(row_ptr, align=4), builder.fmul(v, weights, flags=_FAST), flags=_FAST)
-            builder.store(updated, row_ptr, align=4)
-        return context.get_dummy_value()
+def _lane_sum(builder, total):
+    """Pairwise sum of the lanes: a fixed order, so the result does not depend on the compiler."""
+    width = BLOCK
+    while width > 1:
+        width //= 2
+        low = builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+        high = builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(_I32, width),
+                                                                list(range(width, 2 * width))))
+        total = builder.fadd(low, high)
+    return builder.extract_element(total, ir.Constant(_I32, 0))
 
-    return signature, codegen
+
+def _dot_blocks(n):
+    """The intrinsic ``dot_blocks_<n>`` (see the module docstring)."""
+
+    @intrinsic
+    def dot_blocks(typingctx, rows, row_index, q0, block, values, b0, b1, out):
+        if not _check_types(rows, row_index, block, values, out):
+            return None
+        signature = types.void(rows, row_index, q0, block, values, b0, b1, out)
+
+        def codegen(context, builder, signature, args):
+            row_vector = ir.VectorType(context.get_data_type(signature.args[0].dtype), BLOCK)
+            values_vector = ir.VectorType(context.get_data_type(signature.args[4].dtype), BLOCK)
+            lanes = ir.VectorType(_F64, BLOCK)
+            q0, row_pointers = _group_rows(context, builder, signature, args, n)
+            sums = [cgutils.alloca_once_value(builder, ir.Constant(lanes, [0.0] * BLOCK)) for _ in range(n)]
+
+            def body(offset, block_values):
+                v = _convert(builder, block_values, lanes)
+                for row, acc in zip(row_pointers, sums):
+                    pointer = builder.bitcast(builder.gep(row, [offset]), row_vector.as_pointer())
+                    r = _convert(builder, builder.load(pointer, align=4), lanes)
+                    builder.store(builder.fadd(builder.load(acc), builder.fmul(r, v, flags=_FAST), flags=_FAST), acc)
+
+            _for_blocks(context, builder, signature, args, values_vector, body)
+            out = context.make_array(signature.args[7])(context, builder, args[7])
+            for i, acc in enumerate(sums):
+                total = _lane_sum(builder, builder.load(acc))
+                pointer = builder.gep(out.data, [builder.add(q0, ir.Constant(_I64, i))])
+                old = context.cast(builder, builder.load(pointer), signature.args[7].dtype, types.float64)
+                builder.store(context.cast(builder, builder.fadd(old, total), types.float64,
+                                           signature.args[7].dtype), pointer)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return dot_blocks
+
+
+def _axpy_blocks(n):
+    """The intrinsic ``axpy_blocks_<n>`` (see the module docstring)."""
+
+    @intrinsic
+    def axpy_blocks(typingctx, rows, row_index, q0, block, values, b0, b1, weights):
+        if not _check_types(rows, row_index, block, values, weights):
+            return None
+        signature = types.void(rows, row_index, q0, block, values, b0, b1, weights)
+
+        def codegen(context, builder, signature, args):
+            row_type = signature.args[0].dtype
+            row_vector = ir.VectorType(context.get_data_type(row_type), BLOCK)
+            values_vector = ir.VectorType(context.get_data_type(signature.args[4].dtype), BLOCK)
+            q0, row_pointers = _group_rows(context, builder, signature, args, n)
+            weights = context.make_array(signature.args[7])(context, builder, args[7])
+            splats = []
+            for i in range(n):
+                w = builder.load(builder.gep(weights.data, [builder.add(q0, ir.Constant(_I64, i))]))
+                w = context.cast(builder, w, signature.args[7].dtype, row_type)
+                splat = cgutils.get_null_value(row_vector)
+                for u in range(BLOCK):
+                    splat = builder.insert_element(splat, w, ir.Constant(_I32, u))
+                splats.append(splat)
+
+            def body(offset, block_values):
+                v = _convert(builder, block_values, row_vector)
+                for row, w in zip(row_pointers, splats):
+                    pointer = builder.bitcast(builder.gep(row, [offset]), row_vector.as_pointer())
+                    updated = builder.fadd(builder.load(pointer, align=4), builder.fmul(v, w, flags=_FAST),
+                                           flags=_FAST)
+                    builder.store(updated, pointer, align=4)
+
+            _for_blocks(context, builder, signature, args, values_vector, body)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return axpy_blocks
+
+
+dot_blocks_1 = _dot_blocks(1)
+dot_blocks_4 = _dot_blocks(GROUP)
+axpy_blocks_1 = _axpy_blocks(1)
+axpy_blocks_4 = _axpy_blocks(GROUP)

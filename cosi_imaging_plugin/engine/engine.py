@@ -23,7 +23,7 @@ from histpy import Axes, Histogram
 
 from ..errors import AxisMismatchError, CosiInputError
 from ..io.histograms import check_axes_match
-from .kernel_layout import column_chunks, tiled_rows, untiled_rows
+from .kernel_layout import column_chunks, tile_groups, tiled_rows
 from .kernels import adjoint_at_bins, forward_at_bins
 from .sparse_data import SparseData, flat_nonzero, gather
 from .sky_mapping import CCMMapping, PixelMapping
@@ -114,8 +114,9 @@ class ResponseEngine:
         """
         self.data_axes = self._data_axes_of(data, "data")
         self.data = SparseData(data, self.n_rows, self.n_columns, what="data")
-        # two chunks per thread: the columns' bins are spread unevenly over the sky
-        self._chunks = column_chunks(self.data, 2 * numba.get_num_threads())
+        # two chunks per thread: the columns' work is spread unevenly over the sky
+        self._chunks = column_chunks(self.data, self.response.col_ptr, 2 * numba.get_num_threads())
+        self._tile_groups = None  # the transpose kernel's tasks, made at its first call
         self.background_names = list((backgrounds or {}).keys())
         self._bkg_at_bins = {}
         self._bkg_total = {}
@@ -145,6 +146,7 @@ class ResponseEngine:
             Templates; by default this engine's.
         """
         new = copy.copy(self)
+        new._row_buffers = {}  # each engine its own kernel buffers
         new.set_data(data, self._bkg_hist if backgrounds is None else backgrounds)
         return new
 
@@ -203,24 +205,27 @@ class ResponseEngine:
             minimizers need; float32 rounds each row value to ~6e-8.
         """
         self._require_data()
+        return self._add_sky_at_bins(np.zeros(self.data.nnz), image, rows, dtype)
+
+    def _add_sky_at_bins(self, out, image=None, rows=None, dtype=None):
+        """Add the expected sky counts at the non-empty bins to `out` (float64, shape (nnz,)) in place."""
         tiles = self.response.tiled_blocks()
         dtype = dtype or self.dtype
         if rows is None:
             # the rows in the requested type straight from the float64 sums: rounding them to the engine's
             # type first would undo the smoothness that float64 is asked for
             tiled = self.mapping.forward_tiled(self.image_values(image), self.response.inverse_order,
-                                               self._row_buffer(tiles, dtype))
+                                               self._row_buffer("rows", tiles, dtype))
         else:
             tiled = tiled_rows(self.response, tiles, rows, dtype)
-        out = np.zeros(self.data.nnz, dtype=np.float64)
         forward_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols, self._chunks,
                         self.data.data_ptr, self.data.row, tiled, out)
         return out
 
-    def _row_buffer(self, tiles, dtype):
+    def _row_buffer(self, use, tiles, dtype):
         """A tile-major row array kept between calls: a fresh one costs a page fault per 4 kB at every fold."""
         shape = (tiles.n_tiles, self.n_rows, tiles.tile_width)
-        key = (np.dtype(dtype).str, shape)
+        key = (use, np.dtype(dtype).str, shape)
         if key not in self._row_buffers:
             self._row_buffers[key] = np.zeros(shape, dtype=dtype)
         return self._row_buffers[key]
@@ -283,7 +288,7 @@ class ResponseEngine:
 
     def expectation_at_bins(self, image, bkg_norms=None):
         """Expected counts (sky + backgrounds) at the non-empty data bins."""
-        return self.sky_expectation_at_bins(image) + self.background_at_bins(bkg_norms)
+        return self._add_sky_at_bins(self.background_at_bins(bkg_norms), image)
 
     def total_expected(self, image, bkg_norms=None):
         """Expected counts summed over all data bins, from the exposure map."""
@@ -327,10 +332,13 @@ class ResponseEngine:
         if weights.shape != (self.data.nnz,):
             raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
         tiles = self.response.tiled_blocks()
-        tiled = np.zeros((tiles.n_tiles, self.n_rows, tiles.tile_width), dtype=self.dtype)
-        adjoint_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols, self.data.data_ptr,
-                        self.data.row, weights, tiled)
-        return self.mapping.adjoint(untiled_rows(self.response, tiled))
+        if self._tile_groups is None:
+            self._tile_groups = tile_groups(tiles, self.data, numba.get_num_threads())
+        tiled = self._row_buffer("transpose", tiles, self.dtype)
+        tiled.fill(0)
+        adjoint_at_bins(self._tile_groups, tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols,
+                        self.data.data_ptr, self.data.row, weights, tiled)
+        return self.mapping.adjoint_tiled(tiled, self.response.inverse_order)
 
     def background_products(self, weights):
         """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""

@@ -10,20 +10,22 @@ entries), which stays in the core's caches.
 
 The forward kernel splits the active columns into chunks with equal numbers of
 non-empty bins, one task per chunk, so each task writes only its own bins; the
-transpose kernel gives each task whole tiles, so each writes only its own part
-of the model rows.
+transpose kernel gives each task whole tiles (groups of tiles with equal work),
+so each writes only its own part of the model rows.
 """
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .block_ops import BLOCK
-from .kernels import gather_tiled, scatter_tiled
 
 #: Blocks per source tile: 256 entries, so a tile of model rows for ~1000 ScAtt bins
 #: is 1 MB in float32 (one core's L2 cache) or 2 MB in float64. Measured at DC2 scale,
 #: 16 blocks beat 8 by 10-20% with float64 rows: half as many passes over the columns.
 TILE_BLOCKS = 16
+#: Source entries per tile; a power of two, so the kernels find an entry's tile with a shift.
+TILE_WIDTH = TILE_BLOCKS * BLOCK
 
 
 @dataclass
@@ -48,7 +50,7 @@ class TiledBlocks:
     @property
     def tile_width(self):
         """Source entries per tile."""
-        return TILE_BLOCKS * BLOCK
+        return TILE_WIDTH
 
     @property
     def nbytes(self):
@@ -72,13 +74,41 @@ def tiled_blocks(response):
     return TiledBlocks(n_tiles, tile_ptr, local_block, np.ascontiguousarray(response.values[order]))
 
 
-def column_chunks(data, n_chunks):
-    """Boundaries (indices into ``data.active_cols``) of column chunks with equal numbers of non-empty bins."""
-    bins_before = data.data_ptr[data.active_cols]
-    targets = np.linspace(0, data.data_ptr[-1], n_chunks + 1)
-    bounds = np.searchsorted(bins_before, targets, side="left")
-    bounds[0], bounds[-1] = 0, data.active_cols.size
+def column_chunks(data, col_ptr, n_chunks):
+    """Boundaries (indices into ``data.active_cols``) of column chunks with equal work.
+
+    A column's work is its number of non-empty bins times its number of stored
+    blocks (``col_ptr``: the column pointers of the stored response).
+    """
+    cols = data.active_cols
+    work = np.diff(data.data_ptr)[cols] * np.diff(col_ptr)[cols]
+    work_before = np.concatenate([[0], np.cumsum(work)[:-1]])
+    targets = np.linspace(0, work.sum(), n_chunks + 1)
+    bounds = np.searchsorted(work_before, targets, side="left")
+    bounds[0], bounds[-1] = 0, cols.size
     return np.maximum.accumulate(bounds).astype(np.int64)
+
+
+def tile_groups(tiles, data, n_groups):
+    """Tiles of each task of the transpose kernel, balanced by work: (n_groups, n_max), -1 past the last.
+
+    A tile's work is the number of (non-empty bin, stored block) pairs it holds;
+    tiles go, heaviest first, to the group with the least work so far.
+    """
+    bins = np.diff(data.data_ptr)[data.active_cols]
+    cols = data.active_cols
+    work = np.array([np.dot(bins, tiles.tile_ptr[t, cols + 1] - tiles.tile_ptr[t, cols])
+                     for t in range(tiles.n_tiles)], dtype=np.float64)
+    n_groups = max(1, min(int(n_groups), tiles.n_tiles))
+    groups, totals = [[] for _ in range(n_groups)], np.zeros(n_groups)
+    for t in np.argsort(-work, kind="stable"):
+        g = int(np.argmin(totals))
+        groups[g].append(t)
+        totals[g] += work[t]
+    out = np.full((n_groups, max(len(g) for g in groups)), -1, dtype=np.int64)
+    for g, members in enumerate(groups):
+        out[g, :len(members)] = sorted(members)
+    return out
 
 
 def tiled_rows(response, tiles, rows, dtype):
@@ -89,8 +119,27 @@ def tiled_rows(response, tiles, rows, dtype):
     return out
 
 
-def untiled_rows(response, tiled):
-    """Inverse of :func:`tiled_rows`: [n_tiles, n_rows, tile_width] -> [n_rows, n_source] original numbering."""
-    out = np.empty((tiled.shape[1], response.n_source), dtype=tiled.dtype)
-    gather_tiled(tiled, response.inverse_order, out)
-    return out
+def tiled_offsets(position, n_rows):
+    """Where the source entries of row 0 lie in a flat [n_tiles, n_rows, TILE_WIDTH] array.
+
+    Entry ``k`` of row ``s`` is at ``offsets[k] + s * TILE_WIDTH``; ``position[k]``
+    is the internal position of source index ``k``.
+    """
+    position = np.asarray(position, dtype=np.int64)
+    return (position // TILE_WIDTH) * (n_rows * TILE_WIDTH) + position % TILE_WIDTH
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def scatter_tiled(rows, order, out):
+    """``out[t, r, u] = rows[r, order[t * TILE_WIDTH + u]]``, zero past the last source entry.
+
+    ``rows`` is (n_rows, n_source) in the original numbering, ``order`` maps
+    internal to original indices, ``out`` is (n_tiles, n_rows, TILE_WIDTH).
+    """
+    n_tiles, n_rows, _ = out.shape
+    n_source = order.shape[0]
+    for t in numba.prange(n_tiles):
+        for r in range(n_rows):
+            for u in range(TILE_WIDTH):
+                i = t * TILE_WIDTH + u
+                out[t, r, u] = rows[r, order[i]] if i < n_source else 0.0

@@ -14,17 +14,19 @@ The forward and transpose kernels walk the response tile by tile over the
 source entries (:mod:`.kernel_layout`): the part of the model rows a tile needs
 stays in cache, every stored block is read once per pass as part of one stream,
 and each task writes only its own output (no locks, no private copies). Each
-block is one vector operation (:mod:`.block_ops`).
+block is one vector operation for a group of ``GROUP`` bins of its column
+(:mod:`.block_ops`).
 """
 import numba
 import numpy as np
 
-from .block_ops import BLOCK, axpy_blocks, dot_blocks
+from .block_ops import BLOCK, GROUP, axpy_blocks_1, axpy_blocks_4, dot_blocks_1, dot_blocks_4
+from .kernel_layout import TILE_WIDTH
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def forward_at_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, data_row, tiled_rows, out):
-    """Expected counts at the non-empty bins: ``out[q] = sum_k M[row_q, k] R[k, c_q]``.
+    """Expected counts at the non-empty bins: ``out[q] += sum_k M[row_q, k] R[k, c_q]``.
 
     Parameters
     ----------
@@ -39,7 +41,7 @@ def forward_at_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr
     tiled_rows : ndarray, shape (n_tiles, n_rows, tile_width)
         Source rows laid out tile by tile (:func:`.kernel_layout.tiled_rows`).
     out : ndarray of float64, shape (n_data,)
-        Zeroed by the caller; the tiles' partial sums are added in place.
+        The tiles' partial sums are added to it in place (zeros, or a background).
     """
     n_tiles = tile_ptr.shape[0]
     # one task per column chunk: it alone writes the bins of its columns
@@ -53,30 +55,48 @@ def forward_at_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr
                 b1 = blocks[c + 1]
                 if b0 == b1:
                     continue
-                for q in range(data_ptr[c], data_ptr[c + 1]):
-                    # float64 accumulation: the likelihood is a smooth function of the model for minimizers
-                    out[q] += dot_blocks(rows[data_row[q]], local_block, values, b0, b1)
+                # float64 accumulation: the likelihood is a smooth function of the model for minimizers
+                q = data_ptr[c]
+                end = data_ptr[c + 1]
+                while q + GROUP <= end:
+                    dot_blocks_4(rows, data_row, q, local_block, values, b0, b1, out)
+                    q += GROUP
+                while q < end:
+                    dot_blocks_1(rows, data_row, q, local_block, values, b0, b1, out)
+                    q += 1
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def adjoint_at_bins(tile_ptr, local_block, values, active_cols, data_ptr, data_row, weights, tiled_out):
+def adjoint_at_bins(tile_groups, tile_ptr, local_block, values, active_cols, data_ptr, data_row, weights,
+                    tiled_out):
     """Transpose product at the non-empty bins: ``out[row, k] += sum_q R[k, c_q] w_q [row_q == row]``.
 
     ``tiled_out`` (n_tiles, n_rows, tile_width) is laid out like the forward
-    kernel's rows and must be zeroed by the caller; each task owns whole tiles.
+    kernel's rows and must be zeroed by the caller. ``tile_groups`` (n_tasks,
+    n_max) lists the tiles of each task, -1 past the last
+    (:func:`.kernel_layout.tile_groups`): each task owns whole tiles.
     """
-    for t in numba.prange(tile_ptr.shape[0]):
-        rows = tiled_out[t]
-        blocks = tile_ptr[t]
-        for a in range(active_cols.shape[0]):
-            c = active_cols[a]
-            b0 = blocks[c]
-            b1 = blocks[c + 1]
-            if b0 == b1:
+    for h in numba.prange(tile_groups.shape[0]):
+        for i in range(tile_groups.shape[1]):
+            t = tile_groups[h, i]
+            if t < 0:
                 continue
-            for q in range(data_ptr[c], data_ptr[c + 1]):
-                if weights[q] != 0.0:
-                    axpy_blocks(rows[data_row[q]], local_block, values, b0, b1, weights[q])
+            rows = tiled_out[t]
+            blocks = tile_ptr[t]
+            for a in range(active_cols.shape[0]):
+                c = active_cols[a]
+                b0 = blocks[c]
+                b1 = blocks[c + 1]
+                if b0 == b1:
+                    continue
+                q = data_ptr[c]
+                end = data_ptr[c + 1]
+                while q + GROUP <= end:
+                    axpy_blocks_4(rows, data_row, q, local_block, values, b0, b1, weights)
+                    q += GROUP
+                while q < end:
+                    axpy_blocks_1(rows, data_row, q, local_block, values, b0, b1, weights)
+                    q += 1
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -101,49 +121,66 @@ def fold_all_columns(col_ptr, block, values, rows_t, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def scatter_tiled(rows, order, out):
-    """``out[t, r, u] = rows[r, order[t * width + u]]``, zero past the last source entry.
+def ccm_forward(indptr, indices, data, image, offsets, row_stride, out):
+    """Sky image -> source rows through a CCM in CSR form: ``rows[s, k] = sum_j C[s, nu, j] x[j, e]``.
 
-    ``rows`` is (n_rows, n_source) in the original numbering, ``order`` maps
-    internal to original indices, ``out`` is (n_tiles, n_rows, width).
+    CSR row ``s * n_source_pix + nu`` holds ``C[s, j, nu] dOmega_j`` over sky
+    pixels ``j``. Row ``s``, source index ``k = nu * n_ei + e`` is written at
+    ``out[offsets[k] + s * row_stride]`` (``out`` is flat), so one kernel fills the
+    plain layout (``offsets[k] = k``, ``row_stride = n_source``) and the kernels'
+    tile-major layout (:func:`.kernel_layout.tiled_offsets`). Sums in float64.
     """
-    n_tiles, n_rows, width = out.shape
-    n_source = order.shape[0]
-    for t in numba.prange(n_tiles):
-        for r in range(n_rows):
-            for u in range(width):
-                i = t * width + u
-                out[t, r, u] = rows[r, order[i]] if i < n_source else 0.0
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def gather_tiled(tiled, inverse_order, out):
-    """Inverse of :func:`scatter_tiled`: ``out[r, k] = tiled[i // width, r, i % width]`` with ``i = inverse_order[k]``."""
-    n_tiles, n_rows, width = tiled.shape
-    for r in numba.prange(n_rows):
-        for k in range(inverse_order.shape[0]):
-            i = inverse_order[k]
-            out[r, k] = tiled[i // width, r, i % width]
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def csr_forward_tiled(indptr, indices, data, image, n_source_pix, position, out):
-    """Sky image -> tile-major source rows through a CCM in CSR form, in one pass.
-
-    CSR row ``s * n_source_pix + nu`` holds ``C[s, j, nu] dOmega_j`` over sky pixels
-    ``j``; the row value for Ei bin ``e`` goes to source index ``k = nu * n_ei + e``,
-    stored at internal position ``p = position[k]`` as ``out[p // width, s, p % width]``.
-    Entries of ``out`` past the last source index are left as they are (zero).
-    """
-    n_rows = out.shape[1]
-    width = out.shape[2]
     n_ei = image.shape[1]
-    for s in numba.prange(n_rows):
-        for nu in range(n_source_pix):
-            row = s * n_source_pix + nu
-            for e in range(n_ei):
+    n_source_pix = offsets.shape[0] // n_ei
+    for s in numba.prange((indptr.shape[0] - 1) // n_source_pix):
+        first = s * n_source_pix
+        base = s * row_stride
+        # one Ei bin (a line) is the common case: a loop without the Ei dimension is 1.5 times faster
+        if n_ei == 1:
+            for nu in range(n_source_pix):
                 acc = 0.0
-                for q in range(indptr[row], indptr[row + 1]):
-                    acc += data[q] * image[indices[q], e]
-                p = position[nu * n_ei + e]
-                out[p // width, s, p % width] = acc
+                for q in range(indptr[first + nu], indptr[first + nu + 1]):
+                    acc += data[q] * image[indices[q], 0]
+                out[offsets[nu] + base] = acc
+        else:
+            for nu in range(n_source_pix):
+                for e in range(n_ei):
+                    acc = 0.0
+                    for q in range(indptr[first + nu], indptr[first + nu + 1]):
+                        acc += data[q] * image[indices[q], e]
+                    out[offsets[nu * n_ei + e] + base] = acc
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def ccm_adjoint(indptr, indices, data, rows, offsets, row_stride, row_chunks, out):
+    """Source rows -> sky through the transposed CCM: ``out[j, e] = sum_{s, nu} C[s, nu, j] rows[s, k]``.
+
+    The arguments are those of :func:`ccm_forward`, with ``rows`` flat in either
+    layout and ``out`` (n_model_pix, n_ei) float64. The rows are read in order and
+    their products scattered into one partial sky per chunk of rows
+    (``row_chunks``: boundaries), summed in chunk order at the end: the result does
+    not depend on the number of threads.
+    """
+    n_ei = out.shape[1]
+    n_source_pix = offsets.shape[0] // n_ei
+    n_chunks = row_chunks.shape[0] - 1
+    partial = np.zeros((n_chunks, out.shape[0], n_ei))
+    for h in numba.prange(n_chunks):
+        sky = partial[h]
+        for s in range(row_chunks[h], row_chunks[h + 1]):
+            first = s * n_source_pix
+            base = s * row_stride
+            if n_ei == 1:
+                for nu in range(n_source_pix):
+                    value = np.float64(rows[offsets[nu] + base])
+                    for q in range(indptr[first + nu], indptr[first + nu + 1]):
+                        sky[indices[q], 0] += data[q] * value
+            else:
+                for nu in range(n_source_pix):
+                    for e in range(n_ei):
+                        value = np.float64(rows[offsets[nu * n_ei + e] + base])
+                        for q in range(indptr[first + nu], indptr[first + nu + 1]):
+                            sky[indices[q], e] += data[q] * value
+    out[:] = 0.0
+    for h in range(n_chunks):
+        out += partial[h]

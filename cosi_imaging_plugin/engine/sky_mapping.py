@@ -11,7 +11,8 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import AxisMismatchError, CosiInputError
-from .kernels import csr_forward_tiled
+from .kernel_layout import TILE_WIDTH, tiled_offsets
+from .kernels import ccm_adjoint, ccm_forward
 
 
 class CCMMapping:
@@ -52,18 +53,26 @@ class CCMMapping:
         if np.any(~np.isfinite(values)) or np.any(values < 0):
             raise CosiInputError("CCM has negative, NaN or infinite entries")
         solid_angle = 4 * np.pi / self.n_model_pix
-        # rows (s, nu), columns j: the forward map is one sparse product.
-        self.matrix = sparse.csr_matrix(
+        # rows (s, nu), columns j (scipy sums duplicates and sorts); the kernels stream it twice per
+        # iteration, so the sky pixel indices take 16 bits where the model grid allows
+        matrix = sparse.csr_matrix(
             (values * scale * solid_angle, (s * self.n_source_pix + nu, j)),
             shape=(self.n_rows * self.n_source_pix, self.n_model_pix))
-        self._matrix_t = self.matrix.T.tocsr()
+        matrix.sum_duplicates()
+        self._indptr = matrix.indptr
+        self._sky_pixel = matrix.indices.astype(np.uint16 if self.n_model_pix <= 2 ** 16 else np.int32)
+        self._weight = matrix.data
+        del matrix
         self.row_exposure = np.bincount(s, weights=values * scale, minlength=self.n_rows) / self.n_model_pix
 
     def forward(self, image, dtype=np.float64):
         """Source rows ``M`` [n_rows, n_source_pix * n_ei] for a sky image [n_model_pix, n_ei]."""
-        image = np.asarray(image, dtype=np.float64)
-        rows = self.matrix @ image
-        return np.ascontiguousarray(rows.reshape(self.n_rows, -1), dtype=dtype)
+        image = self._image(image)
+        n_source = self.n_source_pix * image.shape[1]
+        rows = np.empty((self.n_rows, n_source), dtype=dtype)
+        ccm_forward(self._indptr, self._sky_pixel, self._weight, image,
+                    np.arange(n_source, dtype=np.int64), n_source, rows.reshape(-1))
+        return rows
 
     def forward_tiled(self, image, position, out):
         """Source rows of a sky image laid out tile by tile for the kernels (see :mod:`.kernel_layout`).
@@ -73,18 +82,43 @@ class CCMMapping:
         image : ndarray, shape (n_model_pix, n_ei)
         position : ndarray of int64
             Internal position of each source index ``nu * n_ei + e``.
-        out : ndarray, shape (n_tiles, n_rows, tile_width)
+        out : ndarray, shape (n_tiles, n_rows, TILE_WIDTH)
             Written at every source position; the padding past the last one is
             left as it is (zero in a buffer that started as zeros).
         """
-        csr_forward_tiled(self.matrix.indptr, self.matrix.indices, self.matrix.data,
-                          np.ascontiguousarray(image, dtype=np.float64), self.n_source_pix, position, out)
+        ccm_forward(self._indptr, self._sky_pixel, self._weight, self._image(image),
+                    tiled_offsets(position, self.n_rows), TILE_WIDTH, out.reshape(-1))
         return out
 
     def adjoint(self, rows):
-        """Sky array [n_model_pix, n_ei] from source rows [n_rows, n_source_pix * n_ei]."""
-        rows = np.asarray(rows, dtype=np.float64).reshape(self.n_rows * self.n_source_pix, -1)
-        return np.asarray(self._matrix_t @ rows)
+        """Sky array [n_model_pix, n_ei] from source rows [n_rows, n_source_pix * n_ei] (any float type)."""
+        rows = np.ascontiguousarray(rows)
+        if rows.dtype not in (np.float32, np.float64):
+            rows = rows.astype(np.float64)
+        rows = rows.reshape(self.n_rows, -1)
+        n_source = rows.shape[1]
+        return self._adjoint(rows.reshape(-1), np.arange(n_source, dtype=np.int64), n_source)
+
+    def adjoint_tiled(self, tiled, position):
+        """:meth:`adjoint` of source rows laid out tile by tile (n_tiles, n_rows, TILE_WIDTH)."""
+        return self._adjoint(tiled.reshape(-1), tiled_offsets(position, self.n_rows), TILE_WIDTH)
+
+    def _adjoint(self, flat_rows, offsets, row_stride):
+        n_ei = offsets.size // self.n_source_pix
+        out = np.empty((self.n_model_pix, n_ei))
+        # one partial sky per chunk of rows: at most 64 chunks and 64 MB, fixed by the shapes alone
+        n_chunks = int(np.clip(2 ** 23 // (self.n_model_pix * n_ei), 1, min(64, self.n_rows)))
+        row_chunks = np.linspace(0, self.n_rows, n_chunks + 1).round().astype(np.int64)
+        ccm_adjoint(self._indptr, self._sky_pixel, self._weight, flat_rows, offsets, row_stride, row_chunks, out)
+        return out
+
+    def _image(self, image):
+        image = np.ascontiguousarray(image, dtype=np.float64)
+        if image.ndim == 1:
+            image = image[:, None]
+        if image.ndim != 2 or image.shape[0] != self.n_model_pix:
+            raise CosiInputError(f"sky image of shape {image.shape}: expected ({self.n_model_pix}, n_ei)")
+        return image
 
     def exposure(self, effective_area):
         """Exposure ``sum_{s,nu} C[s,j,nu] dOmega A[nu, e]`` (cm2 s sr) per sky pixel and Ei bin."""
@@ -128,9 +162,12 @@ class PixelMapping:
 
     def forward_tiled(self, image, position, out):
         """Source row laid out tile by tile for the kernels (see :meth:`CCMMapping.forward_tiled`)."""
-        width = out.shape[2]
-        out[position // width, 0, position % width] = self.forward(image)[0]
+        out.reshape(-1)[tiled_offsets(position, 1)] = self.forward(image)[0]
         return out
+
+    def adjoint_tiled(self, tiled, position):
+        """:meth:`adjoint` of a source row laid out tile by tile (n_tiles, 1, TILE_WIDTH)."""
+        return self.adjoint(tiled.reshape(-1)[tiled_offsets(position, 1)])
 
     def adjoint(self, rows):
         """Sky array [n_pix, n_ei] from a source row."""
