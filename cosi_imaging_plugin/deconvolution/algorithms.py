@@ -46,6 +46,7 @@ from astropy import units as u
 from histpy import HealpixAxis
 
 from ..engine.engine import IMAGE_UNIT
+from ..engine.reductions import counts_log_sum
 from ..errors import CosiInputError
 
 logger = logging.getLogger(__name__)
@@ -622,10 +623,10 @@ class RichardsonLucy(DeconvolutionAlgorithm):
         def loglike(alpha):
             value = 0.0
             for ds, s, ds_, b, t0, dt in zip(self.datasets, self._sky, d_sky, bkg, base_total, d_total):
-                eps = s + alpha * ds_ + b
-                if np.any(eps <= 0):
+                log_sum, bad = counts_log_sum(ds.engine.data.counts, s + alpha * ds_ + b)
+                if bad >= 0:
                     return -np.inf
-                value += float(np.dot(ds.engine.data.counts, np.log(eps))) - (t0 + alpha * dt)
+                value += log_sum - (t0 + alpha * dt)
             return value
 
         lo, hi = 1.0, float(alpha_high)

@@ -25,6 +25,7 @@ from ..errors import AxisMismatchError, CosiInputError
 from ..io.histograms import check_axes_match
 from .kernel_layout import column_chunks, tile_groups, tiled_rows
 from .kernels import adjoint_at_bins, forward_at_bins
+from .reductions import counts_log_sum, dot
 from .sparse_data import SparseData, flat_nonzero, gather
 from .sky_mapping import CCMMapping, PixelMapping
 
@@ -306,13 +307,12 @@ class ResponseEngine:
         """
         self._require_data()
         eps = np.asarray(expectation_at_bins)
-        bad = ~(eps > 0)
-        if np.any(bad):
-            q = int(np.argmax(bad))
+        log_sum, q = counts_log_sum(self.data.counts, eps)
+        if q >= 0:
             raise CosiInputError(
                 f"expected counts {eps[q]:g} at a bin with {self.data.counts[q]:g} counts "
                 f"({self.describe_bin(q)}): the model cannot produce the observed data")
-        return float(np.dot(self.data.counts, np.log(eps)) - total_expected - self.data.log_factorial)
+        return float(log_sum - total_expected - self.data.log_factorial)
 
     def log_likelihood(self, image, bkg_norms=None):
         """Poisson log-likelihood of the data for a sky image and background normalizations."""
@@ -343,7 +343,8 @@ class ResponseEngine:
     def background_products(self, weights):
         """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""
         self._require_data()
-        return {name: float(np.dot(self._bkg_at_bins[name], weights)) for name in self.background_names}
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        return {name: float(dot(self._bkg_at_bins[name], weights)) for name in self.background_names}
 
     def describe_bin(self, q):
         """Human-readable position of non-empty bin `q` (row and CDS indices)."""

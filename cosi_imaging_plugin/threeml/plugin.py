@@ -14,6 +14,7 @@ from astromodels import Parameter
 from histpy import Histogram
 from threeML.plugin_prototype import PluginPrototype
 
+from ..engine.reductions import counts_log_sum
 from ..errors import CosiInputError
 from ..sky.rasterize import Rasterizer
 from .source_folding import Function3DSourceFolder, SeparableSourceFolder
@@ -235,14 +236,13 @@ class COSIImagingLike(PluginPrototype):
     def get_log_like(self):
         """Poisson log-likelihood of the data for the current model (see ``log_like_offset``)."""
         eps, total = self.expectation_at_bins()
-        bad = ~(eps > 0)
-        if np.any(bad):
-            q = int(np.argmax(bad))
+        log_sum, q = counts_log_sum(self._counts, eps)
+        if q >= 0:
             state = ", ".join(f"{p.path}={p.value:.6g}" for p in self._model.free_parameters.values())
             raise CosiInputError(f"plugin {self.name}: expected counts {eps[q]:g} at a bin with "
                                  f"{self._counts[q]:g} counts ({self._engine.describe_bin(q)}) for model state "
                                  f"[{state}]")
-        log_like = float(np.dot(self._counts, np.log(eps)) - total)
+        log_like = float(log_sum - total)
         if self._log_like_offset == "saturated":
             log_like -= self._saturated + self._engine.data.log_factorial
         else:

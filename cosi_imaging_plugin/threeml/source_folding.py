@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..engine.reductions import combine_rows
 from ..errors import CosiInputError
 from ..sky.spectra import integrate_spectrum
 
@@ -158,7 +159,7 @@ class SeparableSourceFolder:
         """(expected counts at the non-empty bins, expected counts over all bins)."""
         self.update()
         fluxes = self.bin_fluxes()
-        return fluxes @ self.folded, float(fluxes @ self.exposure)
+        return combine_rows(fluxes, self.folded), float(fluxes @ self.exposure)
 
 
 class Function3DSourceFolder:
