@@ -328,7 +328,8 @@ class ResponseEngine:
             One weight per non-empty bin in kernel order (e.g. ``d_i / eps_i``).
         """
         self._require_data()
-        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        # the kernel multiplies in the rows' type (the engine's): weights of that type are exact and lighter
+        weights = np.ascontiguousarray(weights, dtype=self.dtype)
         if weights.shape != (self.data.nnz,):
             raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
         tiles = self.response.tiled_blocks()
