@@ -3,8 +3,14 @@ import numba
 import numpy as np
 import pytest
 
-from cosi_imaging_plugin.engine.block_ops import (BLOCK, GROUP, axpy_blocks_1, axpy_blocks_4, dot_blocks_1,
-                                                  dot_blocks_4)
+from cosi_imaging_plugin.engine.block_ops import (
+    BLOCK,
+    GROUP,
+    axpy_blocks_1,
+    axpy_blocks_4,
+    dot_blocks_1,
+    dot_blocks_4,
+)
 
 N_ROWS, N_BLOCKS = 9, 12
 

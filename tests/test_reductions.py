@@ -3,7 +3,12 @@ import numba
 import numpy as np
 import pytest
 
-from cosi_imaging_plugin.engine.reductions import N_CHUNKS, combine_rows, counts_log_sum, dot
+from cosi_imaging_plugin.engine.reductions import (
+    N_CHUNKS,
+    combine_rows,
+    counts_log_sum,
+    dot,
+)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from ..io.histograms import check_axes_match
 from .kernel_layout import column_chunks, tile_groups, tiled_rows
 from .kernels import adjoint_at_bins, forward_at_bins
 from .reductions import counts_log_sum, dot
-from .sparse_data import SparseData, flat_nonzero, gather
 from .sky_mapping import CCMMapping, PixelMapping
+from .sparse_data import SparseData, flat_nonzero, gather
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,14 @@ block is one vector operation for a group of ``GROUP`` bins of its column
 import numba
 import numpy as np
 
-from .block_ops import BLOCK, GROUP, axpy_blocks_1, axpy_blocks_4, dot_blocks_1, dot_blocks_4
-from .kernel_layout import TILE_WIDTH
+from .block_ops import (
+    BLOCK,
+    GROUP,
+    axpy_blocks_1,
+    axpy_blocks_4,
+    dot_blocks_1,
+    dot_blocks_4,
+)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
