@@ -87,3 +87,10 @@ def test_non_contiguous_rows_are_refused():
     rows, row_index, block, values = inputs(np.float64, np.float32, np.int32)
     with pytest.raises(numba.core.errors.TypingError):
         call_dot(rows[:, ::2], row_index, block, values, 0, 1, np.zeros(row_index.size))
+
+
+def test_unsigned_indices_are_refused():
+    # they would be sign-extended: a uint16 row index above 32767 would point before the rows
+    rows, row_index, block, values = inputs(np.float64, np.float32, np.int32)
+    with pytest.raises(numba.core.errors.TypingError):
+        call_dot(rows, row_index.astype(np.uint16), block, values, 0, 1, np.zeros(row_index.size))

@@ -38,11 +38,14 @@ _FAST = ("fast",)
 
 
 def _check_types(rows, row_index, block, values, vector):
-    """Typing guard: C-contiguous 2-D float rows and values, integer index arrays, a 1-D float vector."""
+    """Typing guard: C-contiguous 2-D float rows and values, signed integer index arrays, a 1-D float vector."""
     def array(a, ndim, kind):
         return isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" and isinstance(a.dtype, kind)
 
-    return (array(rows, 2, types.Float) and array(row_index, 1, types.Integer) and array(block, 1, types.Integer)
+    def signed_index(a):  # the indices are sign-extended to 64 bits
+        return array(a, 1, types.Integer) and a.dtype.signed
+
+    return (array(rows, 2, types.Float) and signed_index(row_index) and signed_index(block)
             and array(values, 2, types.Float) and array(vector, 1, types.Float))
 
 
