@@ -14,6 +14,7 @@ from histpy import Axes, Axis, HealpixAxis, Histogram
 from scipy import stats
 
 from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine
+from cosi_imaging_plugin.engine.sky_mapping import CCMMapping, PixelMapping
 from cosi_imaging_plugin.engine.galactic import galactic_response, psichi_rotation, rotate_to_galactic
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiInputError
 
@@ -115,6 +116,17 @@ def test_float64_rows_of_a_float32_engine_are_a_smooth_function_of_the_image(pro
     base = engine.sky_expectation_at_bins(image, dtype=np.float64)
     scaled = engine.sky_expectation_at_bins(image * (1.0 + 1e-9), dtype=np.float64)
     np.testing.assert_allclose(scaled / base - 1.0, 1e-9, rtol=1e-4)
+
+
+def test_ccm_is_stored_with_16_bit_sky_pixels_and_float64_weights(problem):
+    """What the benchmarks count as streamed: one row pointer per (row, NuLambda) pair, then a
+    16-bit sky pixel (the model grid has fewer than 2**16 pixels) and a float64 weight per entry."""
+    mapping = CCMMapping(problem["ccm"])
+    n_entries = np.count_nonzero(problem["ccm_dense"])
+    n_pointers = N_ROWS * hp.nside2npix(NSIDE_RSP) + 1
+    assert mapping.nbytes in (n_pointers * 4 + n_entries * 10, n_pointers * 8 + n_entries * 10)
+    assert PixelMapping(12).nbytes == 0
+
 
 def test_adjoint_identity(problem, rng):
     engine = make_engine(problem)

@@ -65,6 +65,11 @@ class CCMMapping:
         del matrix
         self.row_exposure = np.bincount(s, weights=values * scale, minlength=self.n_rows) / self.n_model_pix
 
+    @property
+    def nbytes(self):
+        """Bytes of the stored matrix, which every forward and adjoint product streams once."""
+        return self._indptr.nbytes + self._sky_pixel.nbytes + self._weight.nbytes
+
     def forward(self, image, dtype=np.float64):
         """Source rows ``M`` [n_rows, n_source_pix * n_ei] for a sky image [n_model_pix, n_ei]."""
         image = self._image(image)
@@ -155,6 +160,9 @@ class PixelMapping:
         self.n_model_pix = self.n_source_pix = int(n_pix)
         self.scale = 4 * np.pi / n_pix * float(exposure_time)
         self.row_exposure = np.array([float(exposure_time)])
+
+    #: Nothing is stored: the products are one scaling.
+    nbytes = 0
 
     def forward(self, image, dtype=np.float64):
         """Source row ``M`` [1, n_pix * n_ei] for a sky image [n_pix, n_ei]."""
