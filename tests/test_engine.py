@@ -13,8 +13,7 @@ from astropy import units as u
 from histpy import Axes, Axis, HealpixAxis, Histogram
 from scipy import stats
 
-from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine
-from cosi_imaging_plugin.engine.sky_mapping import CCMMapping, PixelMapping
+from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse, PixelMapping, ResponseEngine
 from cosi_imaging_plugin.engine.galactic import galactic_response, psichi_rotation, rotate_to_galactic
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiInputError
 
