@@ -120,8 +120,9 @@ def main():
     entries_per_bin = np.diff(response.col_ptr)[engine.data.column] * response.block_size
     m = float(entries_per_bin.mean())
     nnz = engine.data.nnz
-    limit_s = max(2 * response.nbytes / bandwidth, 4 * nnz * m / gemm)
-    limit_with_ccm_s = max(2 * (response.nbytes + mapping.nbytes) / bandwidth, 4 * nnz * m / gemm)
+    gemm_s = 4 * nnz * m / gemm
+    limit_s = max(2 * response.nbytes / bandwidth, gemm_s)
+    limit_with_ccm_s = max(2 * (response.nbytes + mapping.nbytes) / bandwidth, gemm_s)
     report({
         "sparse_s": round(sparse_s, 4),
         "dense_s": round(dense_s, 3),
