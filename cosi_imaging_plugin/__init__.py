@@ -9,6 +9,6 @@ The package is organised by concept:
 """
 import logging
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -14,11 +14,118 @@ Every failure ends with a one-line message and a non-zero exit status.
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
-from .errors import CosiInputError
+import matplotlib
+import numpy as np
+
+from .datasets import COSIDataset
+from .deconvolution import ImageDeconvolution
+from .deconvolution.parameters import save_options
+from .errors import CosiFileError, CosiInputError
+from .io.describe import describe_file
+from .io.manifest import read_manifest
+from .pipeline import run_pipeline
+from .plots import save_plots
+from .simulate import SimulationConfig, builtin_config, builtin_config_names, simulate_dataset
 
 logger = logging.getLogger("cosi_imaging_plugin")
+
+
+def simulate_main(config, output_dir, overwrite=False, progress=True):
+    """Entry point of ``cosi-imaging simulate CONFIG -o DIR``.
+
+    Parameters
+    ----------
+    config : str or pathlib.Path
+        A YAML configuration file, or the name of a built-in one (see
+        :func:`~cosi_imaging_plugin.simulate.builtin_config_names`) when no such file exists.
+    output_dir : str or pathlib.Path
+    overwrite : bool
+        Replace an existing output directory.
+    progress : bool
+
+    Returns
+    -------
+    Manifest
+    """
+    path = Path(config)
+    if path.is_file():
+        cfg = SimulationConfig.read(path)
+    elif str(config).removesuffix(".yaml") in builtin_config_names():
+        cfg = builtin_config(str(config))
+    else:
+        raise CosiFileError(f"{config} is neither a configuration file nor a built-in configuration "
+                            f"({builtin_config_names()})")
+    start = time.perf_counter()
+    manifest = simulate_dataset(cfg, output_dir, progress=progress, overwrite=overwrite)
+    truth = manifest.truth
+    logger.info("dataset '%s': %d ScAtt bins, %.6g s live time, %d counts (expected %.6g) in %.1f s -> %s",
+                cfg.name, truth["n_scatt_bins"], truth["livetime_s"], truth["observed_counts"]["data_scatt"],
+                truth["expected_total_counts"], time.perf_counter() - start, manifest.path)
+    return manifest
+
+
+def deconvolve_main(parfile, data_dir, output_dir, overrides=(), rtol=None, cds="auto", progress=True):
+    """Run an image deconvolution on a data directory and write results and plots.
+
+    Parameters
+    ----------
+    parfile : str or pathlib.Path or None
+        Parameter file; None uses the manifest's ``parameter_file``.
+    data_dir : str or pathlib.Path
+        Directory with ``manifest.yaml`` (see :mod:`cosi_imaging_plugin.io.manifest`).
+    output_dir : str or pathlib.Path
+        Receives ``results.h5``, ``results.fits``, ``parameters.yaml`` (the parameters
+        used) and PNG plots (``convergence.png``, ``model_E<i>.png``, ``model_E<i>_log.png``).
+        The parameter file's ``save_results:directory`` is not used.
+    overrides : sequence of str
+        ``"section:key = value"`` overrides applied after reading the parameter file.
+    rtol : float, optional
+        Response truncation tolerance (default: the datasets' default).
+    cds : {'auto', 'scatt', 'galactic'}
+        ``scatt``: ScAtt-binned data with the CCM (the sparse-data path);
+        ``galactic``: Galactic-CDS data with the response rotated over the exposure
+        table's ScAtt bins; ``auto``: ``scatt`` when the manifest has ScAtt-binned data.
+    progress : bool
+        Show the progress bar.
+
+    Returns
+    -------
+    dict
+        ``iterations``, ``loglikelihood`` (final, summed), ``background_normalization``
+        (final), ``files`` (paths written).
+    """
+    frames = {"auto": "auto", "scatt": "spacecraft", "galactic": "galactic"}
+    if cds not in frames:
+        raise CosiInputError(f"cds must be one of {list(frames)}, got {cds!r}")
+    manifest = read_manifest(data_dir)
+    if parfile is None:
+        if "parameter_file" not in manifest:
+            raise CosiInputError(f"no parameter file given and {manifest.path} names none ('parameter_file')")
+        parfile = manifest["parameter_file"]
+    output_dir = Path(output_dir)
+    deconv = ImageDeconvolution()
+    deconv.read_parameterfile(parfile)
+    for text in overrides:
+        deconv.override_parameter(text)
+    _, _, only_final = save_options(deconv.parameter.get("deconvolution:parameter") or {})
+    # results go to output_dir, not to the parameter file's directory
+    deconv.override_parameter("deconvolution:parameter:save_results:activate = False")
+    options = {} if rtol is None else {"rtol": rtol}
+    deconv.set_dataset(COSIDataset.from_manifest(manifest, frames[cds], name="data", progress=progress, **options))
+    deconv.initialize()
+    results = deconv.run_deconvolution(progress=progress)
+
+    files = deconv.save_results(output_dir, only_final_result=only_final)
+    files["parameters"] = deconv.parameter.write(output_dir / "parameters.yaml")
+    files["plots"] = save_plots(results, output_dir, mask=deconv.mask)
+    final = results[-1]
+    logger.info("deconvolution done: %d iterations, log-likelihood %.8g, outputs in %s", final["iteration"],
+                float(np.sum(final["loglikelihood"])), output_dir)
+    return {"iterations": final["iteration"], "loglikelihood": float(np.sum(final["loglikelihood"])),
+            "background_normalization": final["background_normalization"], "files": files}
 
 
 def _configure_logging(verbose):
@@ -28,8 +135,6 @@ def _configure_logging(verbose):
 
 
 def _demo(args):
-    from .pipeline import run_pipeline
-
     summary = run_pipeline("demo_mini_511keV", args.output, progress=not args.quiet)
     for name, entry in summary["sources"].items():
         logger.warning("%s: flux %.4g +- %.2g ph/cm2/s (injected %.4g)", name, entry["flux"],
@@ -39,15 +144,11 @@ def _demo(args):
 
 
 def _simulate(args):
-    from .simulate import simulate_main
-
     simulate_main(args.config, args.output, overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
 
 def _deconvolve(args):
-    from .deconvolution.cli import deconvolve_main
-
     summary = deconvolve_main(args.parfile, args.data, args.output, overrides=args.override, rtol=args.rtol,
                               progress=not args.quiet)
     logger.warning("%d iterations, log-likelihood %.6g; results in %s", summary["iterations"],
@@ -56,16 +157,12 @@ def _deconvolve(args):
 
 
 def _fit(args):
-    from .pipeline import run_pipeline
-
     run_pipeline(args.config, args.output, progress=not args.quiet)
     logger.warning("fit outputs in %s", args.output)
     return 0
 
 
 def _info(args):
-    from .io.describe import describe_file
-
     sys.stdout.write(describe_file(args.file) + "\n")
     return 0
 
@@ -94,7 +191,7 @@ def build_parser():
     p.add_argument("-o", "--output", type=Path, default=Path("deconvolution_output"))
     p.add_argument("--override", action="append", default=[], metavar="'a:b:c = value'",
                    help="override a parameter (repeatable)")
-    p.add_argument("--rtol", type=float, default=1e-3, help="response truncation tolerance")
+    p.add_argument("--rtol", type=float, default=None, help="response truncation tolerance (default 1e-3)")
     p.set_defaults(run=_deconvolve)
 
     p = sub.add_parser("fit", help="RL image + RL-initialized 3ML fit described in YAML")
@@ -112,6 +209,7 @@ def main(argv=None):
     """Entry point of ``cosi-imaging``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # the command line never needs a display
     if args.quiet:
         args.verbose = 0
     _configure_logging(args.verbose)

@@ -17,11 +17,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+from astromodels import Model
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_path
+from .datasets import DEFAULT_RTOL, COSIDataset
+from .deconvolution import ImageDeconvolution
 from .errors import CosiInputError
+from .io.manifest import read_manifest
 from .io.yaml_files import read_yaml
+from .plots import plot_residuals, save_image, save_plots
+from .simulate import builtin_config, builtin_config_names, simulate_dataset
+from .sky.sources import build_sources, expand_presets
+from .sky.spectra import integrate_spectrum
+from .threeml import COSIImagingLike
+from .threeml.rl_initializer import NORMALIZATION_PARAMETERS, initialize_from_image
 
 logger = logging.getLogger(__name__)
 
@@ -70,23 +80,20 @@ def _resolve(base, value):
 
 def _dataset(config, output_dir, progress):
     """(manifest or None, file roles) of the configured data, simulating it once if asked."""
-    from .simulate import load_manifest, simulate_dataset
-    from .simulate.dataset import builtin_config, builtin_config_names
-
     data, base = config["data"], config["_base"]
     if "files" in data:
         files = {k: (_resolve(base, v) if k != "backgrounds" else {n: _resolve(base, p) for n, p in v.items()})
                  for k, v in data["files"].items()}
         return None, files
     if "manifest" in data:
-        manifest = load_manifest(_resolve(base, data["manifest"]))
+        manifest = read_manifest(_resolve(base, data["manifest"]))
     else:
         name = data["simulate"]
         sim_config = builtin_config(name) if name in builtin_config_names() else _resolve(base, name)
         cache = Path(output_dir) / "data" / Path(str(name)).stem
         if (cache / "manifest.yaml").is_file():
             logger.info("using the cached simulated dataset %s", cache)
-            manifest = load_manifest(cache)
+            manifest = read_manifest(cache)
         else:
             manifest = simulate_dataset(sim_config, cache, progress=progress)
     files = {"response": manifest["response"], "data": manifest["data_scatt"], "ccm": manifest["ccm"],
@@ -94,28 +101,20 @@ def _dataset(config, output_dir, progress):
     return manifest, files
 
 
-def _engine(files, rtol):
-    from .engine.builders import build_engine
-    from .io import Orientation, read_ccm, read_histogram
-
-    return build_engine(
-        files["response"], read_histogram(files["data"], counts=True),
-        backgrounds={k: read_histogram(v) for k, v in files.get("backgrounds", {}).items()},
-        ccm=read_ccm(files["ccm"]) if files.get("ccm") else None,
-        orientation=Orientation.read(files["orientation"]) if files.get("orientation") else None,
-        rtol=rtol)
+def _analysis_dataset(files, rtol, progress):
+    """The COSIDataset of the configured files."""
+    roles = ("response", "data", "backgrounds", "ccm", "orientation", "exposure_table")
+    return COSIDataset.from_files(**{role: files[role] for role in roles if files.get(role)}, rtol=rtol,
+                                  progress=progress)
 
 
-def _deconvolve(config, engine, files, output_dir, progress):
-    from .deconvolution import DeconvolutionDataset, ImageDeconvolution
-    from .deconvolution.plots import save_plots
-
+def _deconvolve(config, dataset, files, output_dir, progress):
     section = config.get("deconvolution") or {}
     parfile = section.get("parameter_file") or files.get("parameter_file")
     if parfile is None:
         raise CosiInputError("fit configuration: no deconvolution parameter file (deconvolution:parameter_file)")
     deconvolution = ImageDeconvolution()
-    deconvolution.set_dataset([DeconvolutionDataset.from_engine("data", engine)])
+    deconvolution.set_dataset(dataset)
     deconvolution.read_parameterfile(_resolve(config["_base"], parfile))
     for line in section.get("overrides", []):
         deconvolution.override_parameter(line)
@@ -128,33 +127,24 @@ def _deconvolve(config, engine, files, output_dir, progress):
 
 
 def _model(config):
-    from astromodels import Model
-
-    from .simulate.sky_models import build_sources, expand_presets
-
     return Model(*build_sources(expand_presets(config["model"]["sources"], "model:sources"), "model:sources"))
 
 
-def _plugin(config, engine):
-    from .threeml import COSIImagingLike
-
+def _plugin(config, dataset):
     section = config.get("backgrounds") or {}
-    unknown = set(section) - set(engine.background_names)
+    unknown = set(section) - set(dataset.background_names)
     if unknown:
         raise CosiInputError(f"fit configuration: backgrounds {sorted(unknown)} are not in the data "
-                             f"(templates: {engine.background_names})")
+                             f"(templates: {dataset.background_names})")
     bounds = {k: tuple(v["bounds"]) for k, v in section.items() if "bounds" in v}
     priors = {k: tuple(v["prior"]) for k, v in section.items() if v.get("prior")}
     fixed = [k for k, v in section.items() if v.get("free", True) is False]
-    return COSIImagingLike(config.get("name", "cosi"), engine, background_bounds=bounds,
+    return COSIImagingLike(config.get("name", "cosi"), dataset, background_bounds=bounds,
                            background_priors=priors, fixed_backgrounds=fixed)
 
 
 def _flux_with_error(source, ei_edges, results):
     """Integrated flux over the Ei bins and its error from the normalization's fitted error."""
-    from .sky.spectra import integrate_spectrum
-    from .threeml.rl_initializer import NORMALIZATION_PARAMETERS
-
     shape = source.spectrum.main.shape
     flux = float(np.sum(integrate_spectrum(shape, ei_edges, allow_negative=True)))
     for name in NORMALIZATION_PARAMETERS:
@@ -224,9 +214,6 @@ def run_pipeline(config, output_dir, progress=True):
     matplotlib.use("Agg")
     from threeML import DataList, JointLikelihood
 
-    from .products import plot_residuals, save_image
-    from .threeml.rl_initializer import initialize_from_image
-
     start = time.perf_counter()
     config = read_fit_config(config)
     output_dir = Path(output_dir)
@@ -240,17 +227,17 @@ def run_pipeline(config, output_dir, progress=True):
         manifest, files = _dataset(config, output_dir, progress)
         bar.update()
         stage("engine")
-        engine = _engine(files, float(config.get("response_rtol", 1e-3)))
+        dataset = _analysis_dataset(files, float(config.get("response_rtol", DEFAULT_RTOL)), progress)
         bar.update()
         stage("deconvolution")
-        deconvolution = _deconvolve(config, engine, files, output_dir, progress)
+        deconvolution = _deconvolve(config, dataset, files, output_dir, progress)
         rl_image = deconvolution.results[-1]["model"]
         bar.update()
         stage("fit")
         model = _model(config)
         if config["model"].get("initialize_from_rl", True):
             initialize_from_image(model, rl_image)
-        plugin = _plugin(config, engine)
+        plugin = _plugin(config, dataset)
         jl = JointLikelihood(model, DataList(plugin), verbose=False)
         minimizer = (config.get("fit") or {}).get("minimizer")
         if minimizer:
@@ -263,9 +250,9 @@ def run_pipeline(config, output_dir, progress=True):
             tmp.write_text(results.to_string() + "\n\n" + jl.results.get_statistic_frame().to_string() + "\n")
         save_image(rl_image, output_dir / "rl_image.png", "RL image")
         save_image(rl_image, output_dir / "rl_image_log.png", "RL image (log)", log=True)
-        save_image(engine.image_histogram(plugin.model_image()), output_dir / "fitted_model.png", "fitted model")
-        plot_residuals(plugin, output_dir)
-        ei_edges = engine.model_axes[1].edges.to_value("keV")
+        save_image(dataset.image_histogram(plugin.model_image()), output_dir / "fitted_model.png", "fitted model")
+        plot_residuals(plugin.data_cds(), plugin.model_cds(), output_dir)
+        ei_edges = dataset.model_axes[1].edges.to_value("keV")
         summary = _summary(model, results, plugin, manifest, ei_edges, time.perf_counter() - start)
         summary["minus_log_likelihood"] = float(jl.results.get_statistic_frame()["-log(likelihood)"]["total"])
         _write_json(output_dir / "summary.json", summary)

@@ -13,6 +13,7 @@ import sparse
 from astropy import units as u
 from histpy import Axes, Axis, Histogram
 
+from cosi_imaging_plugin.datasets import COSIDataset
 from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine
 from cosi_imaging_plugin.exposure import ExposureTable, coordsys_conversion_matrix
 from cosi_imaging_plugin.instrument.config import InstrumentConfig
@@ -45,8 +46,8 @@ def instrument():
     return response, ccm, data_axes, Histogram(data_axes, contents=template)
 
 
-def engine_for(image, background_norm=1.0, seed=0, background=True):
-    """Engine holding Poisson data drawn from `image` (plus the background template if asked)."""
+def dataset_for(image, background_norm=1.0, seed=0, background=True):
+    """(dataset of Poisson data drawn from `image` plus the background template if asked, expected counts)."""
     response, ccm, data_axes, template = instrument()
     expected = ResponseEngine.from_ccm(response, ccm, dtype=np.float64).expectation(image).contents
     if background:
@@ -54,4 +55,4 @@ def engine_for(image, background_norm=1.0, seed=0, background=True):
     counts = np.random.default_rng(seed).poisson(expected).astype(float)
     data = Histogram(data_axes, contents=sparse.COO.from_numpy(counts))
     backgrounds = {"instrumental": template} if background else None
-    return ResponseEngine.from_ccm(response, ccm, data=data, backgrounds=backgrounds, dtype=np.float64), expected
+    return COSIDataset.from_histograms(data, backgrounds, response, ccm, dtype=np.float64), expected

@@ -3,8 +3,8 @@ import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
 
-from cosi_imaging_plugin.io import Orientation
-from cosi_imaging_plugin.io.orientation import vec_to_lonlat
+from cosi_imaging_plugin.exposure import Orientation
+from cosi_imaging_plugin.geometry import vec_to_lonlat
 
 
 def circular_orbit(n=120, step=30.0, t0=1.83e9, altitude=550.0, inclination=0.4, livetime_fraction=0.9):

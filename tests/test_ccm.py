@@ -1,19 +1,18 @@
 """Coordinate conversion matrix: agreement with the COSI team's fixtures, sums, I/O and bad input."""
 import astropy.units as u
-import healpy as hp
 import h5py
+import healpy as hp
 import numpy as np
 import pytest
 import sparse
 from astropy.coordinates import SkyCoord
 from histpy import Histogram
+from synthetic_inputs import circular_orbit
 
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiInputError
-from cosi_imaging_plugin.exposure import check_ccm, coordsys_conversion_matrix, write_ccm
-from cosi_imaging_plugin.io import ExposureTable, Orientation, read_ccm
-from cosi_imaging_plugin.io.orientation import vec_to_lonlat
-
-from synthetic_inputs import circular_orbit
+from cosi_imaging_plugin.exposure import ExposureTable, Orientation, check_ccm, coordsys_conversion_matrix, write_ccm
+from cosi_imaging_plugin.geometry import vec_to_lonlat
+from cosi_imaging_plugin.io import read_ccm
 
 FIX = "image_deconvolution/"
 

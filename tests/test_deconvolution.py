@@ -32,9 +32,10 @@ from histpy import Axes, Axis, HealpixAxis, Histogram
 from scipy.special import gammaln
 
 from cosi_imaging_plugin.deconvolution import (DeconvolutionDataset, ImageDeconvolution, MAPRichardsonLucy,
-                                               PriorTSV, RichardsonLucy, RichardsonLucySimple, load_results)
-from cosi_imaging_plugin.deconvolution.cli import deconvolve_main
-from cosi_imaging_plugin.deconvolution.plots import plot_convergence, plot_image
+                                               PriorTSV, RichardsonLucy, RichardsonLucySimple, build_algorithm,
+                                               load_results)
+from cosi_imaging_plugin.cli import deconvolve_main
+from cosi_imaging_plugin.plots import plot_convergence, plot_image
 from cosi_imaging_plugin.engine import ColumnResponse
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiFileError, CosiInputError
 from cosi_imaging_plugin.io import write_histogram, write_response
@@ -164,7 +165,8 @@ def one_kernel_thread():
 
 
 def run(algorithm, dataset, x0, parameter, mask=None):
-    algo = algorithm(x0, [dataset] if not isinstance(dataset, list) else dataset, mask=mask, parameter=parameter)
+    """Run `algorithm` configured by a ``deconvolution:parameter`` tree (the parameter files' route)."""
+    algo = build_algorithm(algorithm.name, parameter, dataset, initial_model=x0, mask=mask)
     algo.initialization()
     history = [float(np.sum(algo.loglikelihood_list))]
     while True:

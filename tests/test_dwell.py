@@ -6,9 +6,8 @@ import pytest
 from astropy.coordinates import SkyCoord
 
 from cosi_imaging_plugin.errors import CosiInputError
-from cosi_imaging_plugin.exposure import attitude_map, coordsys_conversion_matrix, dwell_time_map
-from cosi_imaging_plugin.io import Orientation
-from cosi_imaging_plugin.io.orientation import vec_to_lonlat
+from cosi_imaging_plugin.exposure import Orientation, attitude_map, coordsys_conversion_matrix, dwell_time_map
+from cosi_imaging_plugin.geometry import vec_to_lonlat
 
 
 def sky(v):

@@ -4,12 +4,11 @@ import healpy as hp
 import numpy as np
 import pytest
 from astropy.io import fits
+from synthetic_inputs import circular_orbit
 
 from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
-from cosi_imaging_plugin.exposure import attitude_map
-from cosi_imaging_plugin.io import ExposureTable, Orientation
+from cosi_imaging_plugin.exposure import ExposureTable, Orientation, attitude_map
 
-from synthetic_inputs import circular_orbit
 
 def orbit(n=200, **kwargs):
     return circular_orbit(n=n, t0=1.9e9, **kwargs)

@@ -2,42 +2,53 @@
 import pytest
 
 from cosi_imaging_plugin.errors import CosiFileError
-from cosi_imaging_plugin.io.manifest import read_manifest_mapping, resolve_backgrounds, resolve_file
+from cosi_imaging_plugin.io.manifest import SIMULATED_FORMAT, read_manifest, write_manifest
 
 
 def test_roles_resolve_relative_to_the_manifest(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "data.h5").write_bytes(b"x")
     (tmp_path / "bkg.h5").write_bytes(b"x")
-    manifest = tmp_path / "manifest.yaml"
-    manifest.write_text("data: sub/data.h5\nbackgrounds: {albedo: bkg.h5}\n")
-    mapping = read_manifest_mapping(manifest)
-    assert resolve_file(manifest, "data", mapping["data"]) == (tmp_path / "sub" / "data.h5").resolve()
-    assert resolve_backgrounds(manifest, "backgrounds", mapping["backgrounds"]) == {
-        "albedo": (tmp_path / "bkg.h5").resolve()}
-    assert resolve_backgrounds(manifest, "backgrounds", None) == {}
+    write_manifest(tmp_path, {"data_scatt": "sub/data.h5", "backgrounds": {"albedo": "bkg.h5"}}, name="plain")
+    for where in (tmp_path, tmp_path / "manifest.yaml"):
+        manifest = read_manifest(where)
+        assert manifest["data_scatt"] == (tmp_path / "sub" / "data.h5").resolve()
+        assert manifest["backgrounds"] == {"albedo": (tmp_path / "bkg.h5").resolve()}
+        assert manifest["backgrounds_galactic"] == {}
+        assert "data_scatt" in manifest and "ccm" not in manifest and "backgrounds_galactic" not in manifest
+        assert manifest.get("ccm") is None
+        assert manifest.name == "plain" and manifest.truth == {}
 
 
 @pytest.mark.parametrize("text, match", [
     (None, "manifest .*missing.yaml does not exist"),
-    ("a: [1, 2", "not valid YAML"),
-    ("- a\n- b\n", "must hold a mapping"),
+    ("a: [1, 2", "invalid YAML"),
+    ("- a\n- b\n", "must hold a YAML mapping"),
+    ("format: something_else\n", "unknown manifest format 'something_else'"),
+    (f"format: {SIMULATED_FORMAT}\n", "missing role 'response'"),
 ])
 def test_unreadable_manifests_name_the_file(tmp_path, text, match):
     path = tmp_path / ("missing.yaml" if text is None else "manifest.yaml")
     if text is not None:
         path.write_text(text)
     with pytest.raises(CosiFileError, match=match):
-        read_manifest_mapping(path)
+        read_manifest(path)
 
 
-def test_bad_roles_name_the_role(tmp_path):
-    manifest = tmp_path / "manifest.yaml"
-    with pytest.raises(CosiFileError, match="role 'ccm' must name a file"):
-        resolve_file(manifest, "ccm", 3)
-    with pytest.raises(CosiFileError, match="file .*ccm.h5 of role 'ccm' does not exist"):
-        resolve_file(manifest, "ccm", "ccm.h5")
-    with pytest.raises(CosiFileError, match="'backgrounds' must map background names to files"):
-        resolve_backgrounds(manifest, "backgrounds", ["bkg.h5"])
-    with pytest.raises(CosiFileError, match="role 'backgrounds:albedo'"):
-        resolve_backgrounds(manifest, "backgrounds", {"albedo": "nothing.h5"})
+@pytest.mark.parametrize("text, match", [
+    ("ccm: 3\n", "role 'ccm' must name a file"),
+    ("ccm: ccm.h5\n", "file .*ccm.h5 of role 'ccm' does not exist"),
+    ("backgrounds: [bkg.h5]\n", "'backgrounds' must map background names to files"),
+    ("backgrounds: {albedo: nothing.h5}\n", "role 'backgrounds:albedo'"),
+])
+def test_bad_roles_name_the_role(tmp_path, text, match):
+    (tmp_path / "manifest.yaml").write_text(text)
+    with pytest.raises(CosiFileError, match=match):
+        read_manifest(tmp_path)
+
+
+def test_missing_roles_are_named_for_their_purpose(tmp_path):
+    (tmp_path / "ccm.h5").write_bytes(b"x")
+    write_manifest(tmp_path, {"ccm": "ccm.h5"})
+    with pytest.raises(CosiFileError, match=r"lacks role\(s\) \['response', 'data_scatt'\] needed for a fit"):
+        read_manifest(tmp_path).require(["response", "ccm", "data_scatt"], "a fit")

@@ -6,8 +6,9 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 
 from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
-from cosi_imaging_plugin.io import Orientation
-from cosi_imaging_plugin.io.orientation import EARTH_RADIUS_KM, rotation_from_axes
+from cosi_imaging_plugin.exposure import Orientation
+from cosi_imaging_plugin.geometry import EARTH_RADIUS_KM, rotation_from_axes
+from cosi_imaging_plugin.io.ori_file import OriRecords, read_ori, write_ori
 
 ROW = "OG {t} 68.44034002307066 44.61117227945379 -21.559659976929343 44.61117227945379 550.0 0.0 0.0 1.0"
 
@@ -240,3 +241,76 @@ def test_constructor_validation():
     ori = Orientation(Time([0.0, 1.0], format="unix"), pole, sky.icrs)
     np.testing.assert_allclose(ori.z_pointing.b.deg, 0.0, atol=1e-9)
     np.testing.assert_allclose((ori.z_pointing.l.deg + 180.0) % 360.0 - 180.0, 0.0, atol=1e-9)
+
+
+# ------------------------------------------------------------ .ori file layer
+_RECORD_FIELDS = ("time", "x_lon", "x_lat", "z_lon", "z_lat", "altitude", "zenith_lon", "zenith_lat", "livetime")
+
+
+def test_read_ori_write_ori_round_trip_is_exact(fixtures_dir, tmp_path):
+    records = read_ori(fixtures_dir / "20280301_first_10sec.ori")
+    assert isinstance(records, OriRecords) and len(records) == 11 and records.has_earth_info
+    write_ori(tmp_path / "copy.ori", records)
+    back = read_ori(tmp_path / "copy.ori")
+    for name in _RECORD_FIELDS:
+        np.testing.assert_array_equal(getattr(back, name), getattr(records, name), err_msg=name)
+        assert getattr(back, name).dtype == np.float64
+    # the same numbers as the Orientation built on them
+    ori = Orientation.read(fixtures_dir / "20280301_first_10sec.ori")
+    np.testing.assert_array_equal(ori.unix_seconds, back.time)
+    np.testing.assert_array_equal(ori.x_pointing.b.deg, back.x_lat)
+    with pytest.raises(FileExistsError):
+        write_ori(tmp_path / "copy.ori", records, overwrite=False)
+
+
+def test_read_ori_attitude_only_file_has_no_earth_columns(tmp_path):
+    rows = [f"OG {1000.0 + 2 * i} 0.0 0.0 90.0 0.0" for i in range(4)]
+    records = read_ori(_write(tmp_path, _ori_text(rows)))
+    assert not records.has_earth_info
+    assert records.altitude is None and records.zenith_lon is None and records.livetime is None
+    write_ori(tmp_path / "six.ori", records)
+    back = read_ori(tmp_path / "six.ori")
+    for name in _RECORD_FIELDS[:5]:
+        np.testing.assert_array_equal(getattr(back, name), getattr(records, name), err_msg=name)
+
+
+# ---------------------------------------------------------- deprecated paths
+def test_io_orientation_module_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    import cosi_imaging_plugin.exposure
+    import cosi_imaging_plugin.geometry
+
+    sys.modules.pop("cosi_imaging_plugin.io.orientation", None)
+    with pytest.warns(DeprecationWarning, match="cosi_imaging_plugin.io.orientation"):
+        old = importlib.import_module("cosi_imaging_plugin.io.orientation")
+    assert old.Orientation is cosi_imaging_plugin.exposure.Orientation
+    for name in ("EARTH_RADIUS_KM", "rotation_from_axes", "lonlat_to_vec", "vec_to_lonlat", "galactic_vectors",
+                 "earth_limb_radius", "visible_mask"):
+        assert getattr(old, name) is getattr(cosi_imaging_plugin.geometry, name), name
+
+
+def test_io_exposure_table_module_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    import cosi_imaging_plugin.exposure
+
+    sys.modules.pop("cosi_imaging_plugin.io.exposure_table", None)
+    with pytest.warns(DeprecationWarning, match="cosi_imaging_plugin.io.exposure_table"):
+        old = importlib.import_module("cosi_imaging_plugin.io.exposure_table")
+    assert old.ExposureTable is cosi_imaging_plugin.exposure.ExposureTable
+
+
+@pytest.mark.parametrize("name", ["Orientation", "ExposureTable"])
+def test_io_package_attributes_are_deprecated_aliases(name):
+    import cosi_imaging_plugin.exposure
+    import cosi_imaging_plugin.io
+
+    with pytest.warns(DeprecationWarning, match=f"cosi_imaging_plugin.exposure.{name}"):
+        value = getattr(cosi_imaging_plugin.io, name)
+    assert value is getattr(cosi_imaging_plugin.exposure, name)
+    assert name not in cosi_imaging_plugin.io.__all__
+    with pytest.raises(AttributeError):
+        cosi_imaging_plugin.io.NoSuchName  # noqa: B018

@@ -13,7 +13,7 @@ from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.io import read_histogram
 from cosi_imaging_plugin.threeml import COSIImagingLike
 
-from small_setup import engine_for
+from small_setup import dataset_for
 from test_plugin import check_recovery, crab_like, truth_image
 
 warnings.filterwarnings("ignore")
@@ -32,7 +32,7 @@ def spectral_model():
 def two_periods():
     """Two observation periods of the same sky (independent Poisson draws)."""
     image = truth_image(crab_like())
-    return [engine_for(image, background_norm=1.0, seed=seed)[0] for seed in (21, 22)]
+    return [dataset_for(image, background_norm=1.0, seed=seed)[0] for seed in (21, 22)]
 
 
 def flux_points(seed=3, rel_error=0.05):
@@ -55,7 +55,7 @@ def hesse_error(jl, name):
 
 
 def test_two_periods_and_a_3ml_plugin_fit_jointly(two_periods):
-    plugins = [COSIImagingLike(f"period{i}", engine) for i, engine in enumerate(two_periods)]
+    plugins = [COSIImagingLike(f"period{i}", dataset) for i, dataset in enumerate(two_periods)]
     jl = JointLikelihood(spectral_model(), DataList(*plugins, flux_points()), verbose=False)
     jl.fit(quiet=True)
     check_recovery(jl, {**TRUTH, "period0_instrumental_norm": 1.0, "period1_instrumental_norm": 1.0})
@@ -103,13 +103,13 @@ def test_linked_spectral_index_of_two_sources():
     index, K = -2.1, 2e-4
     sources = [PointSource("a", ra=83.63, dec=22.01, spectral_shape=Powerlaw(K=K, index=index, piv=500.0)),
                PointSource("b", ra=100.0, dec=-10.0, spectral_shape=Powerlaw(K=K, index=index, piv=500.0))]
-    engine, _ = engine_for(truth_image(*sources), background_norm=1.0, seed=31)
+    dataset, _ = dataset_for(truth_image(*sources), background_norm=1.0, seed=31)
     model = Model(*[PointSource(s.name, ra=s.position.get_ra(), dec=s.position.get_dec(),
                                 spectral_shape=Powerlaw(K=1e-4, index=-2.5, piv=500.0)) for s in sources])
     for source in (model.a, model.b):
         source.spectrum.main.Powerlaw.K.bounds = (1e-6, 1e-2)
     model.link(model.b.spectrum.main.Powerlaw.index, model.a.spectrum.main.Powerlaw.index)
-    jl = JointLikelihood(model, DataList(COSIImagingLike("cosi", engine)), verbose=False)
+    jl = JointLikelihood(model, DataList(COSIImagingLike("cosi", dataset)), verbose=False)
     jl.fit(quiet=True)
     assert "b.spectrum.main.Powerlaw.index" not in jl.results.optimized_model.free_parameters
     assert model.b.spectrum.main.Powerlaw.index.value == model.a.spectrum.main.Powerlaw.index.value
@@ -141,11 +141,11 @@ def test_bayesian_analysis_with_emcee_agrees_with_the_fit(two_periods):
 
 # ---- background norms in groups of rows ---------------------------------------------------------
 def test_grouped_background_norms_equal_per_row_normalizations(two_periods):
-    engine = two_periods[0]
-    groups = (np.arange(engine.n_rows) >= engine.n_rows // 2).astype(int)
-    grouped = COSIImagingLike("cosi", engine, background_groups={"instrumental": groups},
+    dataset = two_periods[0]
+    groups = (np.arange(dataset.engine.n_rows) >= dataset.engine.n_rows // 2).astype(int)
+    grouped = COSIImagingLike("cosi", dataset, background_groups={"instrumental": groups},
                               log_like_offset="factorial")
-    plain = COSIImagingLike("cosi", engine, log_like_offset="factorial")
+    plain = COSIImagingLike("cosi", dataset, log_like_offset="factorial")
     for plugin in (grouped, plain):
         plugin.set_model(Model(crab_like()))
     assert set(grouped.background_parameters) == {"instrumental_g0", "instrumental_g1"}
@@ -156,8 +156,8 @@ def test_grouped_background_norms_equal_per_row_normalizations(two_periods):
     grouped.background_parameters["instrumental_g0"].value = 1.2
     grouped.background_parameters["instrumental_g1"].value = 0.7
     row_norms = np.where(groups == 0, 1.2, 0.7)
-    expected = engine.expectation(grouped.model_image(), {"instrumental": row_norms}).contents
-    counts = engine.data.to_dense().reshape(expected.shape)
+    expected = dataset.npred(grouped.model_image(), {"instrumental": row_norms}).contents
+    counts = dataset.engine.data.to_dense().reshape(expected.shape)
     assert grouped.get_log_like() == pytest.approx(stats.poisson.logpmf(counts, expected).sum(), rel=1e-10)
     np.testing.assert_allclose(grouped.get_model_counts().contents, expected, rtol=1e-12)
     # a simulated dataset keeps the groups and the values
@@ -168,15 +168,15 @@ def test_grouped_background_norms_equal_per_row_normalizations(two_periods):
 def test_grouped_background_norms_are_recovered():
     """Data drawn with norms 1.25 and 0.8 in two halves of the rows; the fit recovers both."""
     image = truth_image(crab_like())
-    engine, _ = engine_for(image, background_norm=1.0, seed=41)
-    groups = (np.arange(engine.n_rows) >= engine.n_rows // 2).astype(int)
+    dataset, _ = dataset_for(image, background_norm=1.0, seed=41)
+    groups = (np.arange(dataset.engine.n_rows) >= dataset.engine.n_rows // 2).astype(int)
     truth = {0: 1.25, 1: 0.8}
-    template = engine._bkg_hist["instrumental"].contents
-    sky = engine.expectation(image, {"instrumental": 0.0}).contents
+    template = dataset.backgrounds["instrumental"].contents
+    sky = dataset.npred(image, {"instrumental": 0.0}).contents
     expected = sky + np.asarray([truth[g] for g in groups])[:, None, None, None] * template
     counts = np.random.default_rng(42).poisson(expected).astype(float)
     from histpy import Histogram
-    plugin = COSIImagingLike("cosi", engine.with_data(Histogram(engine.data_axes, contents=counts)),
+    plugin = COSIImagingLike("cosi", dataset.with_counts(Histogram(dataset.data_axes, contents=counts)),
                              background_groups={"instrumental": groups})
     jl = JointLikelihood(spectral_model(), DataList(plugin), verbose=False)
     jl.fit(quiet=True)
@@ -184,24 +184,24 @@ def test_grouped_background_norms_are_recovered():
 
 
 def test_bad_background_groups_name_the_template(two_periods):
-    engine = two_periods[0]
+    dataset = two_periods[0]
     with pytest.raises(CosiInputError, match=r"background_groups\['instrumental'\] must hold one"):
-        COSIImagingLike("cosi", engine, background_groups={"instrumental": np.zeros(3, int)})
+        COSIImagingLike("cosi", dataset, background_groups={"instrumental": np.zeros(3, int)})
     with pytest.raises(CosiInputError, match="background_groups names unknown background"):
-        COSIImagingLike("cosi", engine, background_groups={"albedo": np.zeros(engine.n_rows, int)})
+        COSIImagingLike("cosi", dataset, background_groups={"albedo": np.zeros(dataset.engine.n_rows, int)})
 
 
 # ---- data versus model -------------------------------------------------------------------------
 def test_cds_products_display_and_model_map(two_periods, tmp_path):
-    engine = two_periods[0]
-    plugin = COSIImagingLike("cosi", engine)
+    dataset = two_periods[0]
+    plugin = COSIImagingLike("cosi", dataset)
     plugin.set_model(Model(crab_like()))
     data, model = plugin.data_cds(), plugin.model_cds()
-    assert data.contents.sum() == pytest.approx(engine.data.total_counts)
+    assert data.contents.sum() == pytest.approx(dataset.engine.data.total_counts)
     eps, total = plugin.expectation_at_bins()
     assert model.contents.sum() == pytest.approx(total, rel=1e-9)
     sky_only = plugin.model_cds(backgrounds=False).contents.sum()
-    assert sky_only == pytest.approx(total - engine.background_total("instrumental"), rel=1e-9)
+    assert sky_only == pytest.approx(total - dataset.background_total("instrumental"), rel=1e-9)
     residuals = plugin.residuals_cds().contents
     m = model.contents
     np.testing.assert_allclose(residuals[m > 0], ((data.contents - m) / np.sqrt(m))[m > 0])
@@ -228,7 +228,7 @@ def test_from_manifest_in_both_frames(tiny, frame):
     names = set(tiny.backgrounds if frame == "spacecraft" else tiny.backgrounds_galactic)
     assert set(plugin.background_parameters) == names
     counts = read_histogram(tiny["data_scatt" if frame == "spacecraft" else "data_galactic"], counts=True)
-    assert plugin.engine.data.total_counts == pytest.approx(float(np.sum(counts.contents)))
+    assert plugin.dataset.engine.data.total_counts == pytest.approx(float(np.sum(counts.contents)))
     plugin.set_model(Model(PointSource("p", l=30.0, b=10.0, spectral_shape=Powerlaw(K=1e-3, piv=511.0))))
     assert np.isfinite(plugin.get_log_like())
     with pytest.raises(CosiInputError, match="frame must be"):

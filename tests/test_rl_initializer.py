@@ -6,11 +6,11 @@ import pytest
 from astromodels import ExtendedSource, Gaussian_on_sphere, Model, Powerlaw
 from threeML import DataList, JointLikelihood
 
-from cosi_imaging_plugin.deconvolution import DeconvolutionDataset, ImageDeconvolution
+from cosi_imaging_plugin.deconvolution import ImageDeconvolution
 from cosi_imaging_plugin.threeml import COSIImagingLike
 from cosi_imaging_plugin.threeml.rl_initializer import image_moments, initialize_from_image, template_source
 
-from small_setup import EI_EDGES, NSIDE_MODEL, engine_for
+from small_setup import EI_EDGES, NSIDE_MODEL, dataset_for
 from test_plugin import truth_image
 
 warnings.filterwarnings("ignore")
@@ -25,9 +25,9 @@ def blob(lon0=TRUTH["lon0"], lat0=TRUTH["lat0"], sigma=TRUTH["sigma"], K=TRUTH["
 
 @pytest.fixture(scope="module")
 def rl_setup():
-    engine, _ = engine_for(truth_image(blob()), background_norm=1.0, seed=21)
+    dataset, _ = dataset_for(truth_image(blob()), background_norm=1.0, seed=21)
     deconvolution = ImageDeconvolution()
-    deconvolution.set_dataset([DeconvolutionDataset.from_engine("sim", engine)])
+    deconvolution.set_dataset([dataset])
     deconvolution.set_parameter({
         "model_definition": {
             "class": "AllSkyImage",
@@ -40,7 +40,7 @@ def rl_setup():
             "background_normalization_optimization": {"activate": True, "range": {"instrumental": [0.5, 2.0]}}}}})
     deconvolution.initialize()
     deconvolution.run_deconvolution(progress=False)
-    return engine, deconvolution.results[-1]["model"]
+    return dataset, deconvolution.results[-1]["model"]
 
 
 def free_blob_model(**start):
@@ -72,14 +72,14 @@ def test_moments_of_the_rl_image_locate_the_source(rl_setup):
 
 
 def test_rl_start_converges_in_fewer_calls_to_the_same_optimum(rl_setup):
-    engine, image = rl_setup
+    dataset, image = rl_setup
     fits = {}
     for label in ("default", "rl"):
         model = free_blob_model(lon0=230.0, lat0=-5.0, sigma=5.0, K=1e-4, index=-2.0)
         if label == "rl":
             initialize_from_image(model, image)
         CountingPlugin.calls = 0
-        jl = JointLikelihood(model, DataList(CountingPlugin("cosi", engine)), verbose=False)
+        jl = JointLikelihood(model, DataList(CountingPlugin("cosi", dataset)), verbose=False)
         results = jl.fit(quiet=True)[0]
         fits[label] = (CountingPlugin.calls, jl.results.get_statistic_frame()["-log(likelihood)"]["total"], results)
     (calls_default, like_default, res_default), (calls_rl, like_rl, res_rl) = fits["default"], fits["rl"]
@@ -92,10 +92,10 @@ def test_rl_start_converges_in_fewer_calls_to_the_same_optimum(rl_setup):
 
 
 def test_template_source_from_rl_image_fits_its_normalization(rl_setup, tmp_path):
-    engine, image = rl_setup
+    dataset, image = rl_setup
     source = template_source("rl", image, Powerlaw(K=1e-3, index=-2.0, piv=500.0), tmp_path / "rl.fits")
     model = Model(source)
-    plugin = COSIImagingLike("cosi", engine)
+    plugin = COSIImagingLike("cosi", dataset)
     jl = JointLikelihood(model, DataList(plugin), verbose=False)
     results = jl.fit(quiet=True)[0]
     # the template carries the source: its fitted spectrum matches the injected one within 3 sigma

@@ -17,11 +17,12 @@ from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.sky.functions import (Galactic_disk, Galactic_gaussian, exponential_latitude_integral,
                                                gaussian_latitude_integral, icrs_to_galactic,
                                                wrapped_gaussian_integral)
-from cosi_imaging_plugin.simulate import (PRESETS, SimulationConfig, albedo_exposure, background_template,
-                                          build_model, build_sources, builtin_config, builtin_config_names,
-                                          fold_rows, load_manifest, scale_rows, simulate_dataset, source_image,
+from cosi_imaging_plugin.io.manifest import read_manifest
+from cosi_imaging_plugin.simulate import (SimulationConfig, albedo_exposure, background_template, builtin_config,
+                                          builtin_config_names, fold_rows, scale_rows, simulate_dataset,
                                           spectral_weights, template_rows)
-from cosi_imaging_plugin.simulate import dataset as dataset_module
+from cosi_imaging_plugin.simulate import draws as draws_module
+from cosi_imaging_plugin.sky import PRESETS, build_model, build_sources, source_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,8 @@ def _sky_image(manifest, model_axis, ei_edges):
 def tiny_expectation(tiny):
     """Dense local-CDS expectation of the tiny dataset recomputed from its files, and its inputs."""
     from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine
-    from cosi_imaging_plugin.io import ExposureTable, read_ccm, read_histogram
+    from cosi_imaging_plugin.exposure import ExposureTable
+    from cosi_imaging_plugin.io import read_ccm, read_histogram
 
     response = ColumnResponse.from_file(tiny["response"], rtol=tiny.truth["response_rtol"], progress=False)
     ccm = read_ccm(tiny["ccm"])
@@ -191,7 +193,7 @@ def test_galactic_functions_known_to_astromodels():
 
 
 # ---------------------------------------------------------------------------------------------
-# simulate/sky_models.py
+# sky/sources.py
 # ---------------------------------------------------------------------------------------------
 def test_presets_build():
     model = build_model([{"preset": "positron_511"}, {"preset": "crab"}, {"preset": "al26_plane"}])
@@ -250,7 +252,7 @@ def small_setup():
     from cosi_imaging_plugin.exposure import coordsys_conversion_matrix
     from cosi_imaging_plugin.instrument.orbit import simulate_orbit
     from cosi_imaging_plugin.instrument.response_generator import generate_response
-    from cosi_imaging_plugin.io import ExposureTable
+    from cosi_imaging_plugin.exposure import ExposureTable
 
     config = SimulationConfig.from_dict(tiny_config())
     generated = generate_response(config.instrument, None, progress=False)
@@ -282,7 +284,7 @@ def test_instrumental_template_rows_follow_livetime(small_setup):
 
 
 def test_albedo_exposure_zero_where_earth_cannot_be_seen(small_setup):
-    from cosi_imaging_plugin.io.orientation import earth_limb_radius, lonlat_to_vec
+    from cosi_imaging_plugin.geometry import earth_limb_radius, lonlat_to_vec
 
     table = small_setup["table"]
     nside = 8
@@ -311,7 +313,7 @@ def test_albedo_outside_the_field_of_view_is_zero(small_setup):
     from cosi_imaging_plugin.exposure import coordsys_conversion_matrix
     from cosi_imaging_plugin.instrument.orbit import OrbitConfig, simulate_orbit
     from cosi_imaging_plugin.instrument.response_generator import generate_response
-    from cosi_imaging_plugin.io import ExposureTable
+    from cosi_imaging_plugin.exposure import ExposureTable
 
     # zenith pointing and no response beyond 90 deg off axis: the Earth (>113 deg) is never seen
     instrument = small_setup["config"].instrument.updated({"effective_area": {"max_off_axis_deg": 90.0}})
@@ -427,8 +429,9 @@ def test_galactic_data_conserve_and_follow_rotated_expectation(tiny, tiny_expect
 
 def test_files_round_trip_through_package_readers(tiny):
     from cosi_imaging_plugin.engine import CCMMapping
-    from cosi_imaging_plugin.io import (DeconvolutionParameters, ExposureTable, FullDetectorResponse, Orientation,
-                                        check_axes_match, read_ccm, read_histogram)
+    from cosi_imaging_plugin.exposure import ExposureTable, Orientation
+    from cosi_imaging_plugin.io import (DeconvolutionParameters, FullDetectorResponse, check_axes_match, read_ccm,
+                                        read_histogram)
 
     config = SimulationConfig.from_dict(tiny.config)
     with FullDetectorResponse.open(tiny["response"]) as response:
@@ -457,7 +460,7 @@ def test_files_round_trip_through_package_readers(tiny):
     assert params.get("model_definition:property:energy_edges:value") == [509.0, 513.0]
     assert set(params.get("deconvolution:parameter:background_normalization_optimization:range")) == set(
         tiny.backgrounds)
-    assert load_manifest(tiny.path).files == tiny.files
+    assert read_manifest(tiny.path).files == tiny.files
 
 
 def test_files_round_trip_through_histpy(tiny):
@@ -541,8 +544,8 @@ def test_sky_counts_match_the_orbit_integral(tmp_path):
                         "ei_edges_kev": [509.0, 513.0], "em_edges_kev": [509.0, 513.0]}}})
     manifest = simulate_dataset(config, tmp_path / "bright", progress=False)
     cfg = SimulationConfig.from_dict(config)
-    from cosi_imaging_plugin.io import ExposureTable
-    from cosi_imaging_plugin.io.orientation import lonlat_to_vec
+    from cosi_imaging_plugin.exposure import ExposureTable
+    from cosi_imaging_plugin.geometry import lonlat_to_vec
 
     table = ExposureTable.read(manifest["exposure_table"])
     source = lonlat_to_vec(200.0, -35.0)
@@ -592,7 +595,7 @@ def test_interrupted_run_leaves_no_directory(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(dataset_module, "fold_rows", boom)
+    monkeypatch.setattr(draws_module, "fold_rows", boom)
     with pytest.raises(RuntimeError, match="interrupted"):
         simulate_dataset(tiny_config(), tmp_path / "out", progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -607,14 +610,12 @@ def test_existing_directory_is_kept_without_overwrite(tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_builtin_configs_load_and_match_repository_copies():
+def test_builtin_configs_load():
     names = builtin_config_names()
     assert set(names) >= {"mini_511keV", "dc2_511keV", "crab_continuum"}
     for name in ("mini_511keV", "dc2_511keV", "crab_continuum"):
         config = builtin_config(name)
         assert config.name == name
-        packaged = Path(dataset_module.__file__).parents[1] / "data" / "configs" / f"{name}.yaml"
-        assert packaged.read_text() == (REPO / "configs" / f"{name}.yaml").read_text()
     mini = builtin_config("mini_511keV")
     assert mini.instrument.nside == 8 and len(mini.instrument.phi_edges) == 31
     assert [s["name"] for s in mini.sky] == ["bulge_511", "disk_511"]
@@ -628,7 +629,7 @@ def test_builtin_configs_load_and_match_repository_copies():
 
 def test_config_reads_relative_instrument_path(tmp_path):
     instrument = tmp_path / "inst.yaml"
-    instrument.write_text((REPO / "configs" / "instrument" / "cosi_like.yaml").read_text())
+    instrument.write_text((REPO / "cosi_imaging_plugin" / "data" / "instrument" / "cosi_like.yaml").read_text())
     config = tiny_config(instrument={"file": "inst.yaml", "overrides": {"binning": {"nside": 4}}})
     (tmp_path / "sim.yaml").write_text(yaml.safe_dump(config))
     loaded = SimulationConfig.read(tmp_path / "sim.yaml")

@@ -1,19 +1,30 @@
 """Image deconvolution: the Richardson-Lucy family (RLsimple, RL, MAP_RL) on the response engine.
 
-- :class:`DeconvolutionDataset`: event counts, backgrounds, response and CCM of one observation.
-- :class:`ImageDeconvolution`: the orchestrator (parameter files, model, mask, run, resume).
-- :mod:`.algorithms`: the algorithms and priors, working on arrays [n_pix, n_ei].
+- :class:`RichardsonLucySimple`, :class:`RichardsonLucy`, :class:`MAPRichardsonLucy`:
+  the algorithms, constructed with plain keywords on one or several datasets
+  (``RichardsonLucy(dataset, iterations=30, acceleration=True, alpha_max=10.0)``,
+  then ``.run()``);
+- :class:`PriorTSV`, :class:`PriorEntropy`: the priors of MAP-RL;
+- :class:`ImageDeconvolution`: the COSI team's parameter-file workflow (read a
+  parameter file, override, initialize, run, resume), translated into keywords by
+  :mod:`.parameters`;
+- :class:`DeconvolutionDataset`: a dataset with the method names of cosipy's DataIF;
 - :mod:`.results`: HDF5 + FITS results, loading for resuming.
-- :mod:`.plots`: convergence plots and Mollweide images.
 """
-from .algorithms import ALGORITHMS, MAPRichardsonLucy, PriorEntropy, PriorTSV, RichardsonLucy, RichardsonLucySimple
+from .all_sky_image import AllSkyImage
+from .base import DeconvolutionAlgorithm, backprojection
 from .dataset import DeconvolutionDataset
-from .image_deconvolution import AllSkyImage, ImageDeconvolution
+from .image_deconvolution import ImageDeconvolution
+from .map_richardson_lucy import MAPRichardsonLucy
+from .parameters import ALGORITHMS, algorithm_keywords, build_algorithm
+from .priors import PriorEntropy, PriorTSV
 from .results import load_results, results_table, save_results
+from .richardson_lucy import RichardsonLucy, RichardsonLucySimple
 
 __all__ = [
     "ALGORITHMS",
     "AllSkyImage",
+    "DeconvolutionAlgorithm",
     "DeconvolutionDataset",
     "ImageDeconvolution",
     "MAPRichardsonLucy",
@@ -21,6 +32,9 @@ __all__ = [
     "PriorTSV",
     "RichardsonLucy",
     "RichardsonLucySimple",
+    "algorithm_keywords",
+    "backprojection",
+    "build_algorithm",
     "load_results",
     "results_table",
     "save_results",

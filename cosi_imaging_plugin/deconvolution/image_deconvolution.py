@@ -12,171 +12,26 @@ or the older flat form (read through
 :class:`~cosi_imaging_plugin.io.parameters.DeconvolutionParameters`); the
 intermediate form of the tutorial's overrides (``deconvolution:parameter:alpha_max``)
 is accepted too. Unknown keys, model classes and algorithms are errors naming the key.
+
+The algorithms themselves take plain keywords (:mod:`.richardson_lucy`,
+:mod:`.map_richardson_lucy`); this class is the parameter-file workflow around them.
 """
 import copy
 import logging
 from pathlib import Path
 
 import numpy as np
-from astropy import units as u
-from histpy import HealpixAxis, Histogram
-from tqdm.auto import tqdm
+from histpy import Histogram
 
-from ..engine.engine import IMAGE_UNIT
-from ..errors import AxisMismatchError, CosiInputError
-from ..io.histograms import check_axes_match
+from ..binning import check_axes_match
+from ..errors import CosiInputError
 from ..io.parameters import DeconvolutionParameters
-from .algorithms import ALGORITHMS, FREE_MAPPING, LEAF, _number, _quantity, normalize_parameter, validate_tree
-from .dataset import DeconvolutionDataset
+from .all_sky_image import MODEL_CLASSES, MODEL_DEFINITION_KEYS
+from .base import as_dataset_list
+from .parameters import ALGORITHMS, DECONVOLUTION_KEYS, build_algorithm, save_options, validate_tree
+from .results import load_results, save_results
 
 logger = logging.getLogger(__name__)
-
-#: Initialization methods of the AllSkyImage model and the keys of their ``parameter`` block.
-INITIALIZATIONS = {
-    "flat": {"value": LEAF, "unit": LEAF},
-    "user": {"file": LEAF, "name": LEAF},
-    "backprojection": {},
-}
-
-_MODEL_DEFINITION_KEYS = {
-    "class": LEAF,
-    "property": {"coordinate": LEAF, "nside": LEAF, "scheme": LEAF,
-                 "energy_edges": {"value": LEAF, "unit": LEAF}, "unit": LEAF},
-    "initialization": {"algorithm": LEAF, "parameter": FREE_MAPPING},
-}
-_DECONVOLUTION_KEYS = {"algorithm": LEAF, "parameter": FREE_MAPPING}
-
-
-class AllSkyImage:
-    """The ``AllSkyImage`` model class: HEALPix maps in Ei bands, checked against the datasets.
-
-    Parameters
-    ----------
-    prop : dict
-        ``model_definition:property`` (coordinate, nside, scheme, energy_edges, unit).
-    datasets : list of DeconvolutionDataset
-        The model axes are taken from the datasets' engines after checking that
-        NSIDE, scheme, frame and energy edges agree with `prop`.
-    """
-
-    name = "AllSkyImage"
-
-    def __init__(self, prop, datasets):
-        key = "model_definition:property"
-        for needed in ("nside", "energy_edges"):
-            if needed not in prop:
-                raise CosiInputError(f"missing parameter '{key}:{needed}'")
-        axes = datasets[0].model_axes
-        lb, ei = axes[0], axes[1]
-        if not isinstance(lb, HealpixAxis):
-            raise CosiInputError(f"the datasets' sky axis '{lb.label}' is not a HEALPix axis")
-        nside = _number(prop["nside"], f"{key}:nside", low=1, integer=True)
-        if nside != lb.nside:
-            raise AxisMismatchError(f"'{key}:nside' is {nside} but the CCM/response sky axis '{lb.label}' has "
-                                    f"NSIDE {lb.nside}; they must be equal")
-        scheme = str(prop.get("scheme", "ring"))
-        if scheme.upper() != str(lb.scheme).upper():
-            raise AxisMismatchError(f"'{key}:scheme' is '{scheme}' but the sky axis '{lb.label}' is "
-                                    f"'{lb.scheme}'")
-        coordinate = str(prop.get("coordinate", "galactic")).lower()
-        frame = getattr(lb.coordsys, "name", None)
-        if coordinate != "galactic" or (frame is not None and str(frame).lower() != "galactic"):
-            raise CosiInputError(f"'{key}:coordinate' must be 'galactic' (the sky axis frame is {frame}), "
-                                 f"got '{coordinate}'")
-        edges = _quantity(prop["energy_edges"], f"{key}:energy_edges", u.keV, default_unit="keV", low=0.0)
-        edges = np.atleast_1d(edges)
-        ref = ei.edges.to_value(u.keV) if ei.unit is not None else np.asarray(ei.edges)
-        if edges.shape != ref.shape or not np.allclose(edges, ref, rtol=1e-6, atol=0):
-            raise AxisMismatchError(f"'{key}:energy_edges' {edges.tolist()} keV differ from the response Ei "
-                                    f"edges {ref.tolist()} keV")
-        try:
-            self.unit = u.Unit(prop.get("unit", str(IMAGE_UNIT)))
-        except (ValueError, TypeError) as exc:
-            raise CosiInputError(f"'{key}:unit' is not a unit: {prop.get('unit')!r}") from exc
-        if not self.unit.is_equivalent(IMAGE_UNIT):
-            raise CosiInputError(f"'{key}:unit' must be an intensity like {IMAGE_UNIT}, got '{self.unit}'")
-        self.axes = axes
-        self.nside = nside
-
-    def histogram(self, values):
-        """Histogram of an array [n_pix, n_ei] in ph cm-2 s-1 sr-1, in the model unit."""
-        return Histogram(self.axes, contents=np.asarray(values) * IMAGE_UNIT.to(self.unit), unit=self.unit)
-
-    def initial_values(self, init, datasets, user_model=None):
-        """Initial image [n_pix, n_ei] in ph cm-2 s-1 sr-1.
-
-        Parameters
-        ----------
-        init : dict
-            ``model_definition:initialization`` (algorithm and parameter).
-        datasets : list of DeconvolutionDataset
-        user_model : histpy.Histogram, optional
-            Image given with ``ImageDeconvolution.set_initial_model`` (for ``user``).
-        """
-        key = "model_definition:initialization"
-        algorithm = init.get("algorithm")
-        if algorithm not in INITIALIZATIONS:
-            raise CosiInputError(f"unknown '{key}:algorithm' {algorithm!r}; known: {sorted(INITIALIZATIONS)}")
-        parameter = init.get("parameter") or {}
-        validate_tree(parameter, INITIALIZATIONS[algorithm], f"{key}:parameter")
-        shape = tuple(self.axes.nbins)
-        if algorithm == "flat":
-            if "value" not in parameter:
-                raise CosiInputError(f"missing parameter '{key}:parameter:value' (one value per energy bin)")
-            values = np.atleast_1d(_quantity(parameter, f"{key}:parameter", IMAGE_UNIT,
-                                             default_unit=str(self.unit)))
-            if np.ndim(parameter["value"]) == 0:
-                values = np.repeat(values, shape[1])
-            if values.shape != (shape[1],):
-                raise CosiInputError(f"'{key}:parameter:value' has {values.size} values but the model has "
-                                     f"{shape[1]} energy bins")
-            if np.any(values <= 0):
-                raise CosiInputError(f"'{key}:parameter:value' must be positive (Richardson-Lucy cannot move "
-                                     f"a pixel away from zero), got {values.tolist()}")
-            return np.broadcast_to(values, shape).copy()
-        if algorithm == "user":
-            if "file" in parameter:
-                from ..io.histograms import read_image
-
-                user_model = read_image(parameter["file"], name=parameter.get("name", "hist"))
-            if user_model is None:
-                raise CosiInputError(f"'{key}:algorithm' is 'user': give '{key}:parameter:file' or call "
-                                     f"set_initial_model()")
-            check_axes_match(user_model.axes, self.axes, [self.axes[0].label, self.axes[1].label],
-                             "initial model", "model axes")
-            values = datasets[0].image_values(user_model)
-            if np.any(values < 0):
-                raise CosiInputError("the user initial model has negative pixels")
-            return values
-        return self.backprojection(datasets)
-
-    @staticmethod
-    def backprojection(datasets):
-        """Simple back-projection ``sum_i R_ij d_i / sum_i R_ij``, scaled to the counts minus background.
-
-        The scale makes the expected sky counts ``sum_j X_j x_j`` equal the total counts
-        minus the backgrounds at unit normalization (at least 1% of the counts, so the
-        start stays positive when the backgrounds explain everything).
-        """
-        numerator = sum(ds.engine.transpose_product(ds.engine.data.counts) for ds in datasets)
-        exposure = sum(ds.engine.exposure_map for ds in datasets)
-        image = np.divide(numerator, exposure, out=np.zeros_like(numerator), where=exposure > 0)
-        counts = sum(ds.engine.data.total_counts for ds in datasets)
-        background = sum(ds.engine.background_total(n) for ds in datasets for n in ds.background_names)
-        target = counts - background
-        if target < 0.01 * counts:
-            logger.warning("backgrounds (%.4g counts) explain the data (%.4g counts): the back-projection is "
-                           "scaled to 1%% of the counts", background, counts)
-            target = 0.01 * counts
-        sky = float(np.sum(exposure * image))
-        if sky <= 0:
-            raise CosiInputError("back-projection is zero everywhere: no response overlaps the data")
-        logger.info("back-projection scaled to %.4g expected sky counts", target)
-        return image * (target / sky)
-
-
-#: Model classes by the name used in parameter files.
-MODEL_CLASSES = {AllSkyImage.name: AllSkyImage}
 
 
 class ImageDeconvolution:
@@ -204,18 +59,11 @@ class ImageDeconvolution:
 
     # ---- inputs -------------------------------------------------------------------------------
     def set_dataset(self, dataset):
-        """Register the datasets (a list of :class:`DeconvolutionDataset`; one is wrapped in a list).
+        """Register the datasets (a list of :class:`~cosi_imaging_plugin.datasets.COSIDataset`, or one).
 
         All datasets must share the model axes (same CCM lb grid and response Ei bins).
         """
-        if isinstance(dataset, DeconvolutionDataset):
-            dataset = [dataset]
-        dataset = list(dataset)
-        if not dataset or not all(isinstance(d, DeconvolutionDataset) for d in dataset):
-            raise CosiInputError("set_dataset needs a non-empty list of DeconvolutionDataset")
-        names = [d.name for d in dataset]
-        if len(set(names)) != len(names):
-            raise CosiInputError(f"dataset names must be unique, got {names}")
+        dataset = as_dataset_list(dataset)
         first = dataset[0].model_axes
         for d in dataset[1:]:
             check_axes_match(d.model_axes, first, [first[0].label, first[1].label],
@@ -310,8 +158,8 @@ class ImageDeconvolution:
         if self._parameter is None:
             raise CosiInputError("no parameters: call read_parameterfile() first")
         tree = self._parameter.to_dict()
-        validate_tree(tree["model_definition"], _MODEL_DEFINITION_KEYS, "model_definition")
-        validate_tree(tree["deconvolution"], _DECONVOLUTION_KEYS, "deconvolution")
+        validate_tree(tree["model_definition"], MODEL_DEFINITION_KEYS, "model_definition")
+        validate_tree(tree["deconvolution"], DECONVOLUTION_KEYS, "deconvolution")
         return tree
 
     def model_initialization(self):
@@ -332,7 +180,7 @@ class ImageDeconvolution:
         logger.info("model %s: NSIDE %d, %d energy bins, unit %s", name, self._model.nside,
                     self._model.axes[1].nbins, self._model.unit)
         shape = tuple(self._model.axes.nbins)
-        exposure = sum(d.engine.exposure_map for d in self._dataset)
+        exposure = sum(d.exposure for d in self._dataset)
         mask = np.ones(shape, dtype=bool)
         if self._user_mask is not None:
             labels = list(self._user_mask.axes.labels)
@@ -343,7 +191,7 @@ class ImageDeconvolution:
         mask &= exposure > 0
         self._mask = Histogram(self._model.axes, contents=mask)
         if self._resume_state is not None:
-            values = self._dataset[0].image_values(self._resume_state["results"][-1]["model"])
+            values = self._dataset[0].engine.image_values(self._resume_state["results"][-1]["model"])
         else:
             if "initialization" not in definition:
                 raise CosiInputError("missing section 'model_definition:initialization'")
@@ -364,18 +212,16 @@ class ImageDeconvolution:
         if name not in self.deconvolution_algorithm_classes:
             raise CosiInputError(f"unknown 'deconvolution:algorithm' {name!r}; known: "
                                  f"{sorted(self.deconvolution_algorithm_classes)}")
-        parameter = normalize_parameter(tree["deconvolution"].get("parameter") or {})
-        tree["deconvolution"]["parameter"] = parameter
-        cls = self.deconvolution_algorithm_classes[name]
         state = self._resume_state or {}
         previous = state.get("results")
-        self._algorithm = cls(
-            self._dataset[0].image_values(self._initial_model), self._dataset,
-            mask=np.asarray(self._mask.contents, dtype=bool), parameter=parameter, model_unit=self._model.unit,
+        self._algorithm = build_algorithm(
+            name, tree["deconvolution"].get("parameter") or {}, self._dataset,
+            initial_model=self._dataset[0].engine.image_values(self._initial_model),
+            mask=np.asarray(self._mask.contents, dtype=bool), model_unit=self._model.unit,
             start_iteration=previous[-1]["iteration"] if previous else 0,
-            initial_bkg_norms=state.get("bkg_norms"), previous_results=copy.copy(previous),
+            background_norms=state.get("bkg_norms"), previous_results=copy.copy(previous),
             metadata={"parameters": tree})
-        logger.info("algorithm %s registered: %s", name, parameter)
+        logger.info("algorithm %s registered", name)
         return True
 
     def initialize(self):
@@ -391,7 +237,7 @@ class ImageDeconvolution:
 
     # ---- running ------------------------------------------------------------------------------
     def run_deconvolution(self, progress=True):
-        """Iterate until a stopping criterion is met; save the results if configured.
+        """Iterate until a stopping criterion is met; save the results if the parameters say so.
 
         Parameters
         ----------
@@ -402,41 +248,26 @@ class ImageDeconvolution:
         -------
         list of dict
             :attr:`results`. If interrupted (KeyboardInterrupt), the iterations done so
-            far are finalized (and saved when configured) before re-raising.
+            far are saved (when configured) before re-raising.
         """
         if self._algorithm is None or self._stale:
             raise CosiInputError("call initialize() before run_deconvolution() (and again after changing the "
                                  "datasets, parameters or mask)")
-        algo = self._algorithm
-        logger.info("image deconvolution starts (%s)", algo.name)
-        algo.initialization()
-        done = algo.iteration_count
-        if done >= algo.iteration_max:
-            logger.warning("already %d iterations done (iteration_max %d): nothing to run", done,
-                           algo.iteration_max)
-            return algo.results
-        bar = tqdm(total=algo.iteration_max, initial=done, desc=algo.name, unit="it", disable=not progress)
         try:
-            while True:
-                stop = algo.iteration()
-                last = algo.results[-1]
-                bar.update(1)
-                postfix = {"logL": f"{np.sum(last['loglikelihood']):.8g}", "alpha": f"{last['alpha']:.3g}"}
-                if last.get("log_posterior") is not None:
-                    postfix["logP"] = f"{last['log_posterior']:.8g}"
-                bar.set_postfix(postfix)
-                if stop:
-                    break
+            self._algorithm.run(progress=progress)
         except KeyboardInterrupt:
-            logger.warning("interrupted after iteration %d: finalizing", algo.iteration_count)
-            if algo.results:
-                algo.finalization()
+            logger.warning("interrupted after iteration %d: finalizing", self._algorithm.iteration_count)
+            if self._algorithm.results:
+                self._save_as_configured()
             raise
-        finally:
-            bar.close()
-        algo.finalization()
-        logger.info("image deconvolution finished after %d iterations", algo.iteration_count)
-        return algo.results
+        self._save_as_configured()
+        return self._algorithm.results
+
+    def _save_as_configured(self):
+        """Save the results where ``deconvolution:parameter:save_results`` says, if it is active."""
+        activate, directory, only_final = save_options(self._parameter.get("deconvolution:parameter") or {})
+        if activate:
+            self.save_results(directory, only_final_result=only_final)
 
     def save_results(self, directory, only_final_result=False):
         """Save :attr:`results` (``results.h5`` and ``results.fits``) into `directory`.
@@ -446,8 +277,6 @@ class ImageDeconvolution:
         dict
             Paths of the written files.
         """
-        from .results import save_results
-
         if self._algorithm is None or not self._algorithm.results:
             raise CosiInputError("no results to save: run the deconvolution first")
         return save_results(self.results, directory, only_final_result=only_final_result,
@@ -468,8 +297,6 @@ class ImageDeconvolution:
         int
             The iteration the run continues from.
         """
-        from .results import load_results
-
         if self._dataset is None:
             raise CosiInputError("set the datasets (set_dataset) before resuming")
         state = load_results(path)

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import yaml
 from astropy.table import Table
 from histpy import Histogram
 
 from .._atomic import atomic_path
 from ..errors import CosiFileError
+from ..io.histograms import open_hdf5
+from ..io.yaml_files import parse_yaml, yaml_text
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def save_results(results, directory, only_final_result=False, algorithm=None, da
             f.attrs["format"] = FORMAT
             f.attrs["algorithm"] = algorithm or ""
             f.attrs["dataset_names"] = json.dumps(dataset_names)
-            f.attrs["parameters"] = yaml.safe_dump(parameters, sort_keys=False) if parameters is not None else ""
+            f.attrs["parameters"] = yaml_text(parameters) if parameters is not None else ""
             f.attrs["final_iteration"] = int(results[-1]["iteration"])
             for result in saved:
                 group = f.create_group(f"iteration{int(result['iteration'])}")
@@ -167,8 +168,6 @@ def load_results(path):
     CosiFileError
         Missing file, or a file not written by :func:`save_results`.
     """
-    from ..io.histograms import open_hdf5
-
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_H5
@@ -178,7 +177,7 @@ def load_results(path):
                                 f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
         dataset_names = json.loads(f.attrs["dataset_names"])
         text = f.attrs["parameters"]
-        parameters = yaml.safe_load(text) if text else None
+        parameters = parse_yaml(text, f"{path}: stored parameters") if text else None
         meta = []
         for name, group in f.items():
             attrs = group.attrs

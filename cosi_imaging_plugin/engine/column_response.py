@@ -32,6 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CosiInputError
+from ..io.response import FullDetectorResponse
 from .kernel_layout import tiled_blocks
 from .kernels import BLOCK, fold_all_columns
 
@@ -139,8 +140,6 @@ class ColumnResponse:
         progress : bool
             Show a progress bar.
         """
-        from ..io.response import FullDetectorResponse
-
         if not isinstance(response, FullDetectorResponse):
             with FullDetectorResponse.open(response) as opened:
                 return cls.from_file(opened, rtol, dtype, pixels_per_chunk, progress)

@@ -21,17 +21,15 @@ import numpy as np
 from astropy import units as u
 from histpy import Axes, Histogram
 
+from ..binning import EXPOSURE_UNIT, IMAGE_UNIT, check_axes_match, dense_values
 from ..errors import AxisMismatchError, CosiInputError
-from ..io.histograms import check_axes_match
 from .kernel_layout import column_chunks, tile_groups, tiled_rows
 from .kernels import adjoint_at_bins, forward_at_bins
-from .reductions import counts_log_sum, dot
+from .reductions import dot, poisson_log_likelihood
 from .sky_mapping import CCMMapping, PixelMapping
 from .sparse_data import SparseData, flat_nonzero, gather
 
 logger = logging.getLogger(__name__)
-
-IMAGE_UNIT = u.Unit("cm-2 s-1 sr-1")
 
 
 class ResponseEngine:
@@ -167,10 +165,10 @@ class ResponseEngine:
         """
         if isinstance(image, Histogram):
             check_axes_match(image.axes, self.model_axes, list(self.model_axes.labels), "image", "engine model")
-            values = np.asarray(image.contents.todense() if hasattr(image.contents, "todense")
-                                else getattr(image.contents, "value", image.contents), dtype=np.float64)
-            if image.unit is not None and image.unit != u.dimensionless_unscaled:
-                values = values * image.unit.to(IMAGE_UNIT)
+            if image.unit is not None and not image.unit.is_equivalent(IMAGE_UNIT) \
+                    and image.unit != u.dimensionless_unscaled:
+                raise CosiInputError(f"image unit '{image.unit}' is not an intensity ({IMAGE_UNIT})")
+            values = dense_values(image, IMAGE_UNIT)
         else:
             values = np.asarray(getattr(image, "value", image), dtype=np.float64)
             if values.ndim == 1:
@@ -297,8 +295,20 @@ class ResponseEngine:
         norms = self.background_norms(bkg_norms)
         return sky + sum(self._background_total(n, norms[n]) for n in self.background_names)
 
-    def log_likelihood_from(self, expectation_at_bins, total_expected):
+    def log_likelihood_from(self, expectation_at_bins, total_expected, constant=None):
         """Poisson log-likelihood ``sum d ln eps - sum eps - sum ln d!``.
+
+        Parameters
+        ----------
+        expectation_at_bins : ndarray, shape (nnz,)
+            Expected counts at the non-empty bins.
+        total_expected : float
+            Expected counts summed over all bins.
+        constant : float, optional
+            Subtracted instead of ``sum ln d!`` (e.g. the saturated log-likelihood's
+            ``sum d ln d - d``, which keeps the result small). One constant, subtracted
+            once: a minimizer's finite differences see the rounding of a number of the
+            result's size, not of the factorials'.
 
         Raises
         ------
@@ -307,12 +317,13 @@ class ResponseEngine:
         """
         self._require_data()
         eps = np.asarray(expectation_at_bins)
-        log_sum, q = counts_log_sum(self.data.counts, eps)
+        constant = self.data.log_factorial if constant is None else constant
+        value, q = poisson_log_likelihood(self.data.counts, eps, total_expected, constant)
         if q >= 0:
             raise CosiInputError(
                 f"expected counts {eps[q]:g} at a bin with {self.data.counts[q]:g} counts "
                 f"({self.describe_bin(q)}): the model cannot produce the observed data")
-        return float(log_sum - total_expected - self.data.log_factorial)
+        return value
 
     def log_likelihood(self, image, bkg_norms=None):
         """Poisson log-likelihood of the data for a sky image and background normalizations."""
@@ -411,7 +422,7 @@ class ResponseEngine:
 
     def exposure_histogram(self):
         """Exposure map ``X_j = sum_i R_ij`` as a Histogram over the model axes (cm2 s sr)."""
-        return Histogram(self.model_axes, contents=self.exposure_map, unit=u.Unit("cm2 s sr"))
+        return Histogram(self.model_axes, contents=self.exposure_map, unit=EXPOSURE_UNIT)
 
     # ---- construction helpers -------------------------------------------------------------------
     @classmethod

@@ -36,6 +36,33 @@ def dot(a, b):
     return total
 
 
+def poisson_log_likelihood(counts, eps, total, constant=0.0):
+    """The Poisson log-likelihood ``sum_i d_i ln eps_i - total - constant`` from the non-empty bins.
+
+    The package's one Poisson log-likelihood: the engine, the Richardson-Lucy line
+    search and the 3ML plugin all evaluate it here.
+
+    Parameters
+    ----------
+    counts : ndarray, shape (nnz,)
+        Counts ``d_i`` of the non-empty bins.
+    eps : ndarray, shape (nnz,)
+        Expected counts at those bins.
+    total : float
+        Expected counts summed over all bins (``sum_i eps_i`` including the empty ones).
+    constant : float
+        Subtracted as well, e.g. ``sum_i ln d_i!``.
+
+    Returns
+    -------
+    (float, int)
+        The log-likelihood and the first bin where ``eps`` is not positive (-1 if
+        none; the value is meaningless then).
+    """
+    log_sum, q = counts_log_sum(counts, eps)
+    return float(log_sum - total - constant), q
+
+
 def counts_log_sum(counts, eps):
     """``(sum_i d_i ln eps_i, q)`` with ``q`` the first bin where ``eps`` is not positive (-1 if none).
 

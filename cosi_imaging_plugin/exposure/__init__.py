@@ -6,23 +6,24 @@
 - :func:`dwell_time_map`, :func:`attitude_map`: where a sky direction sits in the
   instrument frame, and how long the spacecraft holds each attitude.
 """
-from ..io.exposure_table import ExposureTable
-from ..io.orientation import EARTH_RADIUS_KM, Orientation, rotation_from_axes
+from ..geometry import EARTH_RADIUS_KM, rotation_from_axes
 from .ccm import check_ccm, coordsys_conversion_matrix, write_ccm
 from .dwell import attitude_map, dwell_time_map
+from .exposure_table import ExposureTable
+from .orientation import Orientation
 from .scatt import averaged_pointing, interval_midpoints, scatt_bins
 
 __all__ = [
-    "Orientation",
-    "ExposureTable",
     "EARTH_RADIUS_KM",
-    "rotation_from_axes",
-    "coordsys_conversion_matrix",
-    "check_ccm",
-    "write_ccm",
-    "dwell_time_map",
+    "ExposureTable",
+    "Orientation",
     "attitude_map",
-    "scatt_bins",
     "averaged_pointing",
+    "check_ccm",
+    "coordsys_conversion_matrix",
+    "dwell_time_map",
     "interval_midpoints",
+    "rotation_from_axes",
+    "scatt_bins",
+    "write_ccm",
 ]

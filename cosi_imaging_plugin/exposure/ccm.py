@@ -10,6 +10,7 @@ occultation, where a pixel below the limb at attitude t gets nothing).
 Axes: ``[ScAtt | Time, lb, NuLambda]``; ScAtt edges ``arange(n+1)`` without a
 unit, Time edges in seconds (Unix); unit ``s``; stored sparse (COO).
 """
+import itertools
 import logging
 
 import astropy.units as u
@@ -20,12 +21,14 @@ from astropy.time import Time
 from histpy import Axes, Axis, HealpixAxis, Histogram
 from tqdm.auto import tqdm
 
+from ..binning import check_nside, normalize_scheme
 from ..errors import AxisMismatchError, CosiInputError
-from ..io.exposure_table import ExposureTable
+from ..geometry import lonlat_to_vec, rotation_from_axes, visible_mask
 from ..io.histograms import write_histogram
-from ..io.orientation import Orientation, lonlat_to_vec, rotation_from_axes, visible_mask
 from .dwell import _CHUNK, _Accumulator, fold_attitudes, fold_directions, show_progress, spacecraft_axis
-from .scatt import check_nside, normalize_scheme
+from .exposure_table import ExposureTable
+from .orientation import Orientation
+from .scatt import averaged_pointing
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ _BINNING_LABELS = {"scatt": "ScAtt", "time": "Time"}
 class _Bin:
     """Attitudes of one CCM bin: axis vectors, times and optional Earth data."""
 
-    __slots__ = ("x", "z", "times", "zenith", "altitude", "x_avg", "z_avg", "exposure")
+    __slots__ = ("altitude", "exposure", "times", "x", "x_avg", "z", "z_avg", "zenith")
 
     def __init__(self, x, z, times, zenith=None, altitude=None, x_avg=None, z_avg=None, exposure=None):
         self.x, self.z, self.times = x, z, times
@@ -80,8 +83,6 @@ def _time_edges_seconds(time_edges, orientation):
 
 def _bins_from_time_edges(orientation, edges, earth_occultation, use_livetime):
     """Split the timeline's intervals over time bins, in proportion to their overlap."""
-    from .scatt import averaged_pointing
-
     t = orientation.unix_seconds
     dt, livetime = orientation.intervals()
     times = (livetime if use_livetime else dt).to_value(u.s)
@@ -93,7 +94,7 @@ def _bins_from_time_edges(orientation, edges, earth_occultation, use_livetime):
         logger.warning("time edges [%r, %r] extend beyond the orientation [%r, %r]; "
                        "uncovered time gets no exposure", edges[0], edges[-1], t[0], t[-1])
     bins = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         first = np.searchsorted(stop, lo, side="right")  # first interval ending after lo
         last = np.searchsorted(start, hi, side="left")  # intervals starting before hi
         idx = np.arange(first, last)

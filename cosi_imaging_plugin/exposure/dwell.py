@@ -12,13 +12,15 @@ import logging
 import astropy.units as u
 import healpy as hp
 import numpy as np
+import scoords  # noqa: F401  (registers the 'spacecraftframe' astropy frame)
 from histpy import HealpixAxis, Histogram
 from tqdm.auto import tqdm
 
+from ..binning import check_nside, normalize_scheme
 from ..errors import CosiInputError
-from ..io.exposure_table import ExposureTable
-from ..io.orientation import Orientation, galactic_vectors, rotation_from_axes, visible_mask
-from .scatt import check_nside, normalize_scheme
+from ..geometry import galactic_vectors, rotation_from_axes, visible_mask
+from .exposure_table import ExposureTable
+from .orientation import Orientation
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,6 @@ _PROGRESS_THRESHOLD = 1 << 24
 
 def spacecraft_axis(nside, scheme="ring", label="NuLambda"):
     """HEALPix axis in the spacecraft frame (as the response's NuLambda axis)."""
-    import scoords  # noqa: F401  (registers the 'spacecraftframe' astropy frame)
-
     scheme = normalize_scheme(scheme)
     return HealpixAxis(nside=check_nside(nside, scheme), scheme=scheme, coordsys="spacecraftframe", label=label)
 
@@ -198,7 +198,7 @@ def dwell_time_map(orientation, direction, nside, scheme="ring", earth_occultati
 def attitude_map(orientation, nside, scheme="ring", start=None, stop=None, use_livetime=True):
     """Exposure per spacecraft attitude, binned by the HEALPix pixels of the z and x axes.
 
-    This is the ScAtt grouping of :class:`~cosi_imaging_plugin.io.ExposureTable`
+    This is the ScAtt grouping of :class:`~cosi_imaging_plugin.exposure.ExposureTable`
     as a 2-D histogram; folding a Galactic point source only needs one
     spacecraft-frame direction per non-empty (z, x) cell.
 

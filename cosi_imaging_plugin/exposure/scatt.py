@@ -1,44 +1,17 @@
 """Spacecraft-attitude (ScAtt) binning: group attitude intervals by their HEALPix (z, x) pixels.
 
 These are the array-level building blocks of
-:class:`cosi_imaging_plugin.io.ExposureTable`; they only need numpy and healpy.
+:class:`cosi_imaging_plugin.exposure.ExposureTable`; they only need numpy and healpy.
 """
 import logging
 
 import healpy as hp
 import numpy as np
 
+from ..binning import check_nside, normalize_scheme
 from ..errors import CosiInputError
 
 logger = logging.getLogger(__name__)
-
-_SCHEMES = {"ring": "ring", "nested": "nested", "nest": "nested"}
-
-
-def normalize_scheme(scheme):
-    """Return 'ring' or 'nested' for a HEALPix scheme name (case-insensitive; 'nest' accepted)."""
-    key = str(scheme).strip().lower()
-    if key not in _SCHEMES:
-        raise CosiInputError(f"HEALPix scheme must be 'ring' or 'nested', got {scheme!r}")
-    return _SCHEMES[key]
-
-
-def check_nside(nside, scheme="ring", name="nside"):
-    """Validate a HEALPix NSIDE for a scheme and return it as int.
-
-    Raises
-    ------
-    CosiInputError
-        NSIDE not a positive integer, or not a power of two for the nested scheme.
-    """
-    scheme = normalize_scheme(scheme)
-    if isinstance(nside, bool) or not isinstance(nside, (int, np.integer)):
-        raise CosiInputError(f"{name} must be an integer, got {nside!r}")
-    if not hp.isnsideok(int(nside), nest=(scheme == "nested")):
-        raise CosiInputError(f"{name}={nside} is not a valid HEALPix NSIDE for the {scheme} scheme"
-                             + (" (must be a power of 2)" if scheme == "nested" else ""))
-    return int(nside)
-
 
 def interval_midpoints(lon, lat):
     """Mid-interval (lon, lat) as the arithmetic mean of consecutive samples, degrees.

@@ -16,9 +16,12 @@ from astropy import units as u
 from astropy.coordinates import ICRS, SkyCoord
 
 from ..errors import CosiInputError
+from ..exposure.orientation import Orientation
 
 logger = logging.getLogger(__name__)
 
+# WGS84 equatorial radius, for the orbit's radius and period. The occultation limb uses the COSI
+# team's 6378 km (cosi_imaging_plugin.geometry.EARTH_RADIUS_KM); merging them would change simulated data.
 EARTH_RADIUS_KM = 6378.137
 EARTH_GM_KM3_S2 = 398600.4418
 SIDEREAL_DAY_S = 86164.0905
@@ -116,12 +119,10 @@ def simulate_orbit(config):
 
     Returns
     -------
-    cosi_imaging_plugin.io.orientation.Orientation
+    cosi_imaging_plugin.exposure.Orientation
         Samples every ``cadence_s`` with Galactic x/z pointings, altitude, Earth
         zenith and livetime (zero in the SAA and for the last sample).
     """
-    from ..io.orientation import Orientation
-
     t = np.arange(0.0, config.duration_s + 0.5 * config.cadence_s, config.cadence_s)
     omega = 2 * np.pi / config.period_s
     node = 0.0 if config.precession_period_days == 0 else -2 * np.pi * t / (config.precession_period_days * 86400)

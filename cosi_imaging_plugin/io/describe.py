@@ -4,7 +4,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..binning import normalize_scheme
 from ..errors import CosiFileError
+from .exposure_table_file import read_exposure_table_columns
+from .ori_file import read_ori
 
 
 def _axes_lines(axes):
@@ -17,6 +20,17 @@ def _axes_lines(axes):
             edges = axis.edges
             lines.append(f"  {axis.label}: {axis.nbins} bins, {edges[0]} .. {edges[-1]}")
     return lines
+
+
+def _total_livetime(records):
+    """Sum of the interval live times in seconds; without a livetime column, the elapsed time.
+
+    Unlike :attr:`cosi_imaging_plugin.exposure.Orientation.total_livetime` the elapsed time
+    ignores leap seconds, which is close enough for a one-line summary.
+    """
+    if records.livetime is None:
+        return float(records.time[-1] - records.time[0])
+    return float(np.sum(records.livetime[:-1]))
 
 
 def describe_file(path):
@@ -34,17 +48,14 @@ def describe_file(path):
     if not path.is_file():
         raise CosiFileError(f"{path} does not exist")
     if path.suffix == ".ori":
-        from .orientation import Orientation
-
-        ori = Orientation.read(path)
-        t = ori.unix_seconds
+        rec = read_ori(path)
+        t = rec.time
         return (f"{path}: orientation, {len(t)} samples over {t[-1] - t[0]:.1f} s, "
-                f"livetime {ori.total_livetime.to_value('s'):.1f} s")
+                f"livetime {_total_livetime(rec):.1f} s")
     if path.suffix in (".fits", ".fit"):
-        from .exposure_table import ExposureTable
-
-        table = ExposureTable.read(path)
-        return f"{path}: exposure table, {len(table)} ScAtt bins at NSIDE {table.nside} ({table.scheme})"
+        table = read_exposure_table_columns(path)
+        return (f"{path}: exposure table, {len(table.healpix_index_z)} ScAtt bins at NSIDE {table.nside} "
+                f"({normalize_scheme(table.scheme)})")
     try:
         with h5py.File(path, "r") as f:
             is_response = "DRM" in f

@@ -16,6 +16,7 @@ import sparse
 from histpy import Axes, HealpixAxis, Histogram
 
 from .._atomic import atomic_path
+from ..binning import IMAGE_UNIT, check_axes_match, frame_name
 from ..errors import AxisMismatchError, CosiFileError, CosiInputError
 
 logger = logging.getLogger(__name__)
@@ -27,9 +28,6 @@ __all__ = [
     "read_ccm",
     "read_image",
 ]
-
-#: Unit of an image model (photon intensity).
-IMAGE_UNIT = u.Unit("1 / (cm2 s sr)")
 
 _SPACECRAFT_FRAME = "spacecraftframe"
 
@@ -68,95 +66,6 @@ def open_hdf5(path, what="file"):
         else:
             reason = "is not an HDF5 file"
         raise CosiFileError(f"{what} {path} {reason}: {exc}") from exc
-
-
-def _axes_of(obj, what):
-    """Return the histpy Axes of a Histogram, an Axes, a response or a list of Axis."""
-    if isinstance(obj, Axes):
-        return obj
-    axes = getattr(obj, "axes", None)
-    if isinstance(axes, Axes):
-        return axes
-    try:
-        return Axes(obj, copy_axes=False)
-    except Exception as exc:
-        raise CosiInputError(f"{what} has no histpy axes (got {type(obj).__name__})") from exc
-
-
-def _frame_name(axis):
-    frame = axis.coordsys
-    return None if frame is None else str(frame.name).lower()
-
-
-def check_axes_match(a, b, labels=None, what_a="first object", what_b="second object"):
-    """Check that two objects share the binning of the given axes.
-
-    For every label, the axis must exist on both sides and agree in kind (HEALPix or
-    not), bin edges, units (edges are compared after converting ``b`` to ``a``'s unit),
-    and for HEALPix axes NSIDE, scheme and coordinate frame.
-
-    Parameters
-    ----------
-    a, b : histpy.Histogram, histpy.Axes, FullDetectorResponse or list of Axis
-        Objects whose axes are compared.
-    labels : sequence of str, optional
-        Axis labels to compare; all of ``a``'s labels by default.
-    what_a, what_b : str
-        Human-readable names of ``a`` and ``b`` (e.g. a file name) used in messages.
-
-    Raises
-    ------
-    AxisMismatchError
-        Naming both sides and the axis at fault.
-    """
-    axes_a = _axes_of(a, what_a)
-    axes_b = _axes_of(b, what_b)
-    if labels is None:
-        labels = list(axes_a.labels)
-    elif isinstance(labels, str):
-        labels = [labels]
-
-    for label in labels:
-        for axes, what in ((axes_a, what_a), (axes_b, what_b)):
-            if label not in list(axes.labels):
-                raise AxisMismatchError(
-                    f"axis '{label}' is missing from {what} (its axes: {list(axes.labels)}); "
-                    f"it is needed to compare {what_a} with {what_b}"
-                )
-        ax_a, ax_b = axes_a[label], axes_b[label]
-
-        def fail(detail):
-            raise AxisMismatchError(f"axis '{label}' differs between {what_a} and {what_b}: {detail}")
-
-        hpx_a, hpx_b = isinstance(ax_a, HealpixAxis), isinstance(ax_b, HealpixAxis)
-        if hpx_a != hpx_b:
-            fail(f"HEALPix axis {hpx_a} vs {hpx_b}")
-        if hpx_a:
-            if ax_a.nside != ax_b.nside:
-                fail(f"NSIDE {ax_a.nside} vs {ax_b.nside}")
-            if ax_a.scheme.upper() != ax_b.scheme.upper():
-                fail(f"scheme {ax_a.scheme} vs {ax_b.scheme}")
-            if _frame_name(ax_a) != _frame_name(ax_b):
-                fail(f"coordinate frame {_frame_name(ax_a)} vs {_frame_name(ax_b)}")
-            if not np.array_equal(ax_a.edges, ax_b.edges):
-                fail(f"pixel edges {ax_a.edges} vs {ax_b.edges}")
-            continue
-
-        unit_a, unit_b = ax_a.unit, ax_b.unit
-        if (unit_a is None) != (unit_b is None):
-            fail(f"unit {unit_a} vs {unit_b}")
-        if unit_a is not None:
-            if not unit_b.is_equivalent(unit_a):
-                fail(f"unit {unit_a} vs {unit_b} (not convertible)")
-            edges_a = ax_a.edges.to_value(unit_a)
-            edges_b = ax_b.edges.to_value(unit_a)
-        else:
-            edges_a, edges_b = np.asarray(ax_a.edges), np.asarray(ax_b.edges)
-        if edges_a.shape != edges_b.shape:
-            fail(f"{edges_a.size - 1} vs {edges_b.size - 1} bins")
-        # Relative tolerance only absorbs unit-conversion rounding (keV vs MeV), not real shifts.
-        if not np.allclose(edges_a, edges_b, rtol=1e-10, atol=0.0):
-            fail(f"edges {edges_a} vs {edges_b} ({unit_a})")
 
 
 def _raw_values(hist):
@@ -309,14 +218,14 @@ def read_ccm(path, name="hist"):
     for label in ("lb", "NuLambda"):
         if not isinstance(hist.axes[label], HealpixAxis):
             raise CosiInputError(f"{where}: CCM axis '{label}' is not a HEALPix axis")
-    if _frame_name(hist.axes["NuLambda"]) != _SPACECRAFT_FRAME:
+    if frame_name(hist.axes["NuLambda"]) != _SPACECRAFT_FRAME:
         raise CosiInputError(
             f"{where}: CCM axis 'NuLambda' must be in the spacecraft frame, "
-            f"found {_frame_name(hist.axes['NuLambda'])}"
+            f"found {frame_name(hist.axes['NuLambda'])}"
         )
-    if _frame_name(hist.axes["lb"]) in (None, _SPACECRAFT_FRAME):
+    if frame_name(hist.axes["lb"]) in (None, _SPACECRAFT_FRAME):
         raise CosiInputError(
-            f"{where}: CCM axis 'lb' must be in a sky frame (galactic), found {_frame_name(hist.axes['lb'])}"
+            f"{where}: CCM axis 'lb' must be in a sky frame (galactic), found {frame_name(hist.axes['lb'])}"
         )
     if hist.unit is None or not hist.unit.is_equivalent(u.s):
         raise CosiInputError(f"{where}: a CCM must be in seconds, found unit {hist.unit}")

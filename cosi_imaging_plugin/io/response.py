@@ -1,124 +1,35 @@
-"""Reader and writer of the COSI full detector response (``FullDetectorResponse`` files).
+"""Reader of the COSI full detector response: :class:`FullDetectorResponse`.
 
-Three on-disk layouts are read (``FORMATS.md``):
+Three on-disk layouts are read (``docs/formats.md``; see :mod:`.response_layout`):
+version 1 dense, version 1 sparse (one variable-length COO row per NuLambda pixel,
+SigmaTau and Dist summed out) and version 2 (``COUNTS * EFF_AREA[Ei]``). The
+response is opened lazily: opening reads axes and attributes; contents are read
+per NuLambda pixel, per Ei bin or per chunk of pixels, so a 20 GB response can be
+streamed.
 
-- version 1 dense: ``/DRM/CONTENTS`` of shape (NuLambda, Ei, Em, Phi, PsiChi);
-- version 1 sparse (no ``SPARSE`` attribute means sparse): ``/DRM/BIN_NUMBERS`` and
-  ``/DRM/CONTENTS`` hold one variable-length row per NuLambda pixel. A row's bin numbers
-  are the COO coordinates over the remaining axes (Ei, Em, Phi, PsiChi, SigmaTau, Dist)
-  stored axis after axis, i.e. ``coords = row.reshape(ndim - 1, nnz)`` as cosipy writes
-  ``coords.flatten()``. SigmaTau and Dist are summed out;
-- version 2 (``VERSION = 2``): histpy ``Axes`` in ``/DRM/AXES``, raw simulated ``COUNTS``
-  and a per-Ei ``EFF_AREA`` (simulated area per simulated photon in that Ei bin). As in
-  cosipy's own reader, the response is ``COUNTS * EFF_AREA[Ei]``: the counts are already
-  the numbers detected out of the photons thrown per (NuLambda, Ei), so they are not
-  renormalised per (NuLambda, Ei).
-
-Only version 1 dense is written. The response is opened lazily: opening reads axes and
-attributes; contents are read per NuLambda pixel, per Ei bin or per chunk of pixels, so a
-20 GB response can be streamed.
+Only version 1 dense is written, by :func:`~.response_writer.write_response`,
+which this module re-exports.
 """
 import logging
 from pathlib import Path
 
 import astropy.units as u
-import h5py
 import numpy as np
-import scoords  # noqa: F401  (registers the 'spacecraftframe' astropy frame)
-from histpy import Axes, Axis, HealpixAxis, Histogram
-from scoords import SpacecraftFrame
+from histpy import Histogram
 
-from .._atomic import atomic_path
 from ..errors import CosiFileError, CosiInputError
 from .histograms import open_hdf5
+from .response_layout import DEFAULT_CHUNK_BYTES, RESPONSE_LABELS, float_dtype, read_layout
+from .response_writer import write_response
 
 try:  # version-2 files written by cosipy compress COUNTS with a Bitshuffle filter
-    import hdf5plugin  # noqa: F401
+    import hdf5plugin
 except ImportError:  # pragma: no cover - depends on the environment
     hdf5plugin = None
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FullDetectorResponse", "write_response", "RESPONSE_LABELS"]
-
-#: Axis labels of a response, in storage order.
-RESPONSE_LABELS = ("NuLambda", "Ei", "Em", "Phi", "PsiChi")
-#: Extra axes of version-1 sparse files; they are summed out.
-_SUMMED_LABELS = ("SigmaTau", "Dist")
-_HEALPIX_LABELS = ("NuLambda", "PsiChi", "SigmaTau")
-_AXIS_UNITS = {"Ei": u.keV, "Em": u.keV, "Phi": u.deg}
-_DESCRIPTIONS = {
-    "NuLambda": "Location of the simulated source in the spacecraft coordinates",
-    "Ei": "Initial simulated energy",
-    "Em": "Measured energy",
-    "Phi": "Compton angle",
-    "PsiChi": "Location in the Compton Data Space",
-    "SigmaTau": "Electron recoil angle",
-    "Dist": "Distance from first interaction",
-}
-# Target size of one block yielded by iter_chunks() when the caller does not choose.
-_DEFAULT_CHUNK_BYTES = 256 * 2**20
-
-
-def _attr_str(value):
-    """HDF5 string attributes come back as str, bytes or 0-d arrays depending on the writer."""
-    if isinstance(value, np.ndarray) and value.size == 1:
-        value = value.item()
-    if isinstance(value, bytes):
-        value = value.decode()
-    return str(value)
-
-
-def _float_dtype(dtype, default=np.float64):
-    dtype = np.dtype(default if dtype is None else dtype)
-    if dtype.kind != "f":
-        raise CosiInputError(f"response values are floating point; dtype {dtype} is not")
-    return dtype
-
-
-def _healpix_full_sky(axis, where):
-    if not np.array_equal(axis.edges, np.arange(axis.npix + 1)):
-        raise CosiFileError(f"{where}: HEALPix axis '{axis.label}' must cover the full sky (edges 0..{axis.npix})")
-
-
-def _with_unit(axis, where):
-    """Copy of a 1-D axis converted to the canonical unit of its label (keV, deg)."""
-    target = _AXIS_UNITS.get(axis.label)
-    if target is None:
-        return axis
-    if axis.unit is None or not axis.unit.is_equivalent(target):
-        raise CosiFileError(f"{where}: axis '{axis.label}' has unit {axis.unit}, expected {target}")
-    return Axis(axis.edges.to(target), scale=axis.axis_scale, label=axis.label)
-
-
-def _spacecraft_healpix(axis):
-    """HEALPix response axes live in the spacecraft frame whatever the file says."""
-    return HealpixAxis(edges=np.asarray(axis.edges), nside=axis.nside, scheme=axis.scheme.lower(),
-                       coordsys=SpacecraftFrame(), label=axis.label)
-
-
-def _read_v1_axis(dataset, label, where):
-    attrs = dataset.attrs
-    if "TYPE" not in attrs:
-        raise CosiFileError(f"{where}: axis dataset /DRM/AXES/{label} has no TYPE attribute")
-    kind = _attr_str(attrs["TYPE"]).lower()
-    edges = dataset[()]
-    try:
-        if kind == "healpix":
-            if "NSIDE" not in attrs:
-                raise CosiFileError(f"{where}: HEALPix axis /DRM/AXES/{label} has no NSIDE attribute")
-            scheme = _attr_str(attrs.get("SCHEME", "ring")).lower()
-            if scheme not in ("ring", "nested"):
-                raise CosiFileError(f"{where}: axis /DRM/AXES/{label} has SCHEME '{scheme}' (ring or nested)")
-            return HealpixAxis(edges=edges, nside=int(attrs["NSIDE"]), scheme=scheme,
-                               coordsys=SpacecraftFrame(), label=label)
-        if kind in ("log", "linear"):
-            if "UNIT" not in attrs:
-                raise CosiFileError(f"{where}: axis /DRM/AXES/{label} has no UNIT attribute")
-            return Axis(edges * u.Unit(_attr_str(attrs["UNIT"])), scale=kind, label=label)
-    except (ValueError, TypeError) as exc:
-        raise CosiFileError(f"{where}: invalid axis /DRM/AXES/{label}: {exc}") from exc
-    raise CosiFileError(f"{where}: axis /DRM/AXES/{label} has unknown TYPE '{kind}' (healpix, log or linear)")
+__all__ = ["RESPONSE_LABELS", "FullDetectorResponse", "write_response"]
 
 
 class FullDetectorResponse:
@@ -136,17 +47,17 @@ class FullDetectorResponse:
     ...         ...
     """
 
-    def __init__(self, h5file, path, version, kind, axes, file_shape, scale, dtype, eff_area=None):
+    def __init__(self, h5file, path, layout, dtype):
         # Internal: use FullDetectorResponse.open().
         self._file = h5file
         self._path = Path(path)
-        self._version = version
-        self._kind = kind  # 'dense', 'sparse' or 'counts' (version 2)
-        self._axes = axes
-        self._file_shape = tuple(file_shape)  # shape on disk, extra summed axes included
-        self._scale = scale  # file unit -> cm2
+        self._version = layout.version
+        self._kind = layout.kind  # 'dense', 'sparse' or 'counts' (version 2)
+        self._axes = layout.axes
+        self._file_shape = tuple(layout.file_shape)  # shape on disk, extra summed axes included
+        self._scale = layout.scale  # file unit -> cm2
         self._dtype = dtype
-        self._eff_area = eff_area
+        self._eff_area = layout.eff_area
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -171,7 +82,7 @@ class FullDetectorResponse:
             inconsistent shapes; a unit that is not an area.
         """
         path = Path(path)
-        dtype = _float_dtype(dtype)
+        dtype = float_dtype(dtype)
         h5file = open_hdf5(path, "response file")
         try:
             return cls._parse(h5file, path, dtype)
@@ -184,115 +95,9 @@ class FullDetectorResponse:
 
     @classmethod
     def _parse(cls, f, path, dtype):
-        drm = f.get("DRM")
-        if not isinstance(drm, h5py.Group):
-            raise CosiFileError(
-                f"{path} has no /DRM group (groups present: {sorted(f.keys())}); "
-                "it is not a COSI full detector response"
-            )
-        if "UNIT" not in drm.attrs:
-            raise CosiFileError(f"{path}: /DRM has no UNIT attribute")
-        unit_text = _attr_str(drm.attrs["UNIT"])
-        try:
-            unit = u.Unit(unit_text)
-        except ValueError as exc:
-            raise CosiFileError(f"{path}: /DRM attribute UNIT = '{unit_text}' is not a unit") from exc
-        if not unit.is_equivalent(u.cm**2):
-            raise CosiFileError(f"{path}: /DRM attribute UNIT = '{unit_text}' is not an area (expected cm2)")
-        scale = float(unit.to(u.cm**2))
-        if not isinstance(drm.get("AXES"), h5py.Group):
-            raise CosiFileError(f"{path}: /DRM/AXES group is missing (found {sorted(drm.keys())})")
-
-        version = int(drm.attrs.get("VERSION", 1))
-        if version == 1:
-            new = cls._parse_v1(f, drm, path, dtype, scale)
-        elif version == 2:
-            new = cls._parse_v2(f, drm, path, dtype, scale)
-        else:
-            raise CosiFileError(f"{path}: response format VERSION = {version} is not supported (1 or 2)")
+        new = cls(f, path, read_layout(f, path), dtype)
         logger.debug("opened %r", new)
         return new
-
-    @classmethod
-    def _parse_v1(cls, f, drm, path, dtype, scale):
-        group = drm["AXES"]
-        names = list(group.keys())
-        if not group.id.get_create_plist().get_link_creation_order():
-            # Without order tracking HDF5 lists names alphabetically, which scrambles the
-            # storage order; the COSI order is the only sensible guess.
-            canonical = [n for n in RESPONSE_LABELS + _SUMMED_LABELS if n in names]
-            names = canonical + [n for n in names if n not in canonical]
-            logger.warning("%s: /DRM/AXES does not track creation order; assuming axis order %s", path, names)
-        axes = [_read_v1_axis(group[name], name, path) for name in names]
-        labels = [a.label for a in axes]
-        if tuple(labels[:5]) != RESPONSE_LABELS or any(lab not in _SUMMED_LABELS for lab in labels[5:]):
-            raise CosiFileError(
-                f"{path}: /DRM/AXES must be {list(RESPONSE_LABELS)} (+ SigmaTau, Dist), found {labels}"
-            )
-        file_shape = tuple(a.nbins for a in axes)
-        out_axes = cls._response_axes(axes[:5], path)
-
-        sparse = bool(drm.attrs["SPARSE"]) if "SPARSE" in drm.attrs else True
-        if sparse:
-            for key in ("BIN_NUMBERS", "CONTENTS"):
-                ds = drm.get(key)
-                if not isinstance(ds, h5py.Dataset):
-                    raise CosiFileError(f"{path}: sparse response has no /DRM/{key} dataset")
-                if ds.ndim != 1 or ds.shape[0] != file_shape[0] or h5py.check_vlen_dtype(ds.dtype) is None:
-                    raise CosiFileError(
-                        f"{path}: /DRM/{key} must hold {file_shape[0]} variable-length rows "
-                        f"(one per NuLambda pixel), found shape {ds.shape}, dtype {ds.dtype}"
-                    )
-            kind = "sparse"
-        else:
-            ds = drm.get("CONTENTS")
-            if not isinstance(ds, h5py.Dataset):
-                raise CosiFileError(f"{path}: dense response has no /DRM/CONTENTS dataset")
-            if ds.shape != file_shape:
-                raise CosiFileError(
-                    f"{path}: /DRM/CONTENTS has shape {ds.shape} but the axes {labels} give {file_shape}"
-                )
-            kind = "dense"
-        return cls(f, path, 1, kind, out_axes, file_shape, scale, dtype)
-
-    @classmethod
-    def _parse_v2(cls, f, drm, path, dtype, scale):
-        try:
-            axes = Axes.open(drm["AXES"])
-        except Exception as exc:
-            raise CosiFileError(f"{path}: cannot read histpy axes in /DRM/AXES: {exc}") from exc
-        labels = list(axes.labels)
-        if "Pol" in labels:
-            raise CosiFileError(f"{path}: polarization responses (axis 'Pol') are not supported")
-        if tuple(labels) != RESPONSE_LABELS:
-            raise CosiFileError(f"{path}: /DRM/AXES must be {list(RESPONSE_LABELS)}, found {labels}")
-        out_axes = cls._response_axes(list(axes), path)
-        for key in ("EFF_AREA", "COUNTS"):
-            if not isinstance(drm.get(key), h5py.Dataset):
-                raise CosiFileError(f"{path}: version-2 response has no /DRM/{key} dataset")
-        if drm["COUNTS"].shape != axes.shape:
-            raise CosiFileError(f"{path}: /DRM/COUNTS has shape {drm['COUNTS'].shape}, axes give {axes.shape}")
-        eff_area = np.asarray(drm["EFF_AREA"][()], dtype=np.float64).reshape(-1)
-        if eff_area.shape != (axes["Ei"].nbins,):
-            raise CosiFileError(
-                f"{path}: /DRM/EFF_AREA has {eff_area.size} values for {axes['Ei'].nbins} Ei bins"
-            )
-        if not (np.all(np.isfinite(eff_area)) and np.all(eff_area >= 0)):
-            raise CosiFileError(f"{path}: /DRM/EFF_AREA has negative or non-finite values: {eff_area}")
-        return cls(f, path, 2, "counts", out_axes, axes.shape, scale, dtype, eff_area=eff_area * scale)
-
-    @staticmethod
-    def _response_axes(axes, path):
-        out = []
-        for axis in axes:
-            if axis.label in ("NuLambda", "PsiChi"):
-                if not isinstance(axis, HealpixAxis):
-                    raise CosiFileError(f"{path}: axis '{axis.label}' must be a HEALPix axis")
-                _healpix_full_sky(axis, path)
-                out.append(_spacecraft_healpix(axis))
-            else:
-                out.append(_with_unit(axis, path))
-        return Axes(out, copy_axes=False)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -595,7 +400,7 @@ class FullDetectorResponse:
     def _pixels_per_chunk(self, pixels_per_chunk, dtype):
         if pixels_per_chunk is None:
             row_bytes = np.prod(self.shape[1:]) * np.dtype(dtype).itemsize
-            return max(1, int(_DEFAULT_CHUNK_BYTES // max(row_bytes, 1)))
+            return max(1, int(DEFAULT_CHUNK_BYTES // max(row_bytes, 1)))
         if not isinstance(pixels_per_chunk, (int, np.integer)) or pixels_per_chunk < 1:
             raise CosiInputError(f"pixels_per_chunk must be a positive integer, got {pixels_per_chunk!r}")
         return int(pixels_per_chunk)
@@ -637,7 +442,7 @@ class FullDetectorResponse:
         numpy.ndarray
             Shape (NuLambda, Ei, Em, Phi, PsiChi) in cm2.
         """
-        dtype = self._dtype if dtype is None else _float_dtype(dtype)
+        dtype = self._dtype if dtype is None else float_dtype(dtype)
         out = np.empty(self.shape, dtype=dtype)
         for nu, block in self._iter_chunks(None, dtype):
             out[nu] = block
@@ -668,151 +473,3 @@ class FullDetectorResponse:
                 aeff[nu] = block.sum(axis=(2, 3, 4))
         return Histogram(self._axes[["NuLambda", "Ei"]], contents=aeff, unit=self.unit, copy_contents=False)
 
-
-# ---------------------------------------------------------------------- writing
-def _check_write_axes(axes):
-    try:
-        axes = axes if isinstance(axes, Axes) else Axes(axes, copy_axes=False)
-    except Exception as exc:
-        raise CosiInputError(f"write_response: axes must be a histpy.Axes: {exc}") from exc
-    labels = tuple(axes.labels)
-    if labels != RESPONSE_LABELS:
-        raise CosiInputError(f"write_response: axes must be labelled {list(RESPONSE_LABELS)}, got {list(labels)}")
-    for axis in axes:
-        if axis.label in ("NuLambda", "PsiChi"):
-            if not isinstance(axis, HealpixAxis):
-                raise CosiInputError(f"write_response: axis '{axis.label}' must be a HEALPix axis")
-            if not np.array_equal(axis.edges, np.arange(axis.npix + 1)):
-                raise CosiInputError(f"write_response: HEALPix axis '{axis.label}' must cover the full sky")
-        else:
-            target = _AXIS_UNITS[axis.label]
-            if axis.unit is None or not axis.unit.is_equivalent(target):
-                raise CosiInputError(
-                    f"write_response: axis '{axis.label}' needs a unit convertible to {target}, got {axis.unit}"
-                )
-    return axes
-
-
-def _write_axis(group, axis):
-    if isinstance(axis, HealpixAxis):
-        ds = group.create_dataset(axis.label, data=np.arange(axis.npix + 1, dtype=np.int64))
-        ds.attrs["TYPE"] = "healpix"
-        ds.attrs["NSIDE"] = np.int64(axis.nside)
-        ds.attrs["SCHEME"] = axis.scheme.lower()
-    else:
-        unit = _AXIS_UNITS[axis.label]
-        ds = group.create_dataset(axis.label, data=axis.edges.to_value(unit))
-        ds.attrs["TYPE"] = axis.axis_scale
-        ds.attrs["UNIT"] = unit.to_string()
-    ds.attrs["DESCRIPTION"] = _DESCRIPTIONS[axis.label]
-
-
-def _as_area(block, what):
-    if isinstance(block, u.Quantity):
-        if not block.unit.is_equivalent(u.cm**2):
-            raise CosiInputError(f"write_response: {what} has unit {block.unit}, not an area")
-        return block.to_value(u.cm**2)
-    return np.asarray(block)
-
-
-def _blocks(contents, shape):
-    """(first pixel, block) pairs from a full array or an iterable of (nu, block)."""
-    if isinstance(contents, (np.ndarray, u.Quantity)):
-        if tuple(contents.shape) != shape:
-            raise CosiInputError(f"write_response: contents have shape {contents.shape}, axes give {shape}")
-        # Write in pixel groups so a unit or dtype conversion never copies the whole array.
-        step = max(1, int(_DEFAULT_CHUNK_BYTES // (8 * max(1, int(np.prod(shape[1:]))))))
-        for start in range(0, shape[0], step):
-            yield start, _as_area(contents[start:start + step], "contents")
-        return
-    for item in contents:
-        try:
-            nu, block = item
-        except (TypeError, ValueError) as exc:
-            raise CosiInputError("write_response: streamed contents must be (nu_slice, block) pairs") from exc
-        block = _as_area(block, f"block for NuLambda {nu}")
-        if isinstance(nu, (int, np.integer)):
-            start, stop = int(nu), int(nu) + 1
-            if block.shape == shape[1:]:
-                block = block[None]
-        elif isinstance(nu, slice) and nu.step in (None, 1):
-            start, stop, _ = nu.indices(shape[0])
-        else:
-            raise CosiInputError(f"write_response: NuLambda selector must be an int or a unit-step slice, got {nu!r}")
-        if block.shape != (stop - start,) + shape[1:]:
-            raise CosiInputError(
-                f"write_response: block for NuLambda {start}:{stop} has shape {block.shape}, "
-                f"expected {(stop - start,) + shape[1:]}"
-            )
-        yield start, block
-
-
-def write_response(path, axes, contents, dtype=np.float32, *, compression=None):
-    """Write a response as a version-1 dense file, atomically.
-
-    Layout: group ``/DRM`` (attributes ``UNIT='cm2'``, ``SPARSE=False``), ``/DRM/AXES``
-    created with ``track_order=True`` holding one dataset per axis in the order NuLambda,
-    Ei, Em, Phi, PsiChi, and ``/DRM/CONTENTS`` chunked ``(1, Ei, Em, Phi, PsiChi)`` so one
-    NuLambda pixel reads alone.
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        Output file (replaced if it exists).
-    axes : histpy.Axes
-        [NuLambda, Ei, Em, Phi, PsiChi]; full-sky HEALPix NuLambda and PsiChi; Ei and Em in
-        energy units, Phi in angle units.
-    contents : numpy.ndarray, astropy Quantity or iterable of (nu, block)
-        The full array in cm2, or, for streaming generation, pairs of a NuLambda slice (or
-        int) and its block of shape (n, Ei, Em, Phi, PsiChi); every pixel exactly once.
-    dtype : numpy dtype
-        Storage type (float32 by default).
-    compression : str, optional
-        h5py compression filter for CONTENTS (e.g. ``"gzip"``).
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-
-    Raises
-    ------
-    CosiInputError
-        Bad axes, shapes, negative or non-finite values, pixels missing or written twice.
-        Nothing is left under ``path`` in that case.
-    """
-    path = Path(path)
-    axes = _check_write_axes(axes)
-    dtype = _float_dtype(dtype)
-    shape = tuple(axes.shape)
-    written = np.zeros(shape[0], dtype=bool)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            drm = f.create_group("DRM")
-            drm.attrs["UNIT"] = "cm2"
-            drm.attrs["SPARSE"] = False
-            group = drm.create_group("AXES", track_order=True)
-            for axis in axes:
-                _write_axis(group, axis)
-            ds = drm.create_dataset("CONTENTS", shape=shape, dtype=dtype,
-                                    chunks=(1,) + shape[1:], compression=compression)
-            for start, block in _blocks(contents, shape):
-                stop = start + len(block)
-                if written[start:stop].any():
-                    first = start + int(np.flatnonzero(written[start:stop])[0])
-                    raise CosiInputError(f"write_response: NuLambda pixel {first} written twice")
-                if block.size and not (block.min() >= 0 and block.max() < np.inf):
-                    bad = ~(np.isfinite(block) & (block >= 0)).reshape(len(block), -1).all(axis=1)
-                    raise CosiInputError(
-                        f"write_response: negative or non-finite values for NuLambda pixel "
-                        f"{start + int(np.flatnonzero(bad)[0])}"
-                    )
-                ds[start:stop] = block
-                written[start:stop] = True
-            if not written.all():
-                missing = np.flatnonzero(~written)
-                raise CosiInputError(
-                    f"write_response: {missing.size} NuLambda pixels never written (first {missing[0]})"
-                )
-    logger.info("wrote response %s, shape %s, %s", path, shape, dtype)
-    return path

@@ -31,8 +31,9 @@ import numpy as np
 from histpy import Axes, Histogram
 from scipy import sparse
 
+from ..engine import CCMMapping
 from ..errors import AxisMismatchError, CosiInputError
-from ..io.orientation import earth_limb_radius, lonlat_to_vec
+from ..geometry import earth_limb_radius, lonlat_to_vec
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +229,6 @@ def background_template(kind, response, ccm, table, rate, index=-2.0):
     histpy.Histogram
         Expected counts (float64), dense.
     """
-    from ..engine import CCMMapping
-
     if not (isinstance(rate, (int, float)) and rate > 0 and math.isfinite(rate)):
         raise CosiInputError(f"background rate must be a positive number of counts/s, got {rate!r}")
     mapping = CCMMapping(ccm)

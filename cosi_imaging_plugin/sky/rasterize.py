@@ -13,6 +13,7 @@ import healpy as hp
 import numpy as np
 from astropy.coordinates import FK5, ICRS, CartesianRepresentation, Galactic, SkyCoord
 
+from ..binning import normalize_scheme
 from ..errors import CosiInputError
 
 # Parameters that set the angular scale of astromodels' shapes (degrees).
@@ -75,7 +76,8 @@ class Rasterizer:
     def __init__(self, nside, scheme="ring", grid_frame="galactic", function_frame="icrs", rtol=1e-3,
                  max_level=8):
         self.nside = int(nside)
-        self.scheme = scheme.lower()
+        self.scheme = normalize_scheme(scheme)
+        self.nested = self.scheme == "nested"
         self.npix = hp.nside2npix(self.nside)
         self.pixel_area = 4 * np.pi / self.npix
         self.rtol = rtol
@@ -83,7 +85,7 @@ class Rasterizer:
         self.grid_frame = grid_frame
         self.function_frame = function_frame
         self._nest = _nest_index(self.nside, self.scheme)
-        self._neighbours = hp.get_all_neighbours(self.nside, np.arange(self.npix), nest=self.scheme == "nested").T
+        self._neighbours = hp.get_all_neighbours(self.nside, np.arange(self.npix), nest=self.nested).T
         # sub-pixel centres of the whole grid by (level, frame): a fit rasterizes the same grid at every fold
         self._all_subpixels = {}
 
@@ -128,7 +130,7 @@ class Rasterizer:
             frame = function_frame(function, self.function_frame)
             vec = self.rotation(frame).T @ hp.ang2vec(center[0], center[1], lonlat=True)
             near = hp.query_disc(self.nside, vec, np.radians(6 * size) + 2 * np.sqrt(self.pixel_area),
-                                 inclusive=True, nest=self.scheme == "nested")
+                                 inclusive=True, nest=self.nested)
             levels[near] = deep
         return levels
 
@@ -194,11 +196,11 @@ class Rasterizer:
             if change <= self.rtol * max(np.sum(image) * self.pixel_area, np.finfo(float).tiny):
                 return image
 
-    def point_weights(self, lon, lat):
-        """Bilinear interpolation pixels and weights of a direction given in the function frame."""
-        vec = self.rotation(self.function_frame).T @ hp.ang2vec(lon, lat, lonlat=True)
+    def point_weights(self, lon, lat, frame=None):
+        """Bilinear interpolation pixels and weights of a direction given in `frame` (default: the function frame)."""
+        vec = self.rotation(frame or self.function_frame).T @ hp.ang2vec(lon, lat, lonlat=True)
         theta, phi = hp.vec2ang(vec)
-        return hp.get_interp_weights(self.nside, theta, phi, nest=self.scheme == "nested")
+        return hp.get_interp_weights(self.nside, theta, phi, nest=self.nested)
 
 
 def _center_and_size(function):

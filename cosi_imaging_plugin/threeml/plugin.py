@@ -1,23 +1,29 @@
-"""The 3ML plugin: a binned COSI dataset as a likelihood over astromodels sources.
+"""The 3ML plugin: a COSI dataset as a likelihood over astromodels sources.
 
 Point and extended sources of an astromodels ``Model`` are rasterized onto the
-engine's HEALPix model grid, folded through the response (cached per source and
-per spatial-parameter state) and fitted jointly with one normalization per named
-background template, which appear in 3ML as nuisance parameters
-``{plugin}_{template}_norm`` (or ``{plugin}_{template}_g{k}_norm``, one per group
-of ScAtt/Time rows, when a template is split into groups).
+dataset's HEALPix model grid, folded through its response (cached per source and
+per spatial-parameter state, :mod:`.source_folders`) and fitted jointly with one
+normalization per named background template, which appear in 3ML as nuisance
+parameters ``{plugin}_{template}_norm`` (or ``{plugin}_{template}_g{k}_norm``, one
+per group of ScAtt/Time rows, when a template is split into groups;
+:mod:`.background_norms`).
 """
 import logging
 
 import numpy as np
-from astromodels import Parameter
 from histpy import Histogram
 from threeML.plugin_prototype import PluginPrototype
 
-from ..engine.reductions import counts_log_sum
+from .._deprecation import warn_moved
+from ..binning import IMAGE_UNIT, frame_name
+from ..datasets import DEFAULT_DTYPE, DEFAULT_RTOL, COSIDataset
+from ..engine import ResponseEngine
 from ..errors import CosiInputError
+from ..io.histograms import write_histogram
+from ..plots import residual_figures
 from ..sky.rasterize import Rasterizer
-from .source_folding import Function3DSourceFolder, SeparableSourceFolder
+from .background_norms import BackgroundNormalization
+from .source_folders import folder_for
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +37,9 @@ class COSIImagingLike(PluginPrototype):
     ----------
     name : str
         Plugin name (prefix of its nuisance parameters).
-    engine : ResponseEngine
-        Engine holding the response, the sky mapping (CCM or Galactic-frame
-        response), the binned data and the background templates.
+    dataset : COSIDataset
+        The binned data, background templates and response engine (a
+        ResponseEngine holding data is accepted too, deprecated).
     background_bounds : dict of str to (float, float), optional
         Bounds of each background normalization (default (0, 100)).
     background_priors : dict of str to (float, float), optional
@@ -53,12 +59,17 @@ class COSIImagingLike(PluginPrototype):
         priors and fixing given for the template apply to each of its groups.
     """
 
-    def __init__(self, name, engine, background_bounds=None, background_priors=None, fixed_backgrounds=(),
+    def __init__(self, name, dataset, background_bounds=None, background_priors=None, fixed_backgrounds=(),
                  log_like_offset="saturated", function_frame="icrs", background_groups=None):
-        if engine.data is None:
-            raise CosiInputError("the engine given to COSIImagingLike has no data (call engine.set_data first)")
+        if isinstance(dataset, ResponseEngine):
+            warn_moved("COSIImagingLike(name, engine)", "COSIImagingLike(name, COSIDataset(engine, name))")
+            dataset = COSIDataset(dataset, name=name)
+        if not isinstance(dataset, COSIDataset):
+            raise CosiInputError(f"COSIImagingLike needs a COSIDataset, got {type(dataset).__name__}")
+        engine = dataset.engine
         if log_like_offset not in LOG_LIKE_OFFSETS:
             raise CosiInputError(f"log_like_offset must be one of {LOG_LIKE_OFFSETS}, got {log_like_offset!r}")
+        self._dataset = dataset
         self._engine = engine
         self._log_like_offset = log_like_offset
         self._function_frame = function_frame
@@ -71,18 +82,21 @@ class COSIImagingLike(PluginPrototype):
             if unknown:
                 raise CosiInputError(f"{what} names unknown background(s) {sorted(unknown)}; "
                                      f"known: {engine.background_names}")
-        self._backgrounds = [_BackgroundTemplate(name, engine, bkg, self._groups.get(bkg),
+        self._backgrounds = [BackgroundNormalization(name, engine, bkg, self._groups.get(bkg),
                                                  background_bounds.get(bkg, (0.0, 100.0)),
                                                  free=bkg not in set(fixed_backgrounds))
                              for bkg in engine.background_names]
         nuisance = {par.name: par for par in self.background_parameters.values()}
         super().__init__(name, nuisance)
         axis = engine.model_axes[0]
-        self._rasterizer = Rasterizer(axis.nside, axis.scheme, grid_frame=_frame_name(axis),
+        self._rasterizer = Rasterizer(axis.nside, axis.scheme, grid_frame=frame_name(axis, "galactic"),
                                       function_frame=function_frame)
         self._ei_edges = np.asarray(engine.model_axes[1].edges.to_value("keV"), dtype=np.float64)
-        self._counts = engine.data.counts
-        self._saturated = float(np.sum(self._counts * np.log(self._counts) - self._counts) - engine.data.log_factorial)
+        counts = engine.data.counts
+        # subtracted from sum d ln eps - sum eps: the factorials, or the saturated model's sum d ln d - d too
+        self._constant = engine.data.log_factorial
+        if log_like_offset == "saturated":
+            self._constant = float(np.sum(counts * np.log(counts) - counts))
         self._model = None
         self._folders = {}
         # background norms of the plugin this dataset was simulated from (see get_simulated_dataset)
@@ -90,50 +104,33 @@ class COSIImagingLike(PluginPrototype):
 
     # ---- construction from files -----------------------------------------------------------------
     @classmethod
-    def from_files(cls, name, response, data, backgrounds=None, ccm=None, orientation=None, rtol=1e-3,
-                   dtype=np.float32, nside_model=None, **kwargs):
-        """Plugin from the files of a COSI analysis, in either frame.
+    def from_files(cls, name, response, data, backgrounds=None, ccm=None, orientation=None, exposure_table=None,
+                   rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None, **kwargs):
+        """Plugin on the files of a COSI analysis, in either frame.
+
+        The file arguments are those of :meth:`COSIDataset.from_files
+        <cosi_imaging_plugin.datasets.COSIDataset.from_files>`: a response, binned data,
+        background templates, and a CCM (spacecraft-frame data binned in ScAtt or
+        Time), an orientation file (spacecraft-frame data without CCM; Galactic-frame
+        data) or an exposure table (Galactic-frame data).
 
         Parameters
         ----------
         name : str
             Plugin name.
-        response : str or pathlib.Path
-            FullDetectorResponse (spacecraft frame; version 1 dense or sparse, or version 2).
-        data : str or pathlib.Path
-            Binned counts (histpy HDF5), PsiChi in the spacecraft or the Galactic frame.
-            Axes the analysis does not use (Time, Ei, SigmaTau, Dist) are summed out.
-        backgrounds : dict of str to path, optional
-            Background templates with the data's binning.
-        ccm : str or pathlib.Path, optional
-            Coordinate conversion matrix for spacecraft-frame data binned in ScAtt or Time.
-        orientation : str or pathlib.Path, optional
-            ``.ori`` file: spacecraft-frame data without CCM are folded with the
-            dwell time of each sky direction; Galactic-frame data with the
-            attitude bins and a rotation of PsiChi.
-        rtol : float
-            Response truncation tolerance (see ColumnResponse).
-        dtype : numpy dtype
-            Storage type of the response.
-        nside_model : int, optional
-            NSIDE of the sky grid sources are rasterized on.
+        response, data, backgrounds, ccm, orientation, exposure_table, rtol, dtype, nside_model
+            See :meth:`COSIDataset.from_files <cosi_imaging_plugin.datasets.COSIDataset.from_files>`.
         **kwargs
             Passed to the constructor (background bounds and priors, log_like_offset, ...).
         """
-        from ..engine.builders import build_engine
-        from ..io import Orientation, read_ccm, read_histogram
-
-        engine = build_engine(
-            response, read_histogram(data, counts=True),
-            backgrounds={k: read_histogram(v) for k, v in (backgrounds or {}).items()},
-            ccm=None if ccm is None else read_ccm(ccm),
-            orientation=None if orientation is None else Orientation.read(orientation),
-            rtol=rtol, dtype=dtype, nside_model=nside_model)
-        return cls(name, engine, **kwargs)
+        dataset = COSIDataset.from_files(response, data, backgrounds, ccm=ccm, orientation=orientation,
+                                         exposure_table=exposure_table, name=name, rtol=rtol, dtype=dtype,
+                                         nside_model=nside_model)
+        return cls(name, dataset, **kwargs)
 
     @classmethod
-    def from_manifest(cls, name, manifest, frame="spacecraft", rtol=1e-3, dtype=np.float32, **kwargs):
-        """Plugin on a dataset written by ``cosi-imaging simulate``.
+    def from_manifest(cls, name, manifest, frame="spacecraft", rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, **kwargs):
+        """Plugin on a dataset directory (``manifest.yaml``, e.g. written by ``cosi-imaging simulate``).
 
         Parameters
         ----------
@@ -143,37 +140,21 @@ class COSIImagingLike(PluginPrototype):
             The dataset's ``manifest.yaml`` or its directory.
         frame : {'spacecraft', 'galactic'}
             'spacecraft': the ScAtt-binned data with the CCM; 'galactic': the
-            Galactic-frame data (when simulated) with the orientation.
+            Galactic-frame data (when simulated), the response rotated over the
+            exposure table's ScAtt bins.
         rtol, dtype, **kwargs
             As for :meth:`from_files`.
         """
-        from ..simulate import load_manifest
-
-        dataset = load_manifest(manifest)
-        if frame == "spacecraft":
-            return cls.from_files(name, response=dataset["response"], data=dataset["data_scatt"],
-                                  backgrounds=dataset["backgrounds"], ccm=dataset["ccm"], rtol=rtol, dtype=dtype,
-                                  **kwargs)
-        if frame == "galactic":
-            if "data_galactic" not in dataset:
-                raise CosiInputError(f"{dataset.path} holds no Galactic-frame data (simulate with galactic: true)")
-            return cls.from_files(name, response=dataset["response"], data=dataset["data_galactic"],
-                                  backgrounds=dataset["backgrounds_galactic"], orientation=dataset["orientation"],
-                                  rtol=rtol, dtype=dtype, **kwargs)
-        raise CosiInputError(f"frame must be 'spacecraft' or 'galactic', got {frame!r}")
+        if frame not in ("spacecraft", "galactic"):
+            raise CosiInputError(f"frame must be 'spacecraft' or 'galactic', got {frame!r}")
+        return cls(name, COSIDataset.from_manifest(manifest, frame, name=name, rtol=rtol, dtype=dtype), **kwargs)
 
     # ---- 3ML interface -------------------------------------------------------------------------
     def set_model(self, likelihood_model):
         """Register an astromodels Model; check that every source can be folded."""
-        folders = {}
-        for name, source in likelihood_model.point_sources.items():
-            folders[name] = SeparableSourceFolder(source, self._engine, self._rasterizer, self._ei_edges)
-        for name, source in likelihood_model.extended_sources.items():
-            shape = source.spatial_shape
-            if getattr(shape, "n_dim", 2) == 3:
-                folders[name] = Function3DSourceFolder(source, self._engine, self._rasterizer, self._ei_edges)
-            else:
-                folders[name] = SeparableSourceFolder(source, self._engine, self._rasterizer, self._ei_edges)
+        folders = {name: folder_for(source, self._dataset, self._rasterizer, self._ei_edges)
+                   for name, source in {**likelihood_model.point_sources,
+                                        **likelihood_model.extended_sources}.items()}
         others = [name for name in likelihood_model.sources if name not in folders]
         if others:
             raise CosiInputError(f"COSIImagingLike cannot fold source(s) {others}: only point and extended "
@@ -236,17 +217,11 @@ class COSIImagingLike(PluginPrototype):
     def get_log_like(self):
         """Poisson log-likelihood of the data for the current model (see ``log_like_offset``)."""
         eps, total = self.expectation_at_bins()
-        log_sum, q = counts_log_sum(self._counts, eps)
-        if q >= 0:
+        try:
+            log_like = self._dataset.log_likelihood_from(eps, total, self._constant)
+        except CosiInputError as exc:
             state = ", ".join(f"{p.path}={p.value:.6g}" for p in self._model.free_parameters.values())
-            raise CosiInputError(f"plugin {self.name}: expected counts {eps[q]:g} at a bin with "
-                                 f"{self._counts[q]:g} counts ({self._engine.describe_bin(q)}) for model state "
-                                 f"[{state}]")
-        log_like = float(log_sum - total)
-        if self._log_like_offset == "saturated":
-            log_like -= self._saturated + self._engine.data.log_factorial
-        else:
-            log_like -= self._engine.data.log_factorial
+            raise CosiInputError(f"plugin {self.name}: {exc}, for model state [{state}]") from exc
         for background in self._backgrounds:
             if background.template in self._priors:
                 mean, sigma = self._priors[background.template]
@@ -260,7 +235,7 @@ class COSIImagingLike(PluginPrototype):
 
     def get_number_of_data_points(self):
         """Number of bins of the dataset (empty ones included)."""
-        return int(self._engine.n_rows * self._engine.n_columns)
+        return self._dataset.n_bins
 
     # ---- model images, counts and simulations --------------------------------------------------
     def model_image(self, sources=None):
@@ -288,8 +263,9 @@ class COSIImagingLike(PluginPrototype):
         rng = np.random.default_rng(seed)
         expected = self.get_model_counts()
         counts = rng.poisson(np.asarray(expected.contents)).astype(np.float64)
-        engine = self._engine.with_data(Histogram(expected.axes, contents=counts))
-        new = COSIImagingLike(name or f"{self.name}_sim", engine, background_priors=self._priors,
+        name = name or f"{self.name}_sim"
+        dataset = self._dataset.with_counts(Histogram(expected.axes, contents=counts), name=name)
+        new = COSIImagingLike(name, dataset, background_priors=self._priors,
                               log_like_offset=self._log_like_offset, function_frame=self._function_frame,
                               background_groups=self._groups)
         copies = new.background_parameters
@@ -303,7 +279,7 @@ class COSIImagingLike(PluginPrototype):
     # ---- data versus model ---------------------------------------------------------------------
     def data_cds(self):
         """Observed counts summed over the ScAtt/Time rows: Histogram over [Em, Phi, PsiChi]."""
-        return Histogram(self._engine.cds_axes, contents=self._engine.data_cds())
+        return self._dataset.counts_cds()
 
     def model_cds(self, sources=None, backgrounds=True):
         """Expected counts of the current model summed over the rows: Histogram over [Em, Phi, PsiChi].
@@ -318,8 +294,7 @@ class COSIImagingLike(PluginPrototype):
         norms = self.background_row_norms()
         if not backgrounds:
             norms = {name: 0.0 for name in norms}
-        return Histogram(self._engine.cds_axes,
-                         contents=self._engine.expectation_cds(self.model_image(sources), norms))
+        return self._dataset.npred_cds(self.model_image(sources), norms)
 
     def residuals_cds(self):
         """Significance ``(data - model) / sqrt(model)`` per CDS bin summed over the rows (0 where model is 0)."""
@@ -336,9 +311,7 @@ class COSIImagingLike(PluginPrototype):
         (matplotlib.figure.Figure, matplotlib.figure.Figure)
             The Phi figure and the PsiChi figure.
         """
-        from ..products import residual_figures
-
-        return residual_figures(self)
+        return residual_figures(self.data_cds(), self.model_cds())
 
     def write_model_map(self, path, sources=None, overwrite=False):
         """Write the model sky image (ph cm-2 s-1 sr-1 per Ei bin) as a histpy HDF5 file, atomically.
@@ -354,80 +327,20 @@ class COSIImagingLike(PluginPrototype):
         -------
         pathlib.Path
         """
-        from astropy import units as u
-
-        from ..io.histograms import write_histogram
-
-        image = Histogram(self._engine.model_axes, contents=self.model_image(sources), unit=u.Unit("cm-2 s-1 sr-1"))
+        image = Histogram(self._engine.model_axes, contents=self.model_image(sources), unit=IMAGE_UNIT)
         return write_histogram(image, path, overwrite=overwrite)
 
     @property
+    def dataset(self):
+        """The :class:`~cosi_imaging_plugin.datasets.COSIDataset` of this plugin."""
+        return self._dataset
+
+    @property
     def engine(self):
-        """The response engine of this dataset."""
+        """The response engine of this plugin's dataset."""
         return self._engine
 
     @property
     def folders(self):
         """The per-source folding caches {source name: folder}."""
         return self._folders
-
-
-def _frame_name(axis):
-    frame = getattr(axis, "coordsys", None)
-    name = getattr(frame, "name", None) or str(frame or "galactic")
-    return name.lower()
-
-
-class _BackgroundTemplate:
-    """A background template gathered at the non-empty bins, with one normalization or one per group of rows.
-
-    Parameters
-    ----------
-    plugin_name : str
-    engine : ResponseEngine
-    template : str
-        Template name in the engine.
-    groups : ndarray of int, shape (n_rows,), optional
-        Group of each ScAtt/Time row; one normalization per distinct value.
-    bounds : (float, float)
-    free : bool
-    """
-
-    def __init__(self, plugin_name, engine, template, groups, bounds, free):
-        self.template = template
-        self.at_bins = engine.background_template_at_bins(template)
-        description = f"normalization of background template '{template}' of {plugin_name}"
-        if groups is None:
-            self.labels, self.row_group, self.bin_group = [None], None, None
-            self.totals = np.array([engine.background_total(template)])
-        else:
-            if (groups.shape != (engine.n_rows,) or not np.issubdtype(groups.dtype, np.integer)
-                    or groups.min(initial=0) < 0):
-                raise CosiInputError(f"background_groups['{template}'] must hold one non-negative integer group "
-                                     f"per row, shape ({engine.n_rows},); got shape {groups.shape} and dtype "
-                                     f"{groups.dtype}")
-            self.labels, self.row_group = np.unique(groups, return_inverse=True)
-            self.bin_group = self.row_group[engine.data.row]
-            self.totals = np.bincount(self.row_group, weights=engine.background_row_totals(template),
-                                      minlength=len(self.labels))
-        self.parameters = {}
-        for label in self.labels:
-            key = template if label is None else f"{template}_g{label}"
-            self.parameters[key] = Parameter(
-                f"{plugin_name}_{key}_norm", 1.0, min_value=bounds[0], max_value=bounds[1], delta=0.01, free=free,
-                desc=description + ("" if label is None else f", row group {label}"))
-
-    def norms(self):
-        """Current normalization of each group (one value without groups)."""
-        return np.array([par.value for par in self.parameters.values()], dtype=np.float64)
-
-    def row_norms(self):
-        """The normalization as the engine takes it: a number, or one value per row."""
-        norms = self.norms()
-        return float(norms[0]) if self.row_group is None else norms[self.row_group]
-
-    def expectation(self):
-        """(expected counts at the non-empty bins, expected counts over all bins)."""
-        norms = self.norms()
-        at_bins = norms[0] * self.at_bins if self.bin_group is None else norms[self.bin_group] * self.at_bins
-        return at_bins, float(norms @ self.totals)

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import healpy as hp
 import numpy as np
+from astromodels import ExtendedSource, SpatialTemplate_2D_Healpix
 from astropy import units as u
+from mhealpy import HealpixMap
 
 from .._atomic import atomic_path
+from ..binning import IMAGE_UNIT, dense_values, is_nested
 from ..errors import CosiInputError
 from ..sky.rasterize import frame_rotation, function_frame
 from ..sky.spectra import integrate_spectrum
@@ -32,19 +35,14 @@ def _image_array(image):
     """(values [npix, n_ei] in ph cm-2 s-1 sr-1, HEALPix axis) of an image Histogram."""
     if not hasattr(image, "axes"):
         raise CosiInputError("the RL image must be a histpy Histogram over [lb, Ei]")
-    contents = image.contents
-    values = np.asarray(contents.todense() if hasattr(contents, "todense") else getattr(contents, "value", contents),
-                        dtype=np.float64)
-    if image.unit is not None and image.unit != u.dimensionless_unscaled:
-        values = values * image.unit.to(u.Unit("cm-2 s-1 sr-1"))
+    values = dense_values(image, IMAGE_UNIT)
     if values.ndim == 1:
         values = values[:, None]
     return values, image.axes[0]
 
 
 def _unit_vectors(axis):
-    nest = str(axis.scheme).lower() == "nested"
-    return np.array(hp.pix2vec(axis.nside, np.arange(axis.nbins), nest=nest))
+    return np.array(hp.pix2vec(axis.nside, np.arange(axis.nbins), nest=is_nested(axis)))
 
 
 def image_moments(image, center, radius_deg):
@@ -103,7 +101,7 @@ def image_peaks(image, fraction=0.2):
     """
     values, axis = _image_array(image)
     brightness = values.sum(axis=1)
-    nest = str(axis.scheme).lower() == "nested"
+    nest = is_nested(axis)
     neighbours = hp.get_all_neighbours(axis.nside, np.arange(axis.nbins), nest=nest)
     padded = np.where(neighbours >= 0, brightness[neighbours], -np.inf)
     peaks = np.flatnonzero((brightness >= padded.max(axis=0)) & (brightness >= fraction * brightness.max())
@@ -286,9 +284,6 @@ def template_source(name, image, spectrum, path, overwrite=True):
     -------
     astromodels.ExtendedSource
     """
-    from astromodels import ExtendedSource, SpatialTemplate_2D_Healpix
-    from mhealpy import HealpixMap
-
     values, axis = _image_array(image)
     brightness = np.clip(values.sum(axis=1), 0, None)
     pixel_area = 4 * np.pi / axis.nbins

@@ -1,0 +1,205 @@
+"""The one place a :class:`~cosi_imaging_plugin.engine.ResponseEngine` is assembled from COSI inputs.
+
+Every route into an analysis (the dataset constructors, the 3ML plugin, the
+deconvolution command, the pipeline) comes here, so they share one set of defaults
+(:data:`DEFAULT_RTOL`, float32 response values) and one choice of attitudes. The
+setups on disk:
+
+- Local CDS (PsiChi in the spacecraft frame) with a CCM: the rows are its ScAtt or
+  Time bins.
+- Local CDS with an orientation file and no CCM: the data are summed over time and
+  folded with the dwell time of every sky pixel (a one-bin Time CCM).
+- Galactic CDS (PsiChi Galactic): the response is rotated into the Galactic frame
+  over attitude bins, each at its averaged attitude, and folded once. The bins are
+  those of a given exposure table (with its CCM when given: they are what the data
+  were made with); without a table, the orientation is binned at the response NSIDE.
+- A precomputed Galactic-frame response (source axis lb, cm2 s): folded as it is.
+
+Axes the analysis does not use (Time when summed, Ei, SigmaTau, Dist) are summed out.
+"""
+import logging
+from pathlib import Path
+
+import numpy as np
+from histpy import Axes, Histogram
+
+from ..binning import frame_name
+from ..engine import ColumnResponse, ResponseEngine, galactic_response
+from ..errors import CosiInputError
+from ..exposure import ExposureTable, Orientation, coordsys_conversion_matrix
+from ..io.histograms import read_ccm, read_histogram
+from ..io.response import FullDetectorResponse
+
+logger = logging.getLogger(__name__)
+
+#: Response truncation tolerance of every engine built from a response file (see ColumnResponse):
+#: the expected counts of any non-negative sky change by at most this fraction.
+DEFAULT_RTOL = 1e-3
+#: Storage type of the response values and of the kernels' source rows.
+DEFAULT_DTYPE = np.float32
+
+CDS_LABELS = ["Em", "Phi", "PsiChi"]
+ROW_LABELS = ("ScAtt", "Time")
+FRAMES = ("galactic", "spacecraftframe")
+
+
+def psichi_frame(hist, what="binned data"):
+    """'galactic' or 'spacecraftframe', the frame of a histogram's PsiChi axis."""
+    if "PsiChi" not in hist.axes.labels:
+        raise CosiInputError(f"{what} have no PsiChi axis (axes: {list(hist.axes.labels)})")
+    name = frame_name(hist.axes["PsiChi"])
+    if name not in FRAMES:
+        raise CosiInputError(f"{what}: PsiChi axis in unsupported frame {name!r}: expected one of {list(FRAMES)}")
+    return name
+
+
+def reduce_axes(hist, keep_rows, what):
+    """Sum out every axis but the CDS ones (and the row axis when `keep_rows`)."""
+    labels = list(hist.axes.labels)
+    missing = [label for label in CDS_LABELS if label not in labels]
+    if missing:
+        raise CosiInputError(f"{what} lacks axis/axes {missing} (axes: {labels})")
+    rows = [label for label in labels if label in ROW_LABELS]
+    keep = ([rows[0]] if keep_rows and rows else []) + CDS_LABELS
+    if keep == labels:
+        return hist
+    dropped = [label for label in labels if label not in keep]
+    logger.info("%s: summing out axes %s", what, dropped)
+    return hist.project(keep)
+
+
+def load_response(response, rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, progress=True):
+    """A ColumnResponse from a ColumnResponse, a FullDetectorResponse or a file path."""
+    if isinstance(response, ColumnResponse):
+        return response
+    if isinstance(response, (str, Path, FullDetectorResponse)):
+        logger.info("compressing response %s (rtol=%g)", getattr(response, "filename", response), rtol)
+        return ColumnResponse.from_file(response, rtol=rtol, dtype=dtype, progress=progress)
+    raise CosiInputError(f"response must be a ColumnResponse, a FullDetectorResponse or a file path, "
+                         f"got {type(response).__name__}")
+
+
+def as_histogram(obj, what, counts=False):
+    """A Histogram, read from a file when `obj` is a path."""
+    if isinstance(obj, Histogram):
+        return obj
+    if isinstance(obj, (str, Path)):
+        return read_histogram(obj, counts=counts)
+    raise CosiInputError(f"{what} must be a histpy.Histogram or a file path, got {type(obj).__name__}")
+
+
+def _as_ccm(ccm):
+    return read_ccm(ccm) if isinstance(ccm, (str, Path)) else ccm
+
+
+def _as_orientation(orientation):
+    return Orientation.read(orientation) if isinstance(orientation, (str, Path)) else orientation
+
+
+def _as_table(table):
+    return ExposureTable.read(table) if isinstance(table, (str, Path)) else table
+
+
+def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, exposure_table=None,
+                 galactic_response_given=False, rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None,
+                 progress=True):
+    """Engine for binned data in either frame (see module docstring).
+
+    Parameters
+    ----------
+    response : str, pathlib.Path, FullDetectorResponse or ColumnResponse
+        Spacecraft-frame detector response, or with `galactic_response_given` a
+        Galactic-frame response (source axis lb, cm2 s).
+    data : histpy.Histogram or path
+        Binned counts with at least Em, Phi and PsiChi axes.
+    backgrounds : dict of str to histpy.Histogram or path, optional
+        Templates (expected counts) with the data's binning.
+    ccm : histpy.Histogram or path, optional
+        Coordinate conversion matrix (local CDS; for Galactic data, the one of
+        `exposure_table`).
+    orientation : Orientation or path, optional
+        Attitude timeline (local CDS without CCM; Galactic CDS without exposure table).
+    exposure_table : ExposureTable or path, optional
+        ScAtt bins whose mean attitudes rotate the response for Galactic data.
+    galactic_response_given : bool
+        `response` is already in the Galactic frame: no CCM and no rotation.
+    rtol : float
+        Response truncation tolerance (when compressing a file or rotating).
+    dtype : numpy dtype
+        Storage type of the response values.
+    nside_model : int, optional
+        NSIDE of the sky model grid when a CCM is computed here (default: the response's).
+    progress : bool
+        Show progress bars while compressing or rotating.
+
+    Returns
+    -------
+    (ResponseEngine, histpy.Histogram, dict of str to histpy.Histogram)
+        The engine with its data set, and the data and templates as the engine holds them.
+    """
+    data = as_histogram(data, "data", counts=True)
+    backgrounds = {str(k): as_histogram(v, f"background '{k}'") for k, v in (backgrounds or {}).items()}
+    column_response = load_response(response, rtol=rtol, dtype=dtype, progress=progress)
+    if galactic_response_given:
+        if ccm is not None:
+            raise CosiInputError("a Galactic-frame response is folded as it is: give no CCM with it")
+        engine = ResponseEngine.from_galactic_response(column_response, data=data, backgrounds=backgrounds,
+                                                       dtype=dtype)
+        return engine, data, backgrounds
+    frame = psichi_frame(data)
+    nside_rsp = column_response.axes[0].nside
+    keep_rows = frame == "spacecraftframe" and ccm is not None
+    data = reduce_axes(data, keep_rows, "data")
+    backgrounds = {k: reduce_axes(v, keep_rows, f"background '{k}'") for k, v in backgrounds.items()}
+    if frame == "spacecraftframe":
+        if ccm is None:
+            if orientation is None:
+                raise CosiInputError("local-CDS data: the analysis needs a CCM (ccm=...) or an orientation file "
+                                     "(a precomputed Galactic-frame response is folded with galactic=True)")
+            orientation = _as_orientation(orientation)
+            ccm = coordsys_conversion_matrix(orientation, nside_model or nside_rsp, nside_rsp, binning="time",
+                                             time_edges=[orientation.unix_seconds[0], orientation.unix_seconds[-1]])
+            data = _with_row_axis(data, ccm)
+            backgrounds = {k: _with_row_axis(v, ccm) for k, v in backgrounds.items()}
+        engine = ResponseEngine.from_ccm(column_response, _as_ccm(ccm), data=data, backgrounds=backgrounds,
+                                         dtype=dtype)
+        return engine, data, backgrounds
+    gal = galactic_response(column_response, *_galactic_attitude_bins(exposure_table, ccm, orientation,
+                                                                       nside_model or nside_rsp, nside_rsp),
+                            nside_psichi=data.axes["PsiChi"].nside, rtol=rtol, dtype=dtype, progress=progress)
+    engine = ResponseEngine.from_galactic_response(gal, data=data, backgrounds=backgrounds, dtype=dtype)
+    return engine, data, backgrounds
+
+
+def _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model, nside_response):
+    """(CCM, mean attitude of each of its rows) over which a Galactic-frame response is rotated."""
+    if exposure_table is not None:
+        table = _as_table(exposure_table)
+        if ccm is None:
+            ccm = coordsys_conversion_matrix(table, nside_model, nside_response, use_averaged_pointing=True)
+        else:
+            ccm = _as_ccm(ccm)
+            if ccm.axes[0].nbins != len(table):
+                raise CosiInputError(f"the exposure table has {len(table)} ScAtt bins but the CCM has "
+                                     f"{ccm.axes[0].nbins}")
+        logger.info("Galactic CDS: rotating the response over the %d ScAtt bins of the exposure table",
+                    len(table))
+        return ccm, table.mean_attitudes()
+    if ccm is not None:
+        raise CosiInputError("Galactic-CDS data: a CCM needs the exposure table of its ScAtt bins (their mean "
+                             "attitudes rotate the response)")
+    if orientation is None:
+        raise CosiInputError("Galactic-CDS data need an exposure table or an orientation file to rotate the "
+                             "response")
+    table = ExposureTable.from_orientation(_as_orientation(orientation), nside=nside_response)
+    logger.info("Galactic CDS: rotating the response over %d ScAtt bins of the orientation at NSIDE %d",
+                len(table), nside_response)
+    return coordsys_conversion_matrix(table, nside_model, nside_response, use_averaged_pointing=True), \
+        table.mean_attitudes()
+
+
+def _with_row_axis(hist, ccm):
+    """Add the CCM's single row axis in front of a [Em, Phi, PsiChi] histogram."""
+    contents = hist.contents
+    contents = contents.reshape((1, *contents.shape))
+    return Histogram(Axes([ccm.axes[0], *hist.axes]), contents=contents, unit=hist.unit)

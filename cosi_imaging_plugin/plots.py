@@ -1,0 +1,219 @@
+"""Figures of an analysis: sky images, deconvolution convergence, data versus model in the CDS.
+
+The ``plot_*`` and ``*_figures`` functions return matplotlib Figures (for
+notebooks); :func:`save_figure` and the ``save_*`` / ``plot_residuals`` functions
+write PNG files atomically and close their figures. They read histograms and
+result dictionaries only, so every estimator can draw with them (the 3ML plugin's
+``display()``, the deconvolution's result plots). The command line selects the Agg
+backend, so nothing needs a display.
+"""
+import logging
+from pathlib import Path
+
+import healpy as hp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ._atomic import atomic_path
+from .binning import dense_values, is_nested
+
+logger = logging.getLogger(__name__)
+
+
+def _flat_norm_series(results):
+    """``{label: [norm per iteration]}`` from the results' background normalizations."""
+    series = {}
+    for r in results:
+        norms = r["background_normalization"]
+        for key, value in norms.items():
+            if isinstance(value, dict):
+                for comp, v in value.items():
+                    series.setdefault(f"{key}: {comp}", []).append(float(v))
+            else:
+                series.setdefault(key, []).append(float(value))
+    return series
+
+
+def plot_convergence(results, fig=None):
+    """Log-likelihood (and log-posterior), alpha and background norms versus iteration.
+
+    Parameters
+    ----------
+    results : list of dict
+        ``ImageDeconvolution.results``.
+    fig : matplotlib.figure.Figure, optional
+        Figure to draw into (cleared); a new one by default.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if fig is None:
+        fig = plt.figure(figsize=(7, 8))
+    fig.clear()
+    axes = fig.subplots(3, 1, sharex=True)
+    iterations = [r["iteration"] for r in results]
+    axes[0].plot(iterations, [float(np.sum(r["loglikelihood"])) for r in results], "o-", label="log-likelihood")
+    if results and results[0].get("log_posterior") is not None:
+        axes[0].plot(iterations, [r["log_posterior"] for r in results], "s--", label="log-posterior")
+    axes[0].set_ylabel("log-likelihood")
+    axes[0].legend(loc="lower right")
+    axes[1].plot(iterations, [float(r.get("alpha", 1.0)) for r in results], "o-")
+    axes[1].set_ylabel("alpha")
+    for label, values in _flat_norm_series(results).items():
+        axes[2].plot(iterations, values, "o-", label=label)
+    if axes[2].lines:
+        axes[2].legend(loc="best")
+    axes[2].set_ylabel("background norm")
+    axes[2].set_xlabel("iteration")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_image(image, energy_index=0, log=False, fig=None, title=None, vmin=None, vmax=None, cmap="magma",
+               mask=None):
+    """Mollweide view of one energy plane of an image (healpy.mollview).
+
+    Parameters
+    ----------
+    image : histpy.Histogram
+        Image over [lb (HEALPix), Ei].
+    energy_index : int
+        Ei bin to show.
+    log : bool
+        Logarithmic colour scale; pixels <= 0 are drawn at a floor (vmin, or the
+        smallest positive value).
+    fig : matplotlib.figure.Figure, optional
+        A pyplot figure to draw into (cleared); a new one by default.
+    title : str, optional
+    vmin, vmax : float, optional
+        Colour range (image unit).
+    cmap : str
+    mask : histpy.Histogram or ndarray of bool, optional
+        Pixels where False are drawn as missing (grey).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    axis = image.axes[0]
+    values = dense_values(image)[:, energy_index]
+    nest = is_nested(axis)
+    if mask is not None:
+        m = getattr(mask, "contents", mask)
+        m = np.asarray(m, dtype=bool)
+        m = m[:, energy_index] if m.ndim == 2 else m
+        values = np.where(m, values, hp.UNSEEN)
+    valid = values != hp.UNSEEN
+    norm = None
+    if log:
+        positive = values[valid & (values > 0)]
+        floor = vmin if vmin is not None else (positive.min() if positive.size else 1.0)
+        values = np.where(valid, np.maximum(values, floor), hp.UNSEEN)
+        vmin, norm = floor, "log"
+    if fig is None:
+        fig = plt.figure(figsize=(8.5, 5.4))
+    fig.clear()
+    unit = "" if image.unit is None else str(image.unit)
+    if title is None:
+        edges = image.axes[1].edges
+        title = f"{edges[energy_index]:.4g} - {edges[energy_index + 1]:.4g}"
+    hp.mollview(values, fig=fig.number, nest=nest, unit=unit, title=title, min=vmin, max=vmax, cmap=cmap,
+                norm=norm, hold=True)
+    hp.graticule(alpha=0.3)
+    return fig
+
+
+def save_figure(fig, path):
+    """Save a figure as PNG atomically and close it; return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_image(image, path, title, log=False, energy_index=0):
+    """Mollweide PNG of one Ei plane of a sky image Histogram [lb, Ei] (see :func:`plot_image`)."""
+    return save_figure(plot_image(image, energy_index=energy_index, log=log, title=title), path)
+
+
+def residual_figures(data, model):
+    """Data versus model in the CDS, summed over ScAtt and Em: the Phi distribution and PsiChi maps.
+
+    Parameters
+    ----------
+    data, model : histpy.Histogram
+        Observed and expected counts over [Em, Phi, PsiChi] (e.g. ``plugin.data_cds()`` and
+        ``plugin.model_cds()``).
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, matplotlib.figure.Figure)
+        Phi distribution with a residual panel; PsiChi maps of data, model and residuals.
+    """
+    phi_edges = data.axes["Phi"].edges.to_value("deg")
+    centres = 0.5 * (phi_edges[1:] + phi_edges[:-1])
+    data_phi, model_phi = data.project("Phi").contents, model.project("Phi").contents
+    phi_figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 6),
+                                             gridspec_kw={"height_ratios": [3, 1]})
+    top.errorbar(centres, data_phi, yerr=np.sqrt(data_phi), fmt="o", ms=3, label="data")
+    top.stairs(model_phi, phi_edges, label="model", color="C1")
+    top.set_ylabel("counts")
+    top.legend()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bottom.plot(centres, (data_phi - model_phi) / np.sqrt(model_phi), "o", ms=3)
+    bottom.axhline(0, color="k", lw=0.8)
+    bottom.set_xlabel("Compton scattering angle Phi [deg]")
+    bottom.set_ylabel("(d - m) / sqrt(m)")
+
+    data_psi, model_psi = data.project("PsiChi").contents, model.project("PsiChi").contents
+    psichi_figure = plt.figure(figsize=(15, 4))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        residual = np.where(model_psi > 0, (data_psi - model_psi) / np.sqrt(model_psi), hp.UNSEEN)
+    for i, (values, title) in enumerate([(data_psi, "data"), (model_psi, "model"),
+                                         (residual, "(d - m) / sqrt(m)")]):
+        hp.mollview(values, fig=psichi_figure.number, sub=(1, 3, i + 1), title=f"PsiChi: {title}",
+                    nest=is_nested(data.axes["PsiChi"]), cmap="RdBu_r" if i == 2 else "viridis")
+    return phi_figure, psichi_figure
+
+
+def plot_residuals(data, model, output_dir):
+    """Write ``residuals_phi.png`` and ``residuals_psichi.png`` (see :func:`residual_figures`) into `output_dir`."""
+    phi_figure, psichi_figure = residual_figures(data, model)
+    output_dir = Path(output_dir)
+    return [save_figure(phi_figure, output_dir / "residuals_phi.png"),
+            save_figure(psichi_figure, output_dir / "residuals_psichi.png")]
+
+
+def save_plots(results, directory, mask=None, energy_indices=None):
+    """Write ``convergence.png`` and, for the final model, ``model_E<i>.png`` and ``model_E<i>_log.png``.
+
+    Parameters
+    ----------
+    results : list of dict
+        ``ImageDeconvolution.results``.
+    directory : str or pathlib.Path
+    mask : histpy.Histogram, optional
+        Masked pixels are drawn grey.
+    energy_indices : list of int, optional
+        Ei bins to draw (default all).
+
+    Returns
+    -------
+    list of pathlib.Path
+    """
+    directory = Path(directory)
+    paths = [save_figure(plot_convergence(results), directory / "convergence.png")]
+    final = results[-1]
+    model = final["model"]
+    n_ei = model.axes[1].nbins
+    for e in range(n_ei) if energy_indices is None else energy_indices:
+        title = f"iteration {final['iteration']}, Ei bin {e}"
+        paths.append(save_figure(plot_image(model, e, mask=mask, title=title), directory / f"model_E{e}.png"))
+        paths.append(save_figure(plot_image(model, e, log=True, mask=mask, title=title + " (log)"),
+                                 directory / f"model_E{e}_log.png"))
+    logger.info("wrote %d plots to %s", len(paths), directory)
+    return paths

@@ -1,0 +1,230 @@
+"""Folding astromodels sources through a dataset's engine, with caching: one folder class per source kind.
+
+A point source and an extended source whose morphology does not depend on energy
+are *separable*: the sky brightness is ``S(lon, lat) * F(E)``. Folding the spatial
+map once per Ei bin gives per-bin expected counts at the non-empty data bins; a
+change of spectral parameters then only re-weights those arrays (O(n_ei x nnz)),
+and a change of spatial parameters re-folds this source alone (the habit of
+threeML's HAWC plugin, which keeps one convolved source per kind).
+
+- :class:`PointSourceFolder`: a point source, spread over the model grid with
+  bilinear weights; its spatial state is its position.
+- :class:`ExtendedSourceFolder`: an extended source with an astromodels
+  ``Function2D`` shape; its spatial state is the shape's parameters.
+- :class:`Function3DSourceFolder`: an extended source with energy-dependent
+  morphology, re-folded whenever any of its parameters changes.
+
+:func:`folder_for` picks the class for a source. The sky images come from
+:mod:`cosi_imaging_plugin.sky.source_images`, the code the simulator uses too.
+"""
+import logging
+from collections import OrderedDict
+
+import numpy as np
+
+from ..engine.reductions import combine_rows
+from ..errors import CosiInputError
+from ..sky.source_images import (extended_source_map, function3d_image, has_energy_dependent_morphology,
+                                 is_point_source, point_source_map, source_spectrum)
+from ..sky.spectra import integrate_spectrum
+
+logger = logging.getLogger(__name__)
+
+#: Most recent spatial states whose folds a folder keeps.
+MAX_CACHED_STATES = 32
+
+
+def _parameter_state(parameters):
+    return tuple(float(p.value) for p in parameters.values())
+
+
+class _SeparableSourceFolder:
+    """Cached per-Ei-bin folds of a separable source's spatial map; spectral changes re-weight them.
+
+    Subclasses define :meth:`spatial_state` (the cache key) and :meth:`spatial_image`.
+
+    Parameters
+    ----------
+    source : astromodels PointSource or ExtendedSource
+    dataset : COSIDataset
+    rasterizer : cosi_imaging_plugin.sky.rasterize.Rasterizer
+        On the dataset's model grid.
+    ei_edges : ndarray
+        Edges of the response's Ei bins in keV.
+    cache_bytes : float
+        Memory for the folds of recent spatial states (at least two states are
+        kept, at most :data:`MAX_CACHED_STATES`). Minimizers come back to recent
+        states (a central point after its finite-difference steps, the shifted
+        points of HESSE's mixed derivatives): at NSIDE 8, 32 states instead of 8
+        save 11% of the folds.
+    """
+
+    def __init__(self, source, dataset, rasterizer, ei_edges, cache_bytes=256e6):
+        self.source = source
+        self.name = source.name
+        self.dataset = dataset
+        self.rasterizer = rasterizer
+        self.ei_edges = np.asarray(ei_edges, dtype=np.float64)
+        self._state = None
+        self._cache = OrderedDict()
+        fold_bytes = 8 * (self.ei_edges.size - 1) * dataset.engine.data.nnz
+        self.cache_size = int(np.clip(cache_bytes // max(fold_bytes, 1), 2, MAX_CACHED_STATES))
+        self.spatial_map = None
+        self.folded = None
+        self.exposure = None
+        self.n_folds = 0
+
+    def spatial_state(self):
+        """Values of the parameters that define the morphology (the cache key)."""
+        raise NotImplementedError
+
+    def spatial_image(self):
+        """Morphology on the model grid, in sr^-1 (integrates to one over the sky)."""
+        raise NotImplementedError
+
+    def forget(self):
+        """Drop every cached fold: the next call folds anew."""
+        self._state = None
+        self._cache.clear()
+
+    def update(self):
+        """Re-fold if the morphology changed since the last call; return True if it was folded anew."""
+        state = self.spatial_state()
+        if state == self._state:
+            return False
+        if state in self._cache:
+            self._cache.move_to_end(state)
+            self.spatial_map, self.folded, self.exposure = self._cache[state]
+            self._state = state
+            return False
+        engine = self.dataset.engine
+        self.spatial_map = self.spatial_image()
+        n_ei = self.ei_edges.size - 1
+        self.folded = np.empty((n_ei, engine.data.nnz))
+        unit_image = np.zeros((self.spatial_map.size, n_ei))
+        for e in range(n_ei):
+            unit_image[:, e] = self.spatial_map
+            # float64 rows: a smooth likelihood for the minimizer
+            self.folded[e] = engine.sky_expectation_at_bins(unit_image, dtype=np.float64)
+            unit_image[:, e] = 0.0
+        # expected counts over all bins per unit flux in each Ei bin
+        self.exposure = np.einsum("j,je->e", self.spatial_map, engine.exposure_map)
+        self._state = state
+        self._cache[state] = (self.spatial_map, self.folded, self.exposure)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        self.n_folds += 1
+        logger.debug("re-folded source %s (%d folds)", self.name, self.n_folds)
+        return True
+
+    def bin_fluxes(self, allow_negative=True):
+        """Photon flux integrated over each Ei bin (ph cm-2 s-1)."""
+        return integrate_spectrum(source_spectrum(self.source), self.ei_edges, allow_negative=allow_negative)
+
+    def check(self):
+        """Fold once and check the spectrum at the current values (NaN or negative flux are errors)."""
+        self.update()
+        self.bin_fluxes(allow_negative=False)
+
+    def image(self):
+        """Sky image [n_pix, n_ei] of this source (ph cm-2 s-1 sr-1 integrated over each Ei bin)."""
+        self.update()
+        return self.spatial_map[:, None] * self.bin_fluxes()[None, :]
+
+    def expectation(self):
+        """(expected counts at the non-empty bins, expected counts over all bins)."""
+        self.update()
+        fluxes = self.bin_fluxes()
+        return combine_rows(fluxes, self.folded), float(fluxes @ self.exposure)
+
+
+class PointSourceFolder(_SeparableSourceFolder):
+    """Cached folding of one astromodels point source (its position is the spatial state)."""
+
+    def spatial_state(self):
+        """(ra, dec) in degrees, ICRS."""
+        return (float(self.source.position.get_ra()), float(self.source.position.get_dec()))
+
+    def spatial_image(self):
+        """Bilinear weights of the position over the four nearest pixels, in sr^-1."""
+        return point_source_map(self.rasterizer, *self.spatial_state())
+
+
+class ExtendedSourceFolder(_SeparableSourceFolder):
+    """Cached folding of one extended source with an energy-independent (Function2D) shape."""
+
+    def __init__(self, source, dataset, rasterizer, ei_edges, cache_bytes=256e6):
+        shape = source.spatial_shape
+        if getattr(shape, "n_dim", 2) != 2:
+            raise CosiInputError(f"source '{source.name}': spatial shape {shape.name} is not a Function2D")
+        super().__init__(source, dataset, rasterizer, ei_edges, cache_bytes)
+        # fixed once per source: an adaptive split would make the likelihood jump as parameters move
+        self._level = rasterizer.level_for(shape)
+
+    def spatial_state(self):
+        """Values of the shape's parameters."""
+        return _parameter_state(self.source.spatial_shape.parameters)
+
+    def spatial_image(self):
+        """The shape averaged over the sub-pixels of every pixel, in sr^-1."""
+        return extended_source_map(self.source.spatial_shape, self.rasterizer, self._level, self.name)
+
+
+class Function3DSourceFolder:
+    """Folding of an extended source with energy-dependent morphology (astromodels Function3D).
+
+    The whole image is folded when any parameter changes (see
+    :func:`~cosi_imaging_plugin.sky.source_images.function3d_image`).
+    """
+
+    def __init__(self, source, dataset, rasterizer, ei_edges):
+        self.source = source
+        self.name = source.name
+        self.dataset = dataset
+        self.rasterizer = rasterizer
+        self.ei_edges = np.asarray(ei_edges, dtype=np.float64)
+        self._state = None
+        self._cached = None
+        self.n_folds = 0
+
+    def forget(self):
+        """Drop the cached fold: the next call folds anew."""
+        self._state = None
+
+    def check(self):
+        """Fold once at the current values (NaN or negative brightness are errors)."""
+        self.expectation()
+
+    def image(self):
+        """Sky image [n_pix, n_ei] (ph cm-2 s-1 sr-1 integrated over each Ei bin)."""
+        return function3d_image(self.source, self.rasterizer, self.ei_edges)
+
+    def expectation(self):
+        """(expected counts at the non-empty bins, expected counts over all bins)."""
+        state = _parameter_state(self.source.parameters)
+        if state != self._state:
+            engine = self.dataset.engine
+            image = self.image()
+            self._cached = (engine.sky_expectation_at_bins(image, dtype=np.float64),
+                            float(np.sum(engine.exposure_map * image)))
+            self._state = state
+            self.n_folds += 1
+        return self._cached
+
+
+def folder_for(source, dataset, rasterizer, ei_edges):
+    """The folder class of a source's kind, made for `dataset`.
+
+    Raises
+    ------
+    CosiInputError
+        For a source that is neither a point nor an extended source.
+    """
+    if is_point_source(source):
+        return PointSourceFolder(source, dataset, rasterizer, ei_edges)
+    if not hasattr(source, "spatial_shape"):
+        raise CosiInputError(f"source '{source.name}' of type {type(source).__name__} cannot be folded: only "
+                             f"point and extended sources are supported")
+    if has_energy_dependent_morphology(source):
+        return Function3DSourceFolder(source, dataset, rasterizer, ei_edges)
+    return ExtendedSourceFolder(source, dataset, rasterizer, ei_edges)
