@@ -34,23 +34,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cosi_imaging_plugin.engine import ResponseEngine  # noqa: E402
+
 import _dc2  # noqa: E402
 from _common import PeakRSS, gemm_rate, memory_read_bandwidth, report, timed  # noqa: E402
-
-from cosi_imaging_plugin.engine import ResponseEngine  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
 
-def main():
-    parser = _dc2.parser(__doc__)
-    parser.add_argument("--repeats", type=int, default=7, help="sparse iterations timed (median and best)")
-    parser.add_argument("--dense-repeats", type=int, default=2)
-    parser.add_argument("--profile", action="store_true", help="also time each step of the sparse iteration")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    dc2 = _dc2.build(args)
-    mapping, rsp_matrix, counts, bkg, image = dc2.mapping, dc2.response_matrix, dc2.counts, dc2.background, dc2.image
+def dense_reference(mapping, rsp_matrix, counts, bkg, image, repeats):
+    """(seconds, log-likelihood, transpose product, expectation at the non-empty bins) of the dense way."""
 
     def dense_iteration():
         rows = mapping.forward(image, dtype=np.float32)
@@ -62,14 +55,27 @@ def main():
         transposed = mapping.adjoint(np.tensordot(ratio, rsp_matrix, axes=(1, 1)))
         return logl, transposed, eps
 
-    dense_s, (dense_logl, dense_t, dense_eps) = timed(dense_iteration, args.dense_repeats)
+    dense_s, (logl, transposed, eps) = timed(dense_iteration, repeats)
+    return dense_s, logl, transposed, eps.reshape(-1)[np.flatnonzero(counts)].astype(np.float64)
+
+
+def main():
+    parser = _dc2.parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=7, help="sparse iterations timed (median and best)")
+    parser.add_argument("--dense-repeats", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="also time each step of the sparse iteration")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    dc2 = _dc2.build(args)
+    mapping, image = dc2.mapping, dc2.image
+    dense_s, dense_logl, dense_t, dense_eps_at_bins = dense_reference(
+        mapping, dc2.response_matrix, dc2.counts, dc2.background, image, args.dense_repeats)
     logger.info("dense iteration: %.2f s", dense_s)
 
     data, background = dc2.histograms()
-    dense_eps_at_bins = dense_eps.reshape(-1)[np.flatnonzero(counts)].astype(np.float64)
-    dense_bytes = rsp_matrix.nbytes
+    dense_bytes = dc2.response_matrix.nbytes
     response = dc2.compressed_response(args.rtol)
-    del dc2, rsp_matrix, counts, bkg, dense_eps
+    del dc2
     gc.collect()
     engine = ResponseEngine(response, mapping, data=data, backgrounds={"activation": background}, dtype=np.float32)
     del data, background

@@ -31,15 +31,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _dc2  # noqa: E402
-from _common import report, timed  # noqa: E402
-from _dense import dense_engine  # noqa: E402
-
+from cosi_imaging_plugin.datasets import COSIDataset  # noqa: E402
 from cosi_imaging_plugin.engine import ResponseEngine  # noqa: E402
 from cosi_imaging_plugin.simulate.backgrounds import background_template  # noqa: E402
 from cosi_imaging_plugin.sky.rasterize import Rasterizer  # noqa: E402
 from cosi_imaging_plugin.sky.spectra import integrate_spectrum  # noqa: E402
 from cosi_imaging_plugin.threeml import COSIImagingLike  # noqa: E402
+
+import _dc2  # noqa: E402
+from _common import report, timed  # noqa: E402
+from _dense import dense_engine  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 TRUTH = {"lon0": 266.405, "lat0": -28.936, "sigma": 10.0, "K": 2e-4}
@@ -86,6 +87,13 @@ def log_profile(function, repeats, lines=15):
     logger.info("profile of %d spatial evaluations:\n%s", repeats, text.getvalue())
 
 
+def dense_refold_seconds(engine, response_matrix, model, spectrum, values, repeats):
+    """Seconds per call of the uncached plugin on the dense baseline engine (the COSI team's way)."""
+    baseline = UncachedPlugin("cosi", COSIDataset(dense_engine(engine, response_matrix), name="cosi"))
+    baseline.set_model(model)
+    return timed(lambda: (setattr(spectrum.K, "value", next(values)), baseline.get_log_like()), repeats)[0]
+
+
 def main():
     from astromodels import Model
     from threeML import DataList, JointLikelihood
@@ -107,9 +115,10 @@ def main():
     data, activation = dc2.histograms()
     engine = ResponseEngine(response, dc2.mapping, data=data, dtype=np.float32,
                             backgrounds={"activation": activation, "albedo": albedo})
+    dataset = COSIDataset(engine, name="cosi")
 
     model = Model(source())
-    plugin = COSIImagingLike("cosi", engine)
+    plugin = COSIImagingLike("cosi", dataset)
     plugin.set_model(model)
     shape, spectrum = model.blob.spatial_shape, model.blob.spectrum.main.shape
     values = iter(np.linspace(1.5e-4, 2.5e-4, 1000))
@@ -120,17 +129,14 @@ def main():
                               args.repeats)
     if args.profile:
         log_profile(lambda: (setattr(shape.sigma, "value", next(widths)), plugin.get_log_like()), args.repeats)
-    refold = UncachedPlugin("cosi", engine)
+    refold = UncachedPlugin("cosi", dataset)
     refold.set_model(model)
     refold_eval_s, _ = timed(lambda: (setattr(spectrum.K, "value", next(values)), refold.get_log_like()),
                              args.repeats)
-    baseline = UncachedPlugin("cosi", dense_engine(engine, dc2.response_matrix))
-    baseline.set_model(model)
-    baseline_eval_s, _ = timed(lambda: (setattr(spectrum.K, "value", next(values)), baseline.get_log_like()),
-                               args.dense_repeats)
+    baseline_eval_s = dense_refold_seconds(engine, dc2.response_matrix, model, spectrum, values, args.dense_repeats)
     logger.info("evaluations: spectral %.4f s, spatial %.3f s, sparse re-fold %.3f s, dense re-fold %.2f s",
                 spectral_eval_s, spatial_eval_s, refold_eval_s, baseline_eval_s)
-    del dc2, baseline
+    del dc2
 
     fit_model = Model(source(lon0=262.0, lat0=-26.0, sigma=7.0, K=1e-4))
     blob = fit_model.blob.spatial_shape
@@ -138,7 +144,7 @@ def main():
         blob.parameters[name].free = True
     blob.lon0.bounds, blob.lat0.bounds, blob.sigma.bounds = (240.0, 290.0), (-50.0, -5.0), (2.0, 30.0)
     fit_model.blob.spectrum.main.Powerlaw.K.bounds = (1e-6, 1e-2)
-    fit_plugin = CountingPlugin("cosi", engine)
+    fit_plugin = CountingPlugin("cosi", dataset)
     jl = JointLikelihood(fit_model, DataList(fit_plugin), verbose=False)
     start = time.perf_counter()
     results = jl.fit(quiet=True)[0]

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cosi_imaging_plugin.datasets import COSIDataset  # noqa: E402
+from cosi_imaging_plugin.deconvolution import ImageDeconvolution  # noqa: E402
+
 import _dc2  # noqa: E402
 from _common import PeakRSS, report  # noqa: E402
 from _dense import dense_engine  # noqa: E402
-
-from cosi_imaging_plugin.deconvolution import DeconvolutionDataset, ImageDeconvolution  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -45,7 +46,7 @@ def parameters(nside, iterations):
 def seconds_per_iteration(engine, nside, iterations):
     """Wall time of `iterations` RL iterations divided by their number (initialization excluded)."""
     deconvolution = ImageDeconvolution()
-    deconvolution.set_dataset([DeconvolutionDataset.from_engine("dc2", engine)])
+    deconvolution.set_dataset(COSIDataset(engine, name="dc2"))
     deconvolution.set_parameter(parameters(nside, iterations))
     deconvolution.initialize()
     start = time.perf_counter()

@@ -65,7 +65,7 @@ GAUSS_TRUTH = {"lon0": 266.4, "lat0": -28.9, "sigma": 10.0, "K": 2e-4, "index": 
 
 
 # ---- setup --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def instrument():
     """(response, CCM, data axes, background template, engine without data) on the NSIDE_MODEL grid."""
     import astropy.units as u
@@ -90,7 +90,7 @@ def instrument():
     return response, ccm, data_axes, template, bare
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ccm_for(nside_model):
     """CCM of the simulated one-day orbit onto a Galactic model grid of `nside_model`."""
     from cosi_imaging_plugin.exposure import ExposureTable, coordsys_conversion_matrix
@@ -100,7 +100,7 @@ def ccm_for(nside_model):
     return coordsys_conversion_matrix(table, nside_model, NSIDE_RESPONSE, use_averaged_pointing=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def truth_engine(nside):
     """Engine without data that folds the injected sky on a grid of `nside` (default: the fit's grid)."""
     if nside == NSIDE_MODEL:
@@ -109,7 +109,7 @@ def truth_engine(nside):
     return ResponseEngine.from_ccm(instrument()[0], ccm_for(nside), dtype=np.float64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rasterizer(nside=NSIDE_MODEL):
     from cosi_imaging_plugin.sky.rasterize import Rasterizer
     return Rasterizer(nside)
@@ -130,16 +130,15 @@ def gauss_source(truth, name="blob"):
 
 def truth_image(source, nside=NSIDE_MODEL, raster="plugin"):
     """Sky image [pix, Ei] of an astromodels source on a grid of `nside`, made by the plugin's own
-    source folder (same rasterization, e.g. the split level of extended sources, and same spectral
+    code (same rasterization, e.g. the split level of extended sources, and same spectral
     integration as in the fit). ``raster="adaptive"`` rasterizes extended sources with the adaptive
     split instead (pixel means accurate to ~1e-3 of the flux): a test of the plugin's raster accuracy."""
-    from cosi_imaging_plugin.threeml.source_folding import SeparableSourceFolder
-    folder = SeparableSourceFolder(source, truth_engine(nside), rasterizer(nside), np.asarray(EI_EDGES))
-    if raster == "adaptive" and not folder.is_point:
-        spatial = rasterizer(nside)(source.spatial_shape)
-    else:
-        spatial = folder.spatial_image()
-    return spatial[:, None] * folder.bin_fluxes(allow_negative=False)[None, :]
+    from cosi_imaging_plugin.sky.source_images import is_point_source, source_image, source_spectrum
+    from cosi_imaging_plugin.sky.spectra import integrate_spectrum
+    if raster == "adaptive" and not is_point_source(source):
+        fluxes = integrate_spectrum(source_spectrum(source), np.asarray(EI_EDGES), allow_negative=False)
+        return rasterizer(nside)(source.spatial_shape)[:, None] * fluxes[None, :]
+    return source_image(source, rasterizer(nside), np.asarray(EI_EDGES))
 
 
 def expected_counts(source, bkg_norm, nside=NSIDE_MODEL, raster="plugin"):
@@ -150,13 +149,16 @@ def expected_counts(source, bkg_norm, nside=NSIDE_MODEL, raster="plugin"):
     return truth_engine(nside).expectation(image).contents + bkg_norm * np.asarray(template.contents)
 
 
-def draw_engine(expected, rng):
-    """Engine on one Poisson draw of `expected`, with the background template."""
+def draw_dataset(expected, rng):
+    """Dataset on one Poisson draw of `expected`, with the background template."""
     import sparse
     from histpy import Histogram
+
+    from cosi_imaging_plugin.datasets import COSIDataset
     _, _, data_axes, template, bare = instrument()
-    counts = rng.poisson(expected).astype(np.float64)
-    return bare.with_data(Histogram(data_axes, contents=sparse.COO.from_numpy(counts)), {BKG: template})
+    counts = Histogram(data_axes, contents=sparse.COO.from_numpy(rng.poisson(expected).astype(np.float64)))
+    return COSIDataset(bare.with_data(counts, {BKG: template}), name=PLUGIN, counts=counts,
+                       backgrounds={BKG: template})
 
 
 def point_kink_distance(ra, dec):
@@ -216,12 +218,12 @@ def gauss_model(truth):
     return model, names
 
 
-def fit(model, engine):
-    """threeML fit of `model` to the engine's data; returns (JointLikelihood, plugin, seconds)."""
+def fit(model, dataset):
+    """threeML fit of `model` to the dataset; returns (JointLikelihood, plugin, seconds)."""
     from threeML import DataList, JointLikelihood
 
     from cosi_imaging_plugin.threeml import COSIImagingLike
-    plugin = COSIImagingLike(PLUGIN, engine)
+    plugin = COSIImagingLike(PLUGIN, dataset)
     jl = JointLikelihood(model, DataList(plugin), verbose=False)
     t0 = time.perf_counter()
     jl.fit(quiet=True, n_samples=200)
@@ -273,16 +275,16 @@ def run_pull_case(label, model_fn, truth, n_sims, rng, extra=None, truth_nside=N
     records, failures = [], []
     t_case = time.perf_counter()
     for k in range(n_sims):
-        engine = draw_engine(expected, rng)
+        dataset = draw_dataset(expected, rng)
         model, names = model_fn(truth)
         try:
-            jl, plugin, seconds = fit(model, engine)
+            jl, plugin, seconds = fit(model, dataset)
             result = pulls_of(jl, names, truth)
         except Exception as exc:  # a failed fit is reported, never dropped silently
             logger.warning("case %s sim %d: fit failed: %s", label, k, exc)
             failures.append({"sim": k, "error": repr(exc)})
             continue
-        record = {"sim": k, "seconds": seconds, "counts": float(engine.data.total_counts),
+        record = {"sim": k, "seconds": seconds, "counts": float(dataset.total_counts),
                   "minus_log_like": float(jl.results.get_statistic_frame()["-log(likelihood)"]["total"]),
                   "status": minuit_status(jl),
                   "value": {p: v[0] for p, v in result.items()}, "sigma": {p: v[1] for p, v in result.items()},
@@ -310,20 +312,20 @@ def run_gof(truth, n_sims, n_iterations, rng):
     records = []
     t_case = time.perf_counter()
     for k in range(n_sims):
-        engine = draw_engine(expected, rng)
+        dataset = draw_dataset(expected, rng)
         model, names = gof_model(truth)
         sim_counts = []
 
-        def record_counts(this_model, this_data, quiet=True):
-            sim_counts.append(sum(float(p.engine.data.total_counts) for p in this_data.values()))
+        def record_counts(this_model, this_data, quiet=True, sim_counts=sim_counts):
+            sim_counts.append(sum(float(p.dataset.total_counts) for p in this_data.values()))
 
         try:
-            jl, plugin, seconds = fit(model, engine)
+            jl, plugin, seconds = fit(model, dataset)
             pulls = pulls_of(jl, names, truth)
             # reproducible simulated datasets: threeML calls get_simulated_dataset(name) without a seed
             seeds = np.random.default_rng(rng.integers(2**63))
             original = plugin.get_simulated_dataset
-            plugin.get_simulated_dataset = lambda name=None, seed=None: original(
+            plugin.get_simulated_dataset = lambda name=None, seed=None, original=original, seeds=seeds: original(
                 name, seed=int(seeds.integers(2**63)) if seed is None else seed)
             t0 = time.perf_counter()
             gof, _, like_frame = GoodnessOfFit(jl).by_mc(n_iterations=n_iterations, postprocessor=record_counts)
@@ -335,7 +337,7 @@ def run_gof(truth, n_sims, n_iterations, rng):
         observed = float(jl.results.get_statistic_frame()["-log(likelihood)"]["total"])
         simulated = np.asarray(like_frame["-log(likelihood)"][:, "total"].values, dtype=float)
         rank = int(np.sum(simulated >= observed))
-        n_obs, n_sim = float(engine.data.total_counts), np.asarray(sim_counts, dtype=float)
+        n_obs, n_sim = float(dataset.total_counts), np.asarray(sim_counts, dtype=float)
         # diagnostic: the statistic's dependence on the total counts, regressed out over the simulations
         slope, intercept = np.polyfit(n_sim, simulated, 1)
         residual_sim = simulated - (intercept + slope * n_sim)

@@ -4,6 +4,7 @@ An interrupted run therefore never leaves a half-written result under the final 
 """
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -59,8 +60,6 @@ def atomic_directory(path, overwrite=False):
     overwrite : bool
         Replace an existing directory at `path` (it is removed only after success).
     """
-    import shutil
-
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")

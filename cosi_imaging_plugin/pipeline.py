@@ -16,8 +16,10 @@ import logging
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from astromodels import Model
+from threeML import DataList, JointLikelihood
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_path
@@ -209,11 +211,7 @@ def run_pipeline(config, output_dir, progress=True):
     dict
         The content of ``summary.json``.
     """
-    import matplotlib
-
     matplotlib.use("Agg")
-    from threeML import DataList, JointLikelihood
-
     start = time.perf_counter()
     config = read_fit_config(config)
     output_dir = Path(output_dir)

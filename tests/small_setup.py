@@ -26,7 +26,7 @@ EI_EDGES = [200.0, 500.0, 1000.0, 2000.0]
 NSIDE_RESPONSE, NSIDE_MODEL = 4, 8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def instrument():
     """(ColumnResponse, CCM histogram, data axes, background template) built once per session."""
     config = InstrumentConfig.default().updated({"binning": {

@@ -7,12 +7,13 @@ import pytest
 import sparse
 from astropy.coordinates import SkyCoord
 from histpy import Histogram
-from synthetic_inputs import circular_orbit
 
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiInputError
 from cosi_imaging_plugin.exposure import ExposureTable, Orientation, check_ccm, coordsys_conversion_matrix, write_ccm
 from cosi_imaging_plugin.geometry import vec_to_lonlat
 from cosi_imaging_plugin.io import read_ccm
+
+from synthetic_inputs import circular_orbit
 
 FIX = "image_deconvolution/"
 

@@ -31,14 +31,21 @@ from astropy.table import Table
 from histpy import Axes, Axis, HealpixAxis, Histogram
 from scipy.special import gammaln
 
-from cosi_imaging_plugin.deconvolution import (DeconvolutionDataset, ImageDeconvolution, MAPRichardsonLucy,
-                                               PriorTSV, RichardsonLucy, RichardsonLucySimple, build_algorithm,
-                                               load_results)
 from cosi_imaging_plugin.cli import deconvolve_main
-from cosi_imaging_plugin.plots import plot_convergence, plot_image
+from cosi_imaging_plugin.deconvolution import (
+    DeconvolutionDataset,
+    ImageDeconvolution,
+    MAPRichardsonLucy,
+    PriorTSV,
+    RichardsonLucy,
+    RichardsonLucySimple,
+    build_algorithm,
+    load_results,
+)
 from cosi_imaging_plugin.engine import ColumnResponse
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiFileError, CosiInputError
 from cosi_imaging_plugin.io import write_histogram, write_response
+from cosi_imaging_plugin.plots import plot_convergence, plot_image
 
 from synthetic_inputs import random_attitudes
 
@@ -470,7 +477,7 @@ def test_two_datasets_equal_one_dataset_with_all_rows(problem):
         axes = Axes([Axis(np.arange(3), label="ScAtt"), *problem.data_axes[1:]])
         shape = (2,) + problem.shape[1:]
 
-        def hist(values):
+        def hist(values, axes=axes, rows=rows, shape=shape):
             return Histogram(axes, contents=np.asarray(values).reshape(problem.shape)[rows].reshape(shape))
 
         halves.append(DeconvolutionDataset(name, hist(problem.expected),

@@ -4,10 +4,11 @@ import healpy as hp
 import numpy as np
 import pytest
 from astropy.io import fits
-from synthetic_inputs import circular_orbit
 
 from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
 from cosi_imaging_plugin.exposure import ExposureTable, Orientation, attitude_map
+
+from synthetic_inputs import circular_orbit
 
 
 def orbit(n=200, **kwargs):

@@ -237,7 +237,7 @@ def test_check_axes_match_names_both_sides_and_axis():
         "scheme": (3, HealpixAxis(nside=2, scheme="ring", coordsys=SpacecraftFrame(), label="PsiChi"), "scheme"),
         "frame": (3, HealpixAxis(nside=2, scheme="nested", coordsys="galactic", label="PsiChi"), "coordinate frame"),
     }
-    for what, (i, axis, detail) in cases.items():
+    for i, axis, detail in cases.values():
         other = list(base)
         other[i] = axis
         with pytest.raises(AxisMismatchError, match=rf"axis '{axis.label}' differs between data and bkg: {detail}"):

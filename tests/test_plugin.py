@@ -3,8 +3,18 @@ import warnings
 
 import numpy as np
 import pytest
-from astromodels import (Band, Disk_on_sphere, ExtendedSource, Gaussian, Gaussian_on_sphere, Line, Model,
-                         ParticleSource, PointSource, Powerlaw)
+from astromodels import (
+    Band,
+    Disk_on_sphere,
+    ExtendedSource,
+    Gaussian,
+    Gaussian_on_sphere,
+    Line,
+    Model,
+    ParticleSource,
+    PointSource,
+    Powerlaw,
+)
 from histpy import Axis, Histogram
 from scipy import stats
 from threeML import DataList, GoodnessOfFit, JointLikelihood

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astromodels import Log_uniform_prior, Model, PointSource, Powerlaw, Uniform_prior
 from scipy import stats
+from test_plugin import check_recovery, crab_like, truth_image
 from threeML import BayesianAnalysis, DataList, JointLikelihood, LocalMinimization
 from threeML.plugins.XYLike import XYLike
 
@@ -14,7 +15,6 @@ from cosi_imaging_plugin.io import read_histogram
 from cosi_imaging_plugin.threeml import COSIImagingLike
 
 from small_setup import dataset_for
-from test_plugin import check_recovery, crab_like, truth_image
 
 warnings.filterwarnings("ignore")
 
@@ -217,6 +217,7 @@ def test_cds_products_display_and_model_map(two_periods, tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from cosi_imaging_plugin.simulate import simulate_dataset
+
     from test_simulate import tiny_config
 
     return simulate_dataset(tiny_config(), tmp_path_factory.mktemp("sim") / "tiny", progress=False)

@@ -4,6 +4,7 @@ import warnings
 import numpy as np
 import pytest
 from astromodels import ExtendedSource, Gaussian_on_sphere, Model, Powerlaw
+from test_plugin import truth_image
 from threeML import DataList, JointLikelihood
 
 from cosi_imaging_plugin.deconvolution import ImageDeconvolution
@@ -11,7 +12,6 @@ from cosi_imaging_plugin.threeml import COSIImagingLike
 from cosi_imaging_plugin.threeml.rl_initializer import image_moments, initialize_from_image, template_source
 
 from small_setup import EI_EDGES, NSIDE_MODEL, dataset_for
-from test_plugin import truth_image
 
 warnings.filterwarnings("ignore")
 

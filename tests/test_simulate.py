@@ -14,15 +14,29 @@ import yaml
 from astropy.io import fits
 
 from cosi_imaging_plugin.errors import CosiInputError
-from cosi_imaging_plugin.sky.functions import (Galactic_disk, Galactic_gaussian, exponential_latitude_integral,
-                                               gaussian_latitude_integral, icrs_to_galactic,
-                                               wrapped_gaussian_integral)
 from cosi_imaging_plugin.io.manifest import read_manifest
-from cosi_imaging_plugin.simulate import (SimulationConfig, albedo_exposure, background_template, builtin_config,
-                                          builtin_config_names, fold_rows, scale_rows, simulate_dataset,
-                                          spectral_weights, template_rows)
+from cosi_imaging_plugin.simulate import (
+    SimulationConfig,
+    albedo_exposure,
+    background_template,
+    builtin_config,
+    builtin_config_names,
+    fold_rows,
+    scale_rows,
+    simulate_dataset,
+    spectral_weights,
+    template_rows,
+)
 from cosi_imaging_plugin.simulate import draws as draws_module
 from cosi_imaging_plugin.sky import PRESETS, build_model, build_sources, source_image
+from cosi_imaging_plugin.sky.functions import (
+    Galactic_disk,
+    Galactic_gaussian,
+    exponential_latitude_integral,
+    gaussian_latitude_integral,
+    icrs_to_galactic,
+    wrapped_gaussian_integral,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,9 +174,10 @@ def test_latitude_integrals_match_quadrature():
     from scipy.integrate import quad
 
     for b0, h in [(0.0, 0.05), (0.4, 0.3), (-1.2, 1.0)]:
-        ref = quad(lambda b: np.exp(-abs(b - b0) / h) * np.cos(b), -np.pi / 2, np.pi / 2, points=[b0])[0]
+        ref = quad(lambda b, b0=b0, h=h: np.exp(-abs(b - b0) / h) * np.cos(b), -np.pi / 2, np.pi / 2,
+                   points=[b0])[0]
         assert exponential_latitude_integral(b0, h) == pytest.approx(ref, rel=1e-10)
-        ref = quad(lambda b: np.exp(-0.5 * ((b - b0) / h) ** 2) * np.cos(b), -np.pi / 2, np.pi / 2)[0]
+        ref = quad(lambda b, b0=b0, h=h: np.exp(-0.5 * ((b - b0) / h) ** 2) * np.cos(b), -np.pi / 2, np.pi / 2)[0]
         assert gaussian_latitude_integral(b0, h) == pytest.approx(ref, rel=1e-10)
 
 
@@ -249,10 +264,9 @@ def test_parameter_bounds_can_be_widened():
 def small_setup():
     """Response, CCM and exposure table of a small configuration (no files)."""
     from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
-    from cosi_imaging_plugin.exposure import coordsys_conversion_matrix
+    from cosi_imaging_plugin.exposure import ExposureTable, coordsys_conversion_matrix
     from cosi_imaging_plugin.instrument.orbit import simulate_orbit
     from cosi_imaging_plugin.instrument.response_generator import generate_response
-    from cosi_imaging_plugin.exposure import ExposureTable
 
     config = SimulationConfig.from_dict(tiny_config())
     generated = generate_response(config.instrument, None, progress=False)
@@ -310,10 +324,9 @@ def test_albedo_exposure_zero_where_earth_cannot_be_seen(small_setup):
 
 def test_albedo_outside_the_field_of_view_is_zero(small_setup):
     from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
-    from cosi_imaging_plugin.exposure import coordsys_conversion_matrix
+    from cosi_imaging_plugin.exposure import ExposureTable, coordsys_conversion_matrix
     from cosi_imaging_plugin.instrument.orbit import OrbitConfig, simulate_orbit
     from cosi_imaging_plugin.instrument.response_generator import generate_response
-    from cosi_imaging_plugin.exposure import ExposureTable
 
     # zenith pointing and no response beyond 90 deg off axis: the Earth (>113 deg) is never seen
     instrument = small_setup["config"].instrument.updated({"effective_area": {"max_off_axis_deg": 90.0}})
@@ -430,8 +443,13 @@ def test_galactic_data_conserve_and_follow_rotated_expectation(tiny, tiny_expect
 def test_files_round_trip_through_package_readers(tiny):
     from cosi_imaging_plugin.engine import CCMMapping
     from cosi_imaging_plugin.exposure import ExposureTable, Orientation
-    from cosi_imaging_plugin.io import (DeconvolutionParameters, FullDetectorResponse, check_axes_match, read_ccm,
-                                        read_histogram)
+    from cosi_imaging_plugin.io import (
+        DeconvolutionParameters,
+        FullDetectorResponse,
+        check_axes_match,
+        read_ccm,
+        read_histogram,
+    )
 
     config = SimulationConfig.from_dict(tiny.config)
     with FullDetectorResponse.open(tiny["response"]) as response:

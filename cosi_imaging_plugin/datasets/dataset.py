@@ -11,7 +11,6 @@ engine's transpose products. A dataset is built from files
 """
 import logging
 
-import numpy as np
 from histpy import Histogram
 
 from ..binning import EXPOSURE_UNIT, IMAGE_UNIT

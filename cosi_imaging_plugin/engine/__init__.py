@@ -1,6 +1,6 @@
 """The response engine: forward folding, transpose products and likelihood, sparse-data path."""
-from .column_response import ColumnResponse
 from ..binning import IMAGE_UNIT
+from .column_response import ColumnResponse
 from .engine import ResponseEngine
 from .galactic import galactic_response, psichi_rotation, rotate_to_galactic
 from .sky_mapping import CCMMapping, PixelMapping

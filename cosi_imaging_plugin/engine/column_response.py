@@ -29,6 +29,7 @@ import logging
 
 import healpy as hp
 import numpy as np
+from scipy import sparse
 from tqdm.auto import tqdm
 
 from ..errors import CosiInputError
@@ -307,8 +308,6 @@ class ColumnResponse:
 
     def to_scipy(self):
         """The matrix as a ``scipy.sparse.csc_matrix`` of shape (n_source, n_columns)."""
-        from scipy import sparse
-
         k, c, v = self._entries()
         return sparse.csc_matrix((v, (k, c)), shape=(self.n_source, self.n_columns))
 

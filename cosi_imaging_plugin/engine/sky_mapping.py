@@ -8,6 +8,7 @@ sky image ``x[j, e]`` (ph cm-2 s-1 sr-1 on the model HEALPix grid) into ``M``
 gives the exposure of every sky pixel (``exposure``).
 """
 import numpy as np
+from astropy import units as u
 from scipy import sparse
 
 from ..errors import AxisMismatchError, CosiInputError
@@ -27,8 +28,6 @@ class CCMMapping:
     """
 
     def __init__(self, ccm):
-        from astropy import units as u
-
         if ccm.ndim != 3:
             raise CosiInputError(f"CCM must have 3 axes [ScAtt|Time, lb, NuLambda], got {list(ccm.axes.labels)}")
         unit = ccm.unit if ccm.unit is not None else u.dimensionless_unscaled

@@ -367,7 +367,10 @@ class Orientation:
         """Subset of samples (slice, index array or boolean mask)."""
         if isinstance(key, (int, np.integer)):
             key = slice(key, key + 1 if key != -1 else None)
-        pick = lambda a: None if a is None else np.atleast_1d(a[key])
+
+        def pick(a):
+            return None if a is None else np.atleast_1d(a[key])
+
         zen = None if self._zen_l is None else (pick(self._zen_l), pick(self._zen_b))
         return self._from_arrays(pick(self._t), pick(self._x_l), pick(self._x_b), pick(self._z_l),
                                  pick(self._z_b), altitude=pick(self._alt), earth_zenith=zen,

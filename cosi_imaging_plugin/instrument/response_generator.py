@@ -47,6 +47,7 @@ from histpy import Axes, Axis, HealpixAxis
 from tqdm.auto import tqdm
 
 from ..errors import CosiInputError
+from ..io.response import write_response
 from . import kinematics
 from .config import InstrumentConfig
 
@@ -422,8 +423,6 @@ def generate_response(config=None, path=None, dtype=np.float32, pixels_per_chunk
                 yield slice(first, last), block
 
     if path is not None:
-        from ..io.response import write_response
-
         out = write_response(Path(path), builder.axes, blocks(), dtype=dtype)
         log.info("response written to %s in %.1f s", out, time.perf_counter() - start_time)
         return Path(out)

@@ -7,7 +7,9 @@ import numpy as np
 from ..binning import normalize_scheme
 from ..errors import CosiFileError
 from .exposure_table_file import read_exposure_table_columns
+from .histograms import read_histogram
 from .ori_file import read_ori
+from .response import FullDetectorResponse
 
 
 def _axes_lines(axes):
@@ -63,14 +65,10 @@ def describe_file(path):
     except OSError as exc:
         raise CosiFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
     if is_response:
-        from .response import FullDetectorResponse
-
         with FullDetectorResponse.open(path) as rsp:
             kind = "sparse" if rsp.is_sparse else "dense"
             head = f"{path}: FullDetectorResponse v{rsp.version} ({kind}), unit {rsp.unit}, shape {rsp.shape}"
             return "\n".join([head, *_axes_lines(rsp.axes)])
-    from .histograms import read_histogram
-
     name = "hist" if "hist" in groups else groups[0]
     hist = read_histogram(path, name=name)
     contents = hist.contents

@@ -13,11 +13,11 @@ import h5py
 import numpy as np
 import scoords  # noqa: F401  (registers the 'spacecraftframe' astropy frame named by local-CDS axes)
 import sparse
-from histpy import Axes, HealpixAxis, Histogram
+from histpy import HealpixAxis, Histogram
 
 from .._atomic import atomic_path
 from ..binning import IMAGE_UNIT, check_axes_match, frame_name
-from ..errors import AxisMismatchError, CosiFileError, CosiInputError
+from ..errors import CosiFileError, CosiInputError
 
 logger = logging.getLogger(__name__)
 

@@ -202,10 +202,10 @@ def _parse_rows(path, body, line_numbers):
             fields = line.split()
             if fields[0] != "OG":
                 raise CosiFileError(f"{path}:{number}: expected a row starting with 'OG', "
-                                    f"found {line[:60]!r}")
+                                    f"found {line[:60]!r}") from None
             if len(fields) != n_fields:
                 raise CosiFileError(f"{path}:{number}: expected {n_fields} fields like the first row, "
-                                    f"found {len(fields)}")
+                                    f"found {len(fields)}") from None
             try:
                 values[row] = [float(f) for f in fields[1:]]
             except ValueError as exc:

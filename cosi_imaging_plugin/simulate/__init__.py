@@ -9,8 +9,15 @@ The sky descriptions and images live in :mod:`cosi_imaging_plugin.sky`, the mani
 reader in :mod:`cosi_imaging_plugin.io.manifest`.
 """
 from .._deprecation import warn_moved
-from .backgrounds import (BACKGROUND_KINDS, albedo_exposure, background_template, fold_rows, scale_rows,
-                          spectral_weights, template_rows)
+from .backgrounds import (
+    BACKGROUND_KINDS,
+    albedo_exposure,
+    background_template,
+    fold_rows,
+    scale_rows,
+    spectral_weights,
+    template_rows,
+)
 from .config import BackgroundSpec, SimulationConfig, builtin_config, builtin_config_names
 from .dataset import simulate_dataset
 

@@ -121,8 +121,8 @@ def draw(config, response, components, attitudes, progress):
                 chunk = templates[name][r0:r1].reshape(r1 - r0, *cds_shape)
                 gal_templates[name] += rotate_to_galactic(chunk, attitudes[r0:r1], psi_axis.nside, nside_gal,
                                                           str(psi_axis.scheme), "ring")
-    draws = Draws(n_rows=n_rows, coords=np.concatenate(coords, axis=1), counts=np.concatenate(values), templates=templates,
-                   folded_sky=folded_sky)
+    draws = Draws(n_rows=n_rows, coords=np.concatenate(coords, axis=1), counts=np.concatenate(values),
+                  templates=templates, folded_sky=folded_sky)
     if galactic:
         draws.galactic_counts, draws.galactic_templates, draws.nside_galactic = gal_counts, gal_templates, nside_gal
     return draws

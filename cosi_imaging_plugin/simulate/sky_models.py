@@ -2,8 +2,15 @@
 :mod:`cosi_imaging_plugin.sky.source_images`. This alias is removed in 0.3."""
 from .._deprecation import warn_moved
 from ..sky.source_images import sky_image, source_image
-from ..sky.sources import (PRESETS, build_model, build_source, build_sources, describe_source, expand_presets,
-                           preset_sources)
+from ..sky.sources import (
+                           PRESETS,
+                           build_model,
+                           build_source,
+                           build_sources,
+                           describe_source,
+                           expand_presets,
+                           preset_sources,
+)
 
 warn_moved("cosi_imaging_plugin.simulate.sky_models", "cosi_imaging_plugin.sky")
 

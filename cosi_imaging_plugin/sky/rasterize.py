@@ -20,7 +20,7 @@ from ..errors import CosiInputError
 _SIZE_PARAMETERS = ("sigma", "radius", "a", "b", "sigma_l", "sigma_b", "scale_height")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def frame_rotation(source="galactic", target="icrs"):
     """3x3 matrix taking unit vectors from one celestial frame to another (both fixed frames)."""
     frames = {"galactic": Galactic(), "icrs": ICRS(), "fk5": FK5()}

@@ -158,15 +158,15 @@ def _set_if_free(parameter, value, lo, hi):
         _set(parameter, value, lo, hi)
 
 
-def _set_position(shape, l, b, sigma):
+def _set_position(shape, gal_lon, gal_lat, sigma):
     params = shape.parameters
     span = max(3 * sigma, 2.0)
     if "l0" in params:
-        _set_if_free(params["l0"], l, l - span, l + span)
-        _set_if_free(params["b0"], b, max(-90.0, b - span), min(90.0, b + span))
+        _set_if_free(params["l0"], gal_lon, gal_lon - span, gal_lon + span)
+        _set_if_free(params["b0"], gal_lat, max(-90.0, gal_lat - span), min(90.0, gal_lat + span))
         return
     frame = function_frame(shape)
-    vec = hp.ang2vec(l, b, lonlat=True)
+    vec = hp.ang2vec(gal_lon, gal_lat, lonlat=True)
     if frame != "galactic":
         vec = frame_rotation("galactic", frame) @ vec
     lon, lat = (float(a[0]) for a in hp.vec2ang(vec, lonlat=True))

@@ -24,8 +24,14 @@ import numpy as np
 
 from ..engine.reductions import combine_rows
 from ..errors import CosiInputError
-from ..sky.source_images import (extended_source_map, function3d_image, has_energy_dependent_morphology,
-                                 is_point_source, point_source_map, source_spectrum)
+from ..sky.source_images import (
+    extended_source_map,
+    function3d_image,
+    has_energy_dependent_morphology,
+    is_point_source,
+    point_source_map,
+    source_spectrum,
+)
 from ..sky.spectra import integrate_spectrum
 
 logger = logging.getLogger(__name__)
