@@ -493,6 +493,55 @@ def test_two_datasets_equal_one_dataset_with_all_rows(problem):
     assert len(two.results[-1]["loglikelihood"]) == 2
 
 
+# ---- keyword constructors -------------------------------------------------------------------------------
+def test_keywords_and_the_parameter_tree_give_the_same_run(problem):
+    """The parameter files are translated into the keywords: both routes make the same numbers."""
+    x0 = problem.sky * np.linspace(0.5, 1.5, problem.sky.size).reshape(problem.sky.shape)
+    tree = {"iteration_max": 5, "acceleration": {"activate": True, "alpha_max": 10.0, "line_search": True},
+            "response_weighting": {"activate": True, "index": 0.4},
+            "smoothing": {"activate": True, "FWHM": {"value": 0.5, "unit": "rad"}},
+            "background_normalization_optimization": {"activate": True, "range": {"*": [0.5, 2.0]}},
+            "stopping_criteria": {"threshold": 0.0}}
+    from_tree, tree_history = run(RichardsonLucy, problem.dataset(), x0, tree)
+    keywords = RichardsonLucy(problem.dataset(), initial_model=x0, iterations=5, acceleration=True, alpha_max=10.0,
+                              line_search=True, response_weighting=True, response_weighting_index=0.4,
+                              smoothing_fwhm=0.5 * u.rad, fit_backgrounds=True, background_ranges={"*": (0.5, 2.0)},
+                              stopping_threshold=0.0)
+    results = keywords.run(progress=False)
+    assert len(results) == 5 == len(from_tree.results)
+    for mine, ref in zip(results, from_tree.results):
+        np.testing.assert_array_equal(mine["model"].contents.value, ref["model"].contents.value)
+        assert mine["background_normalization"] == ref["background_normalization"]
+        assert mine["loglikelihood"] == ref["loglikelihood"]
+
+
+def test_keyword_defaults_and_the_back_projection_start(problem):
+    algo = RichardsonLucySimple(problem.dataset())
+    assert (algo.iteration_max, algo.stopping_threshold, algo.bkg_optimization) == (1, None, False)
+    assert RichardsonLucy(problem.dataset()).stopping_threshold == 0.01
+    assert MAPRichardsonLucy(problem.dataset()).stopping_statistic == "log-posterior"
+    # no initial model: the back-projection scaled to the counts minus the backgrounds at norm 1
+    background = sum(t.sum() for t in problem.templates.values())
+    assert np.sum(problem.exposure() * algo.initial_model) == pytest.approx(problem.expected.sum() - background,
+                                                                            rel=1e-10)
+
+
+@pytest.mark.parametrize("algorithm, keywords, message", [
+    (RichardsonLucy, {"alpha_max": 0.5}, r"RichardsonLucy: key 'alpha_max': must be >= 1.0, got 0.5"),
+    (RichardsonLucy, {"iterations": 2.5}, r"key 'iterations': expected an integer"),
+    (RichardsonLucy, {"smoothing_fwhm": 2 * u.keV}, r"key 'smoothing_fwhm': unit must be convertible to deg"),
+    (RichardsonLucySimple, {"acceleration": True}, r"unexpected keyword argument 'acceleration'"),
+    (RichardsonLucySimple, {"background_ranges": {"nope": (0, 1)}}, r"key 'background_ranges:nope': names no "
+                                                                   r"background; known: \['albedo', 'cr'\]"),
+    (RichardsonLucySimple, {"stopping_statistic": "log-posterior"}, r"key 'stopping_statistic': must be one of"),
+    (MAPRichardsonLucy, {"entropy_coefficient": 1.0}, r"key 'entropy_prior_map': is needed by the entropy prior"),
+    (MAPRichardsonLucy, {"gamma_theta": 0.0}, r"key 'gamma_theta': must be positive"),
+])
+def test_keyword_errors_name_the_keyword(problem, algorithm, keywords, message):
+    with pytest.raises((CosiInputError, TypeError), match=message):
+        algorithm(problem.dataset(), **keywords)
+
+
 # ---- the orchestrator -----------------------------------------------------------------------------------
 def nested_parameters(algorithm="RLsimple", nside=NSIDE, ei_edges=EI_EDGES, **deconv):
     return {"model_definition": {

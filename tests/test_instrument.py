@@ -52,7 +52,7 @@ def small(config, nside=2, phi_bins=6, **binning):
 def test_klein_nishina_mode_and_forward_fraction(energy, mode_deg, percent_below_60):
     phi = np.linspace(0.0, np.pi, 180001)  # 0.001 deg steps
     dphi = kinematics.klein_nishina_dsigma_dphi(energy, phi)
-    # INSTRUMENT.md quotes the mode as "~" to 0.1 deg; the exact mode is within 1 deg of it.
+    # the published mode is quoted to 0.1 deg ("~"); the exact mode is within 1 deg of it.
     assert abs(math.degrees(phi[np.argmax(dphi)]) - mode_deg) < 1.0
     cumulative = np.concatenate([[0.0], np.cumsum(0.5 * (dphi[1:] + dphi[:-1]) * np.diff(phi))])
     fraction = np.interp(np.pi / 3, phi, cumulative) / cumulative[-1]
@@ -94,7 +94,7 @@ def test_default_config_is_the_shipped_yaml(default):
     package_copy = REPO / "cosi_imaging_plugin" / "data" / "instrument" / "cosi_like.yaml"
     assert InstrumentConfig.read(package_copy) == default
     assert InstrumentConfig.from_dict(default.to_dict()) == default
-    # INSTRUMENT.md numbers
+    # the published numbers the default instrument follows (docs/instrument.md)
     assert float(default.energy_fwhm(511.0)) == pytest.approx(4.0, abs=0.01)
     assert float(default.energy_fwhm(1809.0)) == pytest.approx(7.0, abs=0.01)
     assert math.degrees(float(default.arm_fwhm(1809.0))) == pytest.approx(4.0 * (1809 / 511) ** -0.6, rel=1e-12)

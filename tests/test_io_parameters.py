@@ -8,7 +8,7 @@ from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
 from cosi_imaging_plugin.io import DeconvolutionParameters, convert_flat_parameters, read_binning_config
 from cosi_imaging_plugin.io.parameters import ALL_BACKGROUNDS
 
-# The older flat form documented in the DC2 511 keV tutorial (seed 000).
+# The older flat form of the COSI team's DC2 511 keV tutorial (docs/formats.md, "Older flat form").
 FLAT_FORM = textwrap.dedent("""\
     author: someone
     model_property:

@@ -15,11 +15,18 @@ def test_readme_opens_with_the_two_setup_commands():
     assert text.index("<!-- test-command -->") < text.index(tests)
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch):
-    code = re.search(r"## A 3ML fit with the plugin\n.*?```python\n(.*?)```", README.read_text(), flags=re.S)
+def python_example(heading):
+    return re.search(rf"## {heading}\n.*?```python\n(.*?)```", README.read_text(), flags=re.S).group(1)
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(code.group(1), "README example", "exec"), namespace)
+    exec(compile(python_example("A 3ML fit with the plugin"), "README example", "exec"), namespace)
     results = namespace["results"][0]
     assert "bulge.spectrum.main.Gaussian.F" in results.index
     assert "cosi_albedo_norm" in results.index
+    # the datasets example opens the dataset the first one simulated
+    exec(compile(python_example("Datasets and estimators"), "README datasets example", "exec"), namespace)
+    assert namespace["image"].axes.labels.tolist() == ["lb", "Ei"]
+    assert namespace["cosi"].dataset is namespace["dataset"]

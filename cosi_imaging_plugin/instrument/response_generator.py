@@ -1,6 +1,6 @@
 """Synthetic COSI-like full detector response.
 
-Implements INSTRUMENT.md's "cheap response recipe". For a source pixel nu at
+Implements the response model of docs/instrument.md ("The response"). For a source pixel nu at
 direction s (spacecraft frame), an Ei bin, a Phi bin k and a PsiChi pixel psi,
 with delta = angle(psi, s):
 

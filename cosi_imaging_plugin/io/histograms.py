@@ -1,6 +1,6 @@
 """Readers and writers of histpy histograms: binned data, backgrounds, CCMs, image models.
 
-All of these files use histpy's own HDF5 layout (see ``FORMATS.md``), so histpy does the
+All of these files use histpy's own HDF5 layout (see ``docs/formats.md``), so histpy does the
 actual reading and writing; this module adds what histpy leaves out: errors that name the
 file and group at fault, validation of the contents (counts, exposure times, image fluxes),
 axis-compatibility checks between two objects, and atomic output.

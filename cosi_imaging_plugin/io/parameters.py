@@ -3,7 +3,7 @@
 Two parameter-file forms exist:
 
 - the current nested form (cosipy's ``imagedeconvolution_parfile_*.yml``), with sections
-  ``model_definition`` and ``deconvolution`` (see ``FORMATS.md``);
+  ``model_definition`` and ``deconvolution`` (see ``docs/formats.md``);
 - the older flat form of the DC2 tutorials, with ``model_property``,
   ``model_initialization`` and ``deconvolution: {algorithm, parameter_RL: {...}}``.
 

@@ -3,7 +3,7 @@
 Every template is expected counts with axes ``[ScAtt, Em, Phi, PsiChi]`` (PsiChi
 in the spacecraft frame) and is built like the sky: *source rows*
 ``M[b, k]`` (ScAtt bin b; k = NuLambda pixel x Ei bin, in s sr) folded through
-the response, ``B[b, c] = sum_k M[b, k] R[k, c]``. The kinds (INSTRUMENT.md):
+the response, ``B[b, c] = sum_k M[b, k] R[k, c]``. The kinds (docs/instrument.md, "Backgrounds"):
 
 ``isotropic``
     Cosmic diffuse photons: a flat sky through the coordinate conversion matrix

@@ -49,7 +49,7 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 # ICRS position of Sgr A* / the Galactic centre (deg).
 _GC_RA, _GC_DEC = 266.40499, -28.93617
 
-#: The built-in skies (INSTRUMENT.md, "The sky for the built-in datasets"). Fluxes in ph cm-2 s-1.
+#: The built-in skies (docs/instrument.md, "The sky"). Fluxes in ph cm-2 s-1.
 PRESETS = {
     # 511 keV bulge: a 2-D Gaussian of FWHM 20 deg at the Galactic centre, ~1e-3 ph cm-2 s-1,
     # line width ~2.4 keV FWHM (sigma 1 keV).
