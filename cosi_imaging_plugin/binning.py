@@ -14,8 +14,9 @@ from histpy import Axes, HealpixAxis
 
 from .errors import AxisMismatchError, CosiInputError
 
-#: Unit of a sky image: ph cm-2 s-1 sr-1, integrated over each Ei bin.
-IMAGE_UNIT = u.Unit("cm-2 s-1 sr-1")
+#: Unit of a sky image: ph cm-2 s-1 sr-1, integrated over each Ei bin (as the parameter files write it).
+IMAGE_UNIT_TEXT = "cm-2 s-1 sr-1"
+IMAGE_UNIT = u.Unit(IMAGE_UNIT_TEXT)
 #: Unit of an exposure map ``sum_i R_ij`` (the pixel solid angle included).
 EXPOSURE_UNIT = u.Unit("cm2 s sr")
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..binning import check_nside, normalize_scheme
 from ..errors import AxisMismatchError, CosiInputError
 from ..geometry import lonlat_to_vec, rotation_from_axes, visible_mask
-from ..io.histograms import write_histogram
+from ..io.histograms import check_ccm_layout, write_histogram
 from .dwell import _CHUNK, _Accumulator, fold_attitudes, fold_directions, show_progress, spacecraft_axis
 from .exposure_table import ExposureTable
 from .orientation import Orientation
@@ -282,25 +282,12 @@ def check_ccm(ccm, nside_model=None, nside_response=None, where="CCM"):
     Raises
     ------
     CosiInputError
-        Axes other than ``[ScAtt | Time, lb, NuLambda]``, ``lb`` not Galactic,
-        ``NuLambda`` not in the spacecraft frame, or a unit that is not a time.
+        A layout other than a CCM's (see :func:`~cosi_imaging_plugin.io.histograms.check_ccm_layout`).
     AxisMismatchError
         NSIDE different from the expected one.
     """
-    if not isinstance(ccm, Histogram):
-        raise CosiInputError(f"{where}: a CCM must be a histpy.Histogram, got {type(ccm).__name__}")
-    labels = list(ccm.axes.labels)
-    if len(labels) != 3 or labels[0] not in ("ScAtt", "Time") or labels[1:] != ["lb", "NuLambda"]:
-        raise CosiInputError(f"{where}: axes must be [ScAtt | Time, lb, NuLambda], got {labels}")
-    if ccm.unit is None or not ccm.unit.is_equivalent(u.s):
-        raise CosiInputError(f"{where}: unit must be a time (s), got {ccm.unit}")
+    check_ccm_layout(ccm, where)
     lb, nu = ccm.axes["lb"], ccm.axes["NuLambda"]
-    for axis, frame in ((lb, "galactic"), (nu, "spacecraftframe")):
-        if not isinstance(axis, HealpixAxis):
-            raise CosiInputError(f"{where}: axis {axis.label} must be a HEALPix axis")
-        name = None if axis.coordsys is None else str(axis.coordsys.name).lower()
-        if name != frame:
-            raise CosiInputError(f"{where}: axis {axis.label} must be in the {frame} frame, got {name}")
     if nside_model is not None and lb.nside != nside_model:
         raise AxisMismatchError(f"{where}: lb NSIDE is {lb.nside}, expected {nside_model}")
     if nside_response is not None and nu.nside != nside_response:

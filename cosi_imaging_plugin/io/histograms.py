@@ -212,27 +212,40 @@ def read_ccm(path, name="hist"):
     path = Path(path)
     hist = read_histogram(path, name)
     where = f"{path} [{name}]"
-    labels = list(hist.axes.labels)
-    if len(labels) != 3 or labels[0] not in ("ScAtt", "Time") or labels[1:] != ["lb", "NuLambda"]:
-        raise CosiInputError(f"{where}: a CCM needs axes [ScAtt|Time, lb, NuLambda], found {labels}")
-    for label in ("lb", "NuLambda"):
-        if not isinstance(hist.axes[label], HealpixAxis):
-            raise CosiInputError(f"{where}: CCM axis '{label}' is not a HEALPix axis")
-    if frame_name(hist.axes["NuLambda"]) != _SPACECRAFT_FRAME:
-        raise CosiInputError(
-            f"{where}: CCM axis 'NuLambda' must be in the spacecraft frame, "
-            f"found {frame_name(hist.axes['NuLambda'])}"
-        )
-    if frame_name(hist.axes["lb"]) in (None, _SPACECRAFT_FRAME):
-        raise CosiInputError(
-            f"{where}: CCM axis 'lb' must be in a sky frame (galactic), found {frame_name(hist.axes['lb'])}"
-        )
-    if hist.unit is None or not hist.unit.is_equivalent(u.s):
-        raise CosiInputError(f"{where}: a CCM must be in seconds, found unit {hist.unit}")
+    check_ccm_layout(hist, where)
     if hist.unit != u.s:
         hist = hist.to(u.s)
     _check_values(hist, where, "CCM")
     return hist
+
+
+def check_ccm_layout(ccm, where="CCM"):
+    """Check that a histogram is laid out as a CCM: ``[ScAtt | Time, lb, NuLambda]`` in a time unit.
+
+    ``lb`` and ``NuLambda`` are HEALPix axes, in a sky frame (Galactic) and in the
+    spacecraft frame.
+
+    Raises
+    ------
+    CosiInputError
+        Naming `where` and what is wrong.
+    """
+    if not isinstance(ccm, Histogram):
+        raise CosiInputError(f"{where}: a CCM must be a histpy.Histogram, got {type(ccm).__name__}")
+    labels = list(ccm.axes.labels)
+    if len(labels) != 3 or labels[0] not in ("ScAtt", "Time") or labels[1:] != ["lb", "NuLambda"]:
+        raise CosiInputError(f"{where}: a CCM needs axes [ScAtt|Time, lb, NuLambda], found {labels}")
+    for label in ("lb", "NuLambda"):
+        if not isinstance(ccm.axes[label], HealpixAxis):
+            raise CosiInputError(f"{where}: CCM axis '{label}' is not a HEALPix axis")
+    if frame_name(ccm.axes["NuLambda"]) != _SPACECRAFT_FRAME:
+        raise CosiInputError(f"{where}: CCM axis 'NuLambda' must be in the spacecraft frame, "
+                             f"found {frame_name(ccm.axes['NuLambda'])}")
+    if frame_name(ccm.axes["lb"]) in (None, _SPACECRAFT_FRAME):
+        raise CosiInputError(f"{where}: CCM axis 'lb' must be in a sky frame (galactic), "
+                             f"found {frame_name(ccm.axes['lb'])}")
+    if ccm.unit is None or not ccm.unit.is_equivalent(u.s):
+        raise CosiInputError(f"{where}: a CCM's unit must be a time (seconds), found unit {ccm.unit}")
 
 
 def read_image(path, name="hist", *, allow_negative=False):
@@ -250,7 +263,7 @@ def read_image(path, name="hist", *, allow_negative=False):
     Returns
     -------
     histpy.Histogram
-        Axes ``[lb (HEALPix), Ei (energy)]``, unit ``1 / (cm2 s sr)``.
+        Axes ``[lb (HEALPix), Ei (energy)]``, a unit of photon intensity (``cm-2 s-1 sr-1``).
 
     Raises
     ------

@@ -12,13 +12,11 @@ The older form is converted to the nested one on reading (see
 """
 import copy
 import logging
-import re
 from pathlib import Path
 
-import yaml
-
-from .._atomic import atomic_path
-from ..errors import CosiFileError, CosiInputError
+from ..binning import IMAGE_UNIT_TEXT
+from ..errors import CosiInputError
+from .yaml_files import parse_yaml, read_yaml, write_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -31,41 +29,6 @@ __all__ = [
 
 #: Background name used when an old-form file gives one normalisation range for all backgrounds.
 ALL_BACKGROUNDS = "*"
-
-_IMAGE_UNIT = "cm-2 s-1 sr-1"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` as a float.
-
-    PyYAML follows YAML 1.1, where a float needs a dot, so ``value: [1e-4]`` (as in the
-    511 keV tutorial file) would otherwise load as the string ``'1e-4'``.
-    """
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _parse_yaml(text, where, error=CosiFileError):
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise error(f"{where}: invalid YAML: {exc}") from exc
-
-
-def _load_yaml_mapping(path, what):
-    path = Path(path)
-    if not path.is_file():
-        raise CosiFileError(f"{what} {path} does not exist")
-    data = _parse_yaml(path.read_text(), path)
-    if not isinstance(data, dict):
-        raise CosiFileError(f"{what} {path} must hold a YAML mapping, found {type(data).__name__}")
-    return data
-
 
 def _split_key(key):
     parts = [p.strip() for p in str(key).split(":")]
@@ -138,7 +101,7 @@ def convert_flat_parameters(flat, where="parameters"):
     if "energy_edges" in prop:
         edges = prop["energy_edges"]
         new_prop["energy_edges"] = edges if isinstance(edges, dict) else {"value": list(edges), "unit": "keV"}
-    new_prop.setdefault("unit", _IMAGE_UNIT)
+    new_prop.setdefault("unit", IMAGE_UNIT_TEXT)
     model = {"class": "AllSkyImage", "property": new_prop}
 
     init = flat.get("model_initialization")
@@ -148,7 +111,7 @@ def convert_flat_parameters(flat, where="parameters"):
         algorithm = init["algorithm"]
         params = init.get(f"parameter_{algorithm}", {})
         if algorithm == "flat" and isinstance(params, dict) and "values" in params:
-            params = {"value": params["values"], "unit": _IMAGE_UNIT}
+            params = {"value": params["values"], "unit": IMAGE_UNIT_TEXT}
         model["initialization"] = {"algorithm": algorithm, "parameter": params}
     out["model_definition"] = model
 
@@ -258,7 +221,7 @@ class DeconvolutionParameters:
             Missing sections.
         """
         path = Path(path)
-        return cls.from_dict(_load_yaml_mapping(path, "parameter file"), source=str(path))
+        return cls.from_dict(read_yaml(path, "parameter file", mapping=True), source=str(path))
 
     def get(self, key, default=None):
         """Value at ``"a:b:c"``, or ``default`` when any part of the path is missing."""
@@ -295,7 +258,7 @@ class DeconvolutionParameters:
             parts = _split_key(key)
             if value_text.strip() == "":
                 raise CosiInputError(f"override '{text}' has no value")
-            value = _parse_yaml(value_text.strip(), f"override '{text}'", CosiInputError)
+            value = parse_yaml(value_text.strip(), f"override '{text}'", CosiInputError)
             if parts[0] not in self._data:
                 raise CosiInputError(
                     f"override '{text}': unknown top-level section '{parts[0]}' "
@@ -333,8 +296,7 @@ class DeconvolutionParameters:
         pathlib.Path
         """
         path = Path(path)
-        with atomic_path(path) as tmp:
-            tmp.write_text(yaml.safe_dump(self._data, sort_keys=False, default_flow_style=None))
+        write_yaml(self._data, path)
         return path
 
     def __eq__(self, other):
@@ -372,7 +334,7 @@ def read_binning_config(path):
         A missing or invalid key (named in the message).
     """
     path = Path(path)
-    data = _load_yaml_mapping(path, "binning file")
+    data = read_yaml(path, "binning file", mapping=True)
     for key in ("energy_bins", "phi_pix_size", "nside", "scheme", "time_bins"):
         if data.get(key) is None:
             raise CosiInputError(f"{path}: missing key '{key}'")

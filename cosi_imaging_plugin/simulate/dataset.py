@@ -42,6 +42,7 @@ from histpy import Axes, Axis, HealpixAxis, Histogram
 
 from .. import __version__
 from .._atomic import atomic_directory
+from ..binning import IMAGE_UNIT_TEXT
 from ..engine import CCMMapping, ColumnResponse
 from ..exposure import ExposureTable, coordsys_conversion_matrix, write_ccm
 from ..instrument.orbit import simulate_orbit
@@ -95,10 +96,10 @@ def _parameter_file(config, ei_edges):
                 "nside": config.model_nside,
                 "scheme": "ring",
                 "energy_edges": {"value": [float(e) for e in ei_edges], "unit": "keV"},
-                "unit": "cm-2 s-1 sr-1",
+                "unit": IMAGE_UNIT_TEXT,
             },
             "initialization": {"algorithm": "flat",
-                               "parameter": {"value": [1.0e-4] * (len(ei_edges) - 1), "unit": "cm-2 s-1 sr-1"}},
+                               "parameter": {"value": [1.0e-4] * (len(ei_edges) - 1), "unit": IMAGE_UNIT_TEXT}},
         },
         "deconvolution": {
             "algorithm": "RL",

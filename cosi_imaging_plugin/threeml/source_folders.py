@@ -44,7 +44,20 @@ def _parameter_state(parameters):
     return tuple(float(p.value) for p in parameters.values())
 
 
-class _SeparableSourceFolder:
+class _SourceFolder:
+    """What every folder holds: its source, the dataset it folds onto, the model grid and the Ei edges."""
+
+    def __init__(self, source, dataset, rasterizer, ei_edges):
+        self.source = source
+        self.name = source.name
+        self.dataset = dataset
+        self.rasterizer = rasterizer
+        self.ei_edges = np.asarray(ei_edges, dtype=np.float64)
+        self._state = None
+        self.n_folds = 0
+
+
+class _SeparableSourceFolder(_SourceFolder):
     """Cached per-Ei-bin folds of a separable source's spatial map; spectral changes re-weight them.
 
     Subclasses define :meth:`spatial_state` (the cache key) and :meth:`spatial_image`.
@@ -66,19 +79,13 @@ class _SeparableSourceFolder:
     """
 
     def __init__(self, source, dataset, rasterizer, ei_edges, cache_bytes=256e6):
-        self.source = source
-        self.name = source.name
-        self.dataset = dataset
-        self.rasterizer = rasterizer
-        self.ei_edges = np.asarray(ei_edges, dtype=np.float64)
-        self._state = None
+        super().__init__(source, dataset, rasterizer, ei_edges)
         self._cache = OrderedDict()
         fold_bytes = 8 * (self.ei_edges.size - 1) * dataset.engine.data.nnz
         self.cache_size = int(np.clip(cache_bytes // max(fold_bytes, 1), 2, MAX_CACHED_STATES))
         self.spatial_map = None
         self.folded = None
         self.exposure = None
-        self.n_folds = 0
 
     def spatial_state(self):
         """Values of the parameters that define the morphology (the cache key)."""
@@ -176,7 +183,7 @@ class ExtendedSourceFolder(_SeparableSourceFolder):
         return extended_source_map(self.source.spatial_shape, self.rasterizer, self._level, self.name)
 
 
-class Function3DSourceFolder:
+class Function3DSourceFolder(_SourceFolder):
     """Folding of an extended source with energy-dependent morphology (astromodels Function3D).
 
     The whole image is folded when any parameter changes (see
@@ -184,14 +191,8 @@ class Function3DSourceFolder:
     """
 
     def __init__(self, source, dataset, rasterizer, ei_edges):
-        self.source = source
-        self.name = source.name
-        self.dataset = dataset
-        self.rasterizer = rasterizer
-        self.ei_edges = np.asarray(ei_edges, dtype=np.float64)
-        self._state = None
+        super().__init__(source, dataset, rasterizer, ei_edges)
         self._cached = None
-        self.n_folds = 0
 
     def forget(self):
         """Drop the cached fold: the next call folds anew."""
