@@ -189,14 +189,15 @@ def test_binning_config_fixture(fixtures_dir):
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("nside", 12, "power of 2"),
+    ("nside", 12, "key 'nside': NSIDE must be a positive power of two"),
     ("scheme", "fisbel", "ring"),
     ("energy_bins", [513.0, 509.0], "increasing"),
-    ("phi_pix_size", 0, r"\(0, 180\]"),
-    ("time_bins", -5, "positive"),
+    ("phi_pix_size", 0, "key 'phi_pix_size': must be > 0.0"),
+    ("phi_pix_size", 181.0, "key 'phi_pix_size': must be <= 180.0"),
+    ("time_bins", -5, "key 'time_bins': must be > 0.0"),
     ("time_bins", [1.0, 1.0], "increasing"),
     ("tmax", 1.0, "after tmin"),
-    ("nside", None, "missing key 'nside'"),
+    ("nside", None, "key 'nside': missing key"),
 ])
 def test_binning_config_errors(tmp_path, fixtures_dir, key, value, match):
     data = yaml.safe_load((fixtures_dir / "inputs_511keV.yaml").read_text())

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from histpy import Histogram
 
-from ..binning import check_axes_match
+from ..binning import check_axes_match, dense_values
 from ..errors import CosiInputError
 from ..io.parameters import DeconvolutionParameters
 from .all_sky_image import MODEL_CLASSES, MODEL_DEFINITION_KEYS
@@ -81,9 +81,7 @@ class ImageDeconvolution:
         if not isinstance(mask, Histogram):
             raise CosiInputError(f"the mask must be a histpy.Histogram over the model axes, got "
                                  f"{type(mask).__name__}")
-        values = mask.contents.todense() if hasattr(mask.contents, "todense") else mask.contents
-        values = np.asarray(getattr(values, "value", values))
-        if not np.all(np.isin(values, (0, 1))):
+        if not np.all(np.isin(dense_values(mask), (0, 1))):
             raise CosiInputError("the mask must hold booleans or 0/1 values")
         self._user_mask = mask
         self._stale = True
@@ -185,8 +183,7 @@ class ImageDeconvolution:
         if self._user_mask is not None:
             labels = list(self._user_mask.axes.labels)
             check_axes_match(self._user_mask.axes, self._model.axes, labels, "mask", "model axes")
-            values = self._user_mask.contents
-            values = np.asarray(getattr(values, "value", values)).astype(bool)
+            values = dense_values(self._user_mask).astype(bool)
             mask = np.broadcast_to(values.reshape(shape[0], -1), shape).copy()
         mask &= exposure > 0
         self._mask = Histogram(self._model.axes, contents=mask)

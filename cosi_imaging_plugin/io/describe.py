@@ -4,7 +4,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..binning import normalize_scheme
+from ..binning import frame_name, normalize_scheme
 from ..errors import CosiFileError
 from .exposure_table_file import read_exposure_table_columns
 from .histograms import read_histogram
@@ -16,7 +16,7 @@ def _axes_lines(axes):
     lines = []
     for axis in axes:
         if hasattr(axis, "nside"):
-            frame = getattr(getattr(axis, "coordsys", None), "name", None)
+            frame = frame_name(axis)
             lines.append(f"  {axis.label}: HEALPix NSIDE {axis.nside} {axis.scheme} ({frame}), {axis.nbins} pixels")
         else:
             edges = axis.edges

@@ -14,6 +14,7 @@ import copy
 import logging
 from pathlib import Path
 
+from .. import validation
 from ..binning import IMAGE_UNIT_TEXT
 from ..errors import CosiInputError
 from .yaml_files import parse_yaml, read_yaml, write_yaml
@@ -306,10 +307,6 @@ class DeconvolutionParameters:
         return f"DeconvolutionParameters(source='{self.source}', algorithm={self.get('deconvolution:algorithm')!r})"
 
 
-def _is_number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def read_binning_config(path):
     """Read a data-binning configuration file (e.g. the tutorials' ``inputs_511keV.yaml``).
 
@@ -335,49 +332,29 @@ def read_binning_config(path):
     """
     path = Path(path)
     data = read_yaml(path, "binning file", mapping=True)
+    where = str(path)
     for key in ("energy_bins", "phi_pix_size", "nside", "scheme", "time_bins"):
         if data.get(key) is None:
-            raise CosiInputError(f"{path}: missing key '{key}'")
-
-    def bad(key, why):
-        raise CosiInputError(f"{path}: '{key}' = {data[key]!r} {why}")
-
-    edges = data["energy_bins"]
-    if (not isinstance(edges, list) or len(edges) < 2 or not all(_is_number(e) for e in edges)
-            or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0):
-        bad("energy_bins", "must be a list of at least two increasing positive energies (keV)")
-    phi = data["phi_pix_size"]
-    if not _is_number(phi) or not 0 < phi <= 180:
-        bad("phi_pix_size", "must be a Compton-angle bin size in (0, 180] deg")
-    nside = data["nside"]
-    if not isinstance(nside, int) or isinstance(nside, bool) or nside < 1 or nside & (nside - 1):
-        bad("nside", "must be a positive power of 2")
-    scheme = data["scheme"]
-    if not isinstance(scheme, str) or scheme.lower() not in ("ring", "nested"):
-        bad("scheme", "must be 'ring' or 'nested'")
+            validation.fail(key, "missing key", where)
     time_bins = data["time_bins"]
-    if _is_number(time_bins):
-        if time_bins <= 0:
-            bad("time_bins", "must be a positive bin size (s) or a list of increasing edges")
-        time_bins = float(time_bins)
-    elif (isinstance(time_bins, list) and len(time_bins) >= 2 and all(_is_number(t) for t in time_bins)
-          and all(b > a for a, b in zip(time_bins, time_bins[1:]))):
-        time_bins = [float(t) for t in time_bins]
+    if isinstance(time_bins, list):
+        time_bins = list(validation.number_list(time_bins, "time_bins", where, min_len=2, increasing=True))
     else:
-        bad("time_bins", "must be a positive bin size (s) or a list of increasing edges")
-
+        time_bins = validation.number(time_bins, "time_bins", where, low=0.0, low_open=True)
+    scheme = data["scheme"]
     out = {
-        "energy_bins": [float(e) for e in edges],
-        "phi_pix_size": float(phi),
-        "nside": nside,
-        "scheme": scheme.lower(),
+        "energy_bins": list(validation.number_list(data["energy_bins"], "energy_bins", where, min_len=2,
+                                                   increasing=True, low=0.0, low_open=True)),
+        "phi_pix_size": validation.number(data["phi_pix_size"], "phi_pix_size", where, low=0.0, low_open=True,
+                                          high=180.0),
+        "nside": validation.power_of_two(data["nside"], "nside", where),
+        "scheme": validation.choice(scheme.lower() if isinstance(scheme, str) else scheme, "scheme",
+                                    ("ring", "nested"), where),
         "time_bins": time_bins,
     }
     for key in ("tmin", "tmax"):
         if data.get(key) is not None:
-            if not _is_number(data[key]):
-                bad(key, "must be a time in seconds")
-            out[key] = float(data[key])
+            out[key] = validation.number(data[key], key, where)
     if "tmin" in out and "tmax" in out and out["tmax"] <= out["tmin"]:
-        raise CosiInputError(f"{path}: tmax ({out['tmax']}) must be after tmin ({out['tmin']})")
+        validation.fail("tmax", f"({out['tmax']}) must be after tmin ({out['tmin']})", where)
     return out
