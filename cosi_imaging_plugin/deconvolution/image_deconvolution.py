@@ -206,9 +206,6 @@ class ImageDeconvolution:
         """
         tree = self._checked_tree()
         name = tree["deconvolution"].get("algorithm")
-        if name not in self.deconvolution_algorithm_classes:
-            raise CosiInputError(f"unknown 'deconvolution:algorithm' {name!r}; known: "
-                                 f"{sorted(self.deconvolution_algorithm_classes)}")
         state = self._resume_state or {}
         previous = state.get("results")
         self._algorithm = build_algorithm(

@@ -83,8 +83,8 @@ class COSIImagingLike(PluginPrototype):
                 raise CosiInputError(f"{what} names unknown background(s) {sorted(unknown)}; "
                                      f"known: {engine.background_names}")
         self._backgrounds = [BackgroundNormalization(name, engine, bkg, self._groups.get(bkg),
-                                                 background_bounds.get(bkg, (0.0, 100.0)),
-                                                 free=bkg not in set(fixed_backgrounds))
+                                                     background_bounds.get(bkg, (0.0, 100.0)),
+                                                     free=bkg not in set(fixed_backgrounds))
                              for bkg in engine.background_names]
         nuisance = {par.name: par for par in self.background_parameters.values()}
         super().__init__(name, nuisance)
@@ -93,7 +93,8 @@ class COSIImagingLike(PluginPrototype):
                                       function_frame=function_frame)
         self._ei_edges = np.asarray(engine.model_axes[1].edges.to_value("keV"), dtype=np.float64)
         counts = engine.data.counts
-        # subtracted from sum d ln eps - sum eps: the factorials, or the saturated model's sum d ln d - d too
+        # subtracted from sum d ln eps - sum eps: sum ln d! for the full log-likelihood, or sum (d ln d - d)
+        # for log L - log L_saturated (the factorials cancel)
         self._constant = engine.data.log_factorial
         if log_like_offset == "saturated":
             self._constant = float(np.sum(counts * np.log(counts) - counts))
