@@ -55,3 +55,18 @@ def test_sums_do_not_depend_on_the_thread_count(vectors):
         assert (dot(counts, eps), counts_log_sum(counts, eps)) == single  # bit for bit
     finally:
         numba.set_num_threads(before)
+
+
+def test_threaded_and_serial_loops_agree_to_the_bit(vectors):
+    """Short arrays run on the calling thread: the same chunks, so the same sums as the threaded loops."""
+    from cosi_imaging_plugin.engine import reductions
+
+    counts, eps = vectors
+    log_eps = np.log(eps)
+    rows = np.stack([counts, eps, log_eps])
+    weights = np.array([0.3, -1.5, 2.0])
+    assert reductions._dot_threaded(counts, eps) == reductions._dot_serial(counts, eps)
+    assert (reductions._counts_log_sum_threaded(counts, eps, log_eps)
+            == reductions._counts_log_sum_serial(counts, eps, log_eps))
+    np.testing.assert_array_equal(reductions._combine_rows_threaded(weights, rows),
+                                  reductions._combine_rows_serial(weights, rows))

@@ -10,7 +10,7 @@ al. 2020; cosipy's ``RichardsonLucy``):
 ``RL``
     The same delta image, response-weighted, Gaussian-smoothed on the sphere and
     accelerated: ``x <- x + alpha delta'`` with ``alpha = min(-x_j / delta'_j)``
-    over pixels with ``delta'_j < 0``, capped at ``alpha_max`` and floored at 1;
+    over pixels with ``x_j > 0`` and ``delta'_j < 0``, capped at ``alpha_max`` and floored at 1;
     optionally ``alpha`` maximizes the log-likelihood on ``[1, alpha]`` by golden
     section (the likelihood is concave in ``alpha`` and costs O(nnz) per point).
 """
@@ -123,8 +123,13 @@ class RichardsonLucy(DeconvolutionAlgorithm):
         return out
 
     def calc_alpha(self, delta, model):
-        """Largest step keeping the model non-negative, capped at alpha_max and floored at 1."""
-        shrinking = self.free & (delta < 0)
+        """Largest step keeping the model non-negative, capped at alpha_max and floored at 1.
+
+        Only pixels that are positive and shrinking limit the step (the COSI team's definition): a pixel
+        already at zero stays there whatever the step (the update is clipped at zero), so counting it would
+        make the limit 0 and switch the acceleration off for the rest of the run.
+        """
+        shrinking = self.free & (delta < 0) & (model > 0)
         if not np.any(shrinking):
             return self.alpha_max
         alpha = float(np.min(-model[shrinking] / delta[shrinking]))

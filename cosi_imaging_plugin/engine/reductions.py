@@ -6,12 +6,33 @@ compete with the kernels' threads for the cores: at DC2 scale one RL iteration
 took 0.29 s instead of 0.18 s because of two ``np.dot`` calls. These loops run in
 numba's thread pool instead. Each sum is taken over a fixed number of chunks,
 added in order, so the result does not depend on the number of threads.
+
+Waking the threads costs 30-90 microseconds per call, more than the arithmetic of
+a small dataset: shorter arrays run the same loops on the calling thread, with the
+same chunks (the same result to the bit).
 """
+import types
+
 import numba
 import numpy as np
 
 #: Chunks of every sum (more than any machine's threads; each is summed in order).
 N_CHUNKS = 64
+#: Sums shorter than this run on the calling thread. Measured by ``benchmarks/bench_reductions.py`` on two
+#: cores: the threaded ``dot`` and log-likelihood loops tie with the serial ones at 1e5-2e5 elements and win
+#: above 2e5-3e5; at 1,000 elements the serial ones take 1-2 us against 50-90 us.
+PARALLEL_MIN_SIZE = 200_000
+#: The same for :func:`combine_rows`, whose threads share one output array: they tie with the serial loop at
+#: 1e6 columns and win at 3e6 (and lose 2-40 times below 1e6).
+COMBINE_PARALLEL_MIN_SIZE = 1_000_000
+
+
+def _threaded_and_serial(function):
+    """(parallel, serial) compilations of one chunked loop; the serial copy has its own name for numba's cache."""
+    serial = types.FunctionType(function.__code__, function.__globals__, f"{function.__name__}_serial")
+    serial.__qualname__ = f"{function.__qualname__}_serial"
+    return (numba.njit(parallel=True, cache=True, nogil=True)(function),
+            numba.njit(cache=True, nogil=True)(serial))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -19,9 +40,7 @@ def _chunk(h, n):
     return h * n // N_CHUNKS, (h + 1) * n // N_CHUNKS
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def dot(a, b):
-    """``sum_i a[i] b[i]`` in float64."""
+def _dot(a, b):
     n = a.shape[0]
     partial = np.zeros(N_CHUNKS)
     for h in numba.prange(N_CHUNKS):
@@ -34,6 +53,14 @@ def dot(a, b):
     for h in range(N_CHUNKS):
         total += partial[h]
     return total
+
+
+_dot_threaded, _dot_serial = _threaded_and_serial(_dot)
+
+
+def dot(a, b):
+    """``sum_i a[i] b[i]`` in float64."""
+    return (_dot_threaded if a.shape[0] >= PARALLEL_MIN_SIZE else _dot_serial)(a, b)
 
 
 def poisson_log_likelihood(counts, eps, total, constant=0.0):
@@ -71,10 +98,11 @@ def counts_log_sum(counts, eps):
     eps = np.asarray(eps, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_eps = np.log(eps)  # numpy's vector logarithm: several times faster than a compiled scalar loop
-    return _counts_log_sum(np.asarray(counts, dtype=np.float64), eps, log_eps)
+    counts = np.asarray(counts, dtype=np.float64)
+    loop = _counts_log_sum_threaded if counts.shape[0] >= PARALLEL_MIN_SIZE else _counts_log_sum_serial
+    return loop(counts, eps, log_eps)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
 def _counts_log_sum(counts, eps, log_eps):
     n = counts.shape[0]
     partial = np.zeros(N_CHUNKS)
@@ -98,9 +126,16 @@ def _counts_log_sum(counts, eps, log_eps):
     return total, -1
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+_counts_log_sum_threaded, _counts_log_sum_serial = _threaded_and_serial(_counts_log_sum)
+
+
 def combine_rows(weights, rows):
     """``sum_e weights[e] rows[e, :]`` (float64), summed over ``e`` in order for each column."""
+    loop = _combine_rows_threaded if rows.shape[1] >= COMBINE_PARALLEL_MIN_SIZE else _combine_rows_serial
+    return loop(weights, rows)
+
+
+def _combine_rows(weights, rows):
     n_rows, n = rows.shape
     out = np.zeros(n)
     for h in numba.prange(N_CHUNKS):
@@ -110,3 +145,6 @@ def combine_rows(weights, rows):
             for i in range(lo, hi):
                 out[i] += w * rows[e, i]
     return out
+
+
+_combine_rows_threaded, _combine_rows_serial = _threaded_and_serial(_combine_rows)
