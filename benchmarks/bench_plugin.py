@@ -13,11 +13,17 @@ spectrum) on the DC2-scale inputs of ``_dc2.py`` with two background templates
 - ``refold_eval_s``: re-folding every source at every call, but with this package's
   sparse-data folding (what caching alone gains);
 - ``fit_s``: a full ``JointLikelihood`` fit (position, width and normalization free,
-  two background norms).
+  two background norms);
+- ``small_call_ms``: a spectral-only ``get_log_like`` on a small dataset (about 1,000
+  non-empty bins: an NSIDE 4 response with three energy bins, a 2 s orientation, one
+  point source given in (l, b) with a Band spectrum);
+- ``small_fit_s``, ``small_fit_calls``: the spectral fit of that dataset (K, alpha, beta,
+  xp free).
 
 The last printed line is one JSON object with ``spectral_eval_s``, ``spatial_eval_s``,
 ``baseline_eval_s``, ``spectral_speedup`` (baseline_eval_s / spectral_eval_s),
-``spatial_speedup`` and ``fit_s``.
+``spatial_speedup``, ``fit_s``, ``small_call_ms``, ``small_fit_s`` and ``small_fit_calls``.
+``--small-only`` measures the small dataset alone.
 """
 import cProfile
 import io
@@ -32,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cosi_imaging_plugin.datasets import COSIDataset  # noqa: E402
-from cosi_imaging_plugin.engine import ResponseEngine  # noqa: E402
+from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine  # noqa: E402
 from cosi_imaging_plugin.simulate.backgrounds import background_template  # noqa: E402
 from cosi_imaging_plugin.sky.rasterize import Rasterizer  # noqa: E402
 from cosi_imaging_plugin.sky.spectra import integrate_spectrum  # noqa: E402
@@ -87,6 +93,58 @@ def log_profile(function, repeats, lines=15):
     logger.info("profile of %d spatial evaluations:\n%s", repeats, text.getvalue())
 
 
+def small_dataset():
+    """(COSIDataset of about 1,000 non-empty bins, its point source): one Poisson draw, seed 1."""
+    import sparse
+    from astromodels import Band, PointSource
+    from astropy import units as u
+    from histpy import Axes, Histogram
+
+    from cosi_imaging_plugin.exposure import coordsys_conversion_matrix
+    from cosi_imaging_plugin.instrument import InstrumentConfig, OrbitConfig, generate_response, simulate_orbit
+    from cosi_imaging_plugin.sky.source_images import source_image
+
+    edges = [200.0, 500.0, 1000.0, 2000.0]
+    config = InstrumentConfig.default().updated({"binning": {
+        "nside": 4, "phi_edges_deg": {"start": 0.0, "stop": 180.0, "bins": 18}, "ei_edges_kev": edges,
+        "em_edges_kev": edges}})
+    generated = generate_response(config, progress=False)
+    response = ColumnResponse.from_dense(generated.contents, generated.axes, u.cm**2)
+    orientation = simulate_orbit(OrbitConfig(duration_s=2.0, cadence_s=1.0))
+    t = orientation.unix_seconds
+    ccm = coordsys_conversion_matrix(orientation, 8, 4, binning="time", time_edges=[t[0], t[-1]])
+    source = PointSource("src", l=30.0, b=10.0,
+                         spectral_shape=Band(K=1.5, alpha=-1.0, beta=-2.3, xp=500.0, piv=100.0))
+    image = source_image(source, Rasterizer(8), edges)
+    expected = ResponseEngine.from_ccm(response, ccm, dtype=np.float64).expectation(image).contents
+    counts = np.random.default_rng(1).poisson(expected).astype(np.float64)
+    data = Histogram(Axes([ccm.axes[0], *generated.axes[2:]]), contents=sparse.COO.from_numpy(counts))
+    return COSIDataset.from_histograms(data, {}, response, ccm, name="cosi"), source
+
+
+def small_problem(repeats):
+    """(small_call_ms, small_fit_s, small_fit_calls, nnz) of the small point-source dataset."""
+    from astromodels import Model
+    from threeML import DataList, JointLikelihood
+
+    dataset, source = small_dataset()
+    plugin = CountingPlugin("cosi", dataset)
+    model = Model(source)
+    plugin.set_model(model)
+    band = source.spectrum.main.Band
+    values = iter(np.linspace(1.2, 1.8, 100 * repeats))
+    for _ in range(10):  # compile and warm up
+        band.K.value = next(values)
+        plugin.get_log_like()
+    call_s, _ = timed(lambda: (setattr(band.K, "value", next(values)), plugin.get_log_like()), 50 * repeats)
+    band.K.value, band.alpha.value, band.beta.value, band.xp.value = 1.0, -1.2, -2.5, 400.0
+    plugin.calls = 0
+    jl = JointLikelihood(model, DataList(plugin), verbose=False)
+    start = time.perf_counter()
+    jl.fit(quiet=True)
+    return 1e3 * call_s, time.perf_counter() - start, plugin.calls, dataset.engine.data.nnz
+
+
 def dense_refold_seconds(engine, response_matrix, model, spectrum, values, repeats):
     """Seconds per call of the uncached plugin on the dense baseline engine (the COSI team's way)."""
     baseline = UncachedPlugin("cosi", COSIDataset(dense_engine(engine, response_matrix), name="cosi"))
@@ -103,8 +161,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dense-repeats", type=int, default=2, help="calls of the dense re-fold baseline")
     parser.add_argument("--profile", action="store_true", help="log where the time of a spatial evaluation goes")
+    parser.add_argument("--small-only", action="store_true", help="measure the small dataset alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    small_call_ms, small_fit_s, small_fit_calls, small_nnz = small_problem(args.repeats)
+    small = {"small_call_ms": round(small_call_ms, 3), "small_fit_s": round(small_fit_s, 2),
+             "small_fit_calls": small_fit_calls, "small_nnz": small_nnz}
+    logger.info("small dataset (%d non-empty bins): %.3f ms a spectral call, fit in %.2f s (%d calls)", small_nnz,
+                small_call_ms, small_fit_s, small_fit_calls)
+    if args.small_only:
+        report(small)
+        return
     truth = source()
     flux = float(np.sum(integrate_spectrum(truth.spectrum.main.shape, [509.0, 513.0])))
     image = Rasterizer(args.nside)(truth.spatial_shape)[:, None] * flux
@@ -166,6 +233,7 @@ def main():
         "fit_sigma_error": round(float(results.loc["blob.Gaussian_on_sphere.sigma", "error"]), 3),
         "nnz": engine.data.nnz,
         "scatt_bins": engine.n_rows,
+        **small,
     })
 
 

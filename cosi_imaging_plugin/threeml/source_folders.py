@@ -155,12 +155,17 @@ class PointSourceFolder(_SeparableSourceFolder):
     """Cached folding of one astromodels point source (its position is the spatial state)."""
 
     def spatial_state(self):
-        """(ra, dec) in degrees, ICRS."""
-        return (float(self.source.position.get_ra()), float(self.source.position.get_dec()))
+        """The position's parameter values in the frame they are given in ((ra, dec) or (l, b), degrees).
+
+        The key of the fold cache, read at every likelihood call: astromodels' ``get_ra()`` would run an
+        astropy frame transform each time for a source given in Galactic coordinates (milliseconds).
+        """
+        return _parameter_state(self.source.position.parameters)
 
     def spatial_image(self):
         """Bilinear weights of the position over the four nearest pixels, in sr^-1."""
-        return point_source_map(self.rasterizer, *self.spatial_state())
+        position = self.source.position
+        return point_source_map(self.rasterizer, float(position.get_ra()), float(position.get_dec()))
 
 
 class ExtendedSourceFolder(_SeparableSourceFolder):
