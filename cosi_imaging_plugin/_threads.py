@@ -29,16 +29,16 @@ import numba
 _LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 
-def _cgroup_cpu_limit():
-    """CPUs allowed by this process's cgroup quota (v2 or v1), or None without a quota."""
+def cgroup_cpu_limit(root=Path("/sys/fs/cgroup")):
+    """CPUs allowed by this process's cgroup quota (v2 ``cpu.max`` or v1 ``cpu.cfs_*``), or None without one."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = (root / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
@@ -47,7 +47,7 @@ def _cgroup_cpu_limit():
 def available_cpus():
     """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    limit = _cgroup_cpu_limit()
+    limit = cgroup_cpu_limit()
     if limit is not None:
         count = min(count, max(1, math.ceil(limit)))
     return max(1, count)
