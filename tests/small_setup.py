@@ -27,23 +27,35 @@ NSIDE_RESPONSE, NSIDE_MODEL = 4, 8
 
 
 @functools.cache
-def instrument():
-    """(ColumnResponse, CCM histogram, data axes, background template) built once per session."""
+def generated_response():
+    """The synthetic NSIDE 4 response with three Ei/Em bins (a GeneratedResponse)."""
     config = InstrumentConfig.default().updated({"binning": {
         "nside": NSIDE_RESPONSE, "phi_edges_deg": {"start": 0.0, "stop": 180.0, "bins": 18},
         "ei_edges_kev": EI_EDGES, "em_edges_kev": EI_EDGES}})
-    generated = generate_response(config, progress=False)
+    return generate_response(config, progress=False)
+
+
+def instrumental_template(ccm):
+    """(data axes, background template) for the rows of `ccm`: isotropic in the spacecraft frame,
+    proportional to each row's livetime."""
+    generated = generated_response()
+    data_axes = Axes([Axis(np.arange(ccm.axes[0].nbins + 1), label="ScAtt"), *generated.axes[2:]])
+    row_exposure = ccm.contents.sum(axis=(1, 2)).todense() / ccm.axes[1].nbins
+    per_bin = generated.contents.sum(axis=(0, 1))
+    template = row_exposure[:, None, None, None] * per_bin[None] * 1e-5
+    return data_axes, Histogram(data_axes, contents=template)
+
+
+@functools.cache
+def instrument():
+    """(ColumnResponse, CCM histogram, data axes, background template) built once per session."""
+    generated = generated_response()
     response = ColumnResponse.from_dense(generated.contents, generated.axes, u.cm**2, dtype=np.float64)
     orientation = simulate_orbit(OrbitConfig(duration_s=86400.0, cadence_s=120.0))
     table = ExposureTable.from_orientation(orientation, nside=NSIDE_RESPONSE)
     ccm = coordsys_conversion_matrix(table, NSIDE_MODEL, NSIDE_RESPONSE, use_averaged_pointing=True)
-    n_rows = ccm.axes[0].nbins
-    data_axes = Axes([Axis(np.arange(n_rows + 1), label="ScAtt"), *generated.axes[2:]])
-    # instrument-frame background: isotropic in the spacecraft frame, proportional to the livetime
-    row_exposure = ccm.contents.sum(axis=(1, 2)).todense() / ccm.axes[1].nbins
-    per_bin = generated.contents.sum(axis=(0, 1))
-    template = row_exposure[:, None, None, None] * per_bin[None] * 1e-5
-    return response, ccm, data_axes, Histogram(data_axes, contents=template)
+    data_axes, template = instrumental_template(ccm)
+    return response, ccm, data_axes, template
 
 
 def dataset_for(image, background_norm=1.0, seed=0, background=True):

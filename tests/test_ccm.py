@@ -9,7 +9,14 @@ from astropy.coordinates import SkyCoord
 from histpy import Histogram
 
 from cosi_imaging_plugin.errors import AxisMismatchError, CosiInputError
-from cosi_imaging_plugin.exposure import ExposureTable, Orientation, check_ccm, coordsys_conversion_matrix, write_ccm
+from cosi_imaging_plugin.exposure import (
+    ExposureTable,
+    Orientation,
+    attitude_bins,
+    check_ccm,
+    coordsys_conversion_matrix,
+    write_ccm,
+)
 from cosi_imaging_plugin.geometry import vec_to_lonlat
 from cosi_imaging_plugin.io import read_ccm
 
@@ -193,3 +200,23 @@ def test_bad_arguments(fixture_table, fixtures_dir):
         coordsys_conversion_matrix(ori, 1, 1, binning="time", time_edges=[5.0, 1.0])
     with pytest.raises(CosiInputError, match="times"):
         coordsys_conversion_matrix(ori, 1, 1, binning="time", time_edges=[0.0, 1.0] * u.m)
+
+
+@pytest.mark.parametrize("binning, averaged, occultation", [
+    ("scatt", False, False), ("scatt", True, False), ("scatt", False, True), ("scatt", True, True),
+    ("time", False, True), ("time", True, False),
+])
+def test_dwell_of_a_pixel_centre_is_its_ccm_column(binning, averaged, occultation):
+    """A point source's rows are the CCM of a sky holding only its direction: at a model pixel centre they are
+    that pixel's CCM column, for every way of building a CCM (the sums differ only in their order)."""
+    orientation = circular_orbit(n=200, step=60.0)
+    source = ExposureTable.from_orientation(orientation, nside=4) if binning == "scatt" else orientation
+    time_edges = None if binning == "scatt" else orientation.unix_seconds[[0, 70, 150, -1]]
+    options = dict(binning=binning, time_edges=time_edges, use_averaged_pointing=averaged,
+                   earth_occultation=occultation)
+    ccm = dense(coordsys_conversion_matrix(source, nside_model=4, nside_response=2, **options))
+    bins = attitude_bins(source, **options)
+    assert len(bins) == ccm.shape[0]
+    for pixel in (0, 77, 150):
+        direction = np.array(hp.pix2vec(4, pixel))
+        np.testing.assert_allclose(bins.dwell(direction, nside=2), ccm[:, pixel, :], rtol=1e-12, atol=1e-9)

@@ -84,21 +84,24 @@ def _sky_image(manifest, model_axis, ei_edges):
 
 @pytest.fixture(scope="module")
 def tiny_expectation(tiny):
-    """Dense local-CDS expectation of the tiny dataset recomputed from its files, and its inputs."""
-    from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine
+    """Dense local-CDS expectation of the tiny dataset recomputed from its files by the 3ML plugin at the truth
+    (the simulator folds every source as the plugin does), and its inputs."""
+    from cosi_imaging_plugin.datasets import COSIDataset
     from cosi_imaging_plugin.exposure import ExposureTable
-    from cosi_imaging_plugin.io import read_ccm, read_histogram
+    from cosi_imaging_plugin.io import read_histogram
+    from cosi_imaging_plugin.threeml import COSIImagingLike
 
-    response = ColumnResponse.from_file(tiny["response"], rtol=tiny.truth["response_rtol"], progress=False)
-    ccm = read_ccm(tiny["ccm"])
-    data = read_histogram(tiny["data_scatt"], counts=True)
-    backgrounds = {name: read_histogram(path) for name, path in tiny.backgrounds.items()}
-    engine = ResponseEngine.from_ccm(response, ccm, data=data, backgrounds=backgrounds, dtype=np.float64)
-    image = _sky_image(tiny, engine.model_axes[0], tiny.truth["ei_edges_kev"])
-    norms = {name: b["norm"] for name, b in tiny.truth["backgrounds"].items()}
-    expected = np.asarray(engine.expectation(image, norms).contents)
+    dataset = COSIDataset.from_manifest(tiny.path, rtol=tiny.truth["response_rtol"], dtype=np.float64,
+                                        progress=False)
+    assert dataset.attitudes is not None  # the point source is folded along its path
+    plugin = COSIImagingLike("sim", dataset)
+    plugin.set_model(build_model(tiny.config["sky"]))
+    for name, background in tiny.truth["backgrounds"].items():
+        plugin.background_parameters[name].value = background["norm"]
+    expected = np.asarray(plugin.get_model_counts().contents)
     table = ExposureTable.read(tiny["exposure_table"])
-    return {"expected": expected, "data": data, "table": table, "engine": engine, "image": image}
+    data = read_histogram(tiny["data_scatt"], counts=True)
+    return {"expected": expected, "data": data, "table": table, "dataset": dataset}
 
 
 def pearson_check(counts, expected, what):
@@ -409,7 +412,7 @@ def test_local_data_follow_the_expectation(tiny, tiny_expectation):
         pearson_check(dense.sum(axis=axes), x["expected"].sum(axis=axes), f"local data per {what} bin")
     # the check can fail: the same data do not follow the expectation without the sky
     norms = {name: b["norm"] for name, b in tiny.truth["backgrounds"].items()}
-    no_sky = np.asarray(x["engine"].expectation(0 * x["image"], norms).contents)
+    no_sky = np.asarray(x["dataset"].npred(np.zeros(tuple(x["dataset"].model_axes.nbins)), norms).contents)
     with pytest.raises(AssertionError):
         pearson_check(dense.sum(axis=(1, 2, 3)), no_sky.sum(axis=(1, 2, 3)), "local data without the sky")
 

@@ -13,7 +13,7 @@ import logging
 
 from histpy import Histogram
 
-from ..binning import EXPOSURE_UNIT, IMAGE_UNIT
+from ..binning import EXPOSURE_UNIT, IMAGE_UNIT, is_nested
 from ..errors import CosiInputError
 from ..io.manifest import Manifest, read_manifest
 from .engine_builder import DEFAULT_DTYPE, DEFAULT_RTOL, build_engine
@@ -38,6 +38,10 @@ class COSIDataset:
         The binned counts the engine was given (kept for :attr:`counts`).
     backgrounds : dict of str to histpy.Histogram, optional
         The templates the engine was given.
+    attitudes : AttitudeBins, optional
+        The attitudes of the engine's rows (ScAtt or Time bins), through which point
+        sources are folded exactly (:meth:`point_source_dwell`); without them, point
+        sources are interpolated on the model grid.
 
     Examples
     --------
@@ -46,7 +50,7 @@ class COSIDataset:
     >>> dataset.log_likelihood(image, {"albedo": 1.0})                                   # doctest: +SKIP
     """
 
-    def __init__(self, engine, name="cosi", counts=None, backgrounds=None):
+    def __init__(self, engine, name="cosi", counts=None, backgrounds=None, attitudes=None):
         if engine.data is None:
             raise CosiInputError(f"dataset '{name}': the engine has no data (call engine.set_data first)")
         if engine.data.nnz == 0:
@@ -55,6 +59,9 @@ class COSIDataset:
         self._name = str(name)
         self._counts = counts
         self._backgrounds = dict(backgrounds or {})
+        self._attitudes = attitudes
+        if attitudes is not None and len(attitudes) != engine.n_rows:
+            raise CosiInputError(f"dataset '{name}': {len(attitudes)} attitude bins for {engine.n_rows} rows")
         logger.info("dataset '%s': %d non-empty bins, %.0f counts, backgrounds %s", self._name, engine.data.nnz,
                     engine.data.total_counts, engine.background_names)
 
@@ -93,10 +100,11 @@ class COSIDataset:
         progress : bool
             Show progress bars while the response is compressed or rotated.
         """
-        engine, counts, templates = build_engine(response, data, backgrounds, ccm=ccm, orientation=orientation,
-                                                 exposure_table=exposure_table, rtol=rtol, dtype=dtype,
-                                                 nside_model=nside_model, progress=progress)
-        return cls(engine, name=name, counts=counts, backgrounds=templates)
+        built = build_engine(response, data, backgrounds, ccm=ccm, orientation=orientation,
+                             exposure_table=exposure_table, rtol=rtol, dtype=dtype, nside_model=nside_model,
+                             progress=progress)
+        return cls(built.engine, name=name, counts=built.counts, backgrounds=built.backgrounds,
+                   attitudes=built.attitudes)
 
     @classmethod
     def from_histograms(cls, counts, backgrounds, response, ccm=None, *, galactic=False, name="cosi",
@@ -121,9 +129,9 @@ class COSIDataset:
         rtol : float
         dtype : numpy dtype
         """
-        engine, counts, templates = build_engine(response, counts, backgrounds, ccm=ccm,
-                                                 galactic_response_given=galactic, rtol=rtol, dtype=dtype)
-        return cls(engine, name=name, counts=counts, backgrounds=templates)
+        built = build_engine(response, counts, backgrounds, ccm=ccm, galactic_response_given=galactic, rtol=rtol,
+                             dtype=dtype)
+        return cls(built.engine, name=name, counts=built.counts, backgrounds=built.backgrounds)
 
     @classmethod
     def from_manifest(cls, manifest, frame="spacecraft", *, name="cosi", rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE,
@@ -151,7 +159,9 @@ class COSIDataset:
         if frame == "spacecraft":
             manifest.require(["response", "ccm", "data_scatt"], "a spacecraft-frame analysis")
             return cls.from_files(manifest["response"], manifest["data_scatt"], manifest["backgrounds"],
-                                  ccm=manifest["ccm"], name=name, rtol=rtol, dtype=dtype, progress=progress)
+                                  ccm=manifest["ccm"], exposure_table=manifest.get("exposure_table"),
+                                  orientation=manifest.get("orientation"), name=name, rtol=rtol, dtype=dtype,
+                                  progress=progress)
         manifest.require(["response", "data_galactic"], "a Galactic-frame analysis")
         table = manifest.get("exposure_table")
         if table is None:
@@ -173,7 +183,7 @@ class COSIDataset:
         """
         engine = self._engine.with_data(counts)
         return type(self)(engine, name=self._name if name is None else name, counts=counts,
-                          backgrounds=self._backgrounds)
+                          backgrounds=self._backgrounds, attitudes=self._attitudes)
 
     # ---- what it holds --------------------------------------------------------------------------
     @property
@@ -185,6 +195,24 @@ class COSIDataset:
     def engine(self):
         """The :class:`~cosi_imaging_plugin.engine.ResponseEngine` of this dataset."""
         return self._engine
+
+    @property
+    def attitudes(self):
+        """The :class:`~cosi_imaging_plugin.exposure.AttitudeBins` of the rows, or None."""
+        return self._attitudes
+
+    def point_source_dwell(self, direction):
+        """Dwell ``D[row, nu]`` (s) of an exact sky direction in each row, or None without attitudes.
+
+        Parameters
+        ----------
+        direction : astropy.coordinates.SkyCoord or array_like
+            A sky direction or its Galactic unit vector.
+        """
+        if self._attitudes is None:
+            return None
+        axis = self._engine.response.axes[0]
+        return self._attitudes.dwell(direction, axis.nside, is_nested(axis))
 
     @property
     def counts(self):

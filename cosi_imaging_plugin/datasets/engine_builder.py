@@ -19,6 +19,7 @@ Axes the analysis does not use (Time when summed, Ei, SigmaTau, Dist) are summed
 """
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from histpy import Axes, Histogram
@@ -26,7 +27,7 @@ from histpy import Axes, Histogram
 from ..binning import frame_name
 from ..engine import ColumnResponse, ResponseEngine, galactic_response
 from ..errors import CosiInputError
-from ..exposure import ExposureTable, Orientation, coordsys_conversion_matrix
+from ..exposure import AttitudeBins, ExposureTable, Orientation, coordsys_conversion_matrix, matching_attitude_bins
 from ..io.histograms import read_ccm, read_histogram
 from ..io.response import FullDetectorResponse
 
@@ -41,6 +42,19 @@ DEFAULT_DTYPE = np.float32
 CDS_LABELS = ["Em", "Phi", "PsiChi"]
 ROW_LABELS = ("ScAtt", "Time")
 FRAMES = ("galactic", "spacecraftframe")
+
+
+class BuiltEngine(NamedTuple):
+    """What :func:`build_engine` returns."""
+
+    #: The engine, with its data set.
+    engine: ResponseEngine
+    #: The data, as the engine holds them (unused axes summed out, a row axis added where needed).
+    counts: Histogram
+    #: The background templates, likewise.
+    backgrounds: dict
+    #: The attitudes of the engine's rows, through which point sources are folded (None: on the model grid).
+    attitudes: AttitudeBins = None
 
 
 def psichi_frame(hist, what="binned data"):
@@ -134,8 +148,11 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
 
     Returns
     -------
-    (ResponseEngine, histpy.Histogram, dict of str to histpy.Histogram)
-        The engine with its data set, and the data and templates as the engine holds them.
+    BuiltEngine
+        The engine with its data set, the data and templates as the engine holds them, and
+        the attitudes of its rows: for local-CDS data binned with a CCM, those of the exposure
+        table (ScAtt) or orientation (Time) that reproduce the CCM's rows, when given; for data
+        folded with the orientation, those the CCM was built from.
     """
     data = as_histogram(data, "data", counts=True)
     backgrounds = {str(k): as_histogram(v, f"background '{k}'") for k, v in (backgrounds or {}).items()}
@@ -145,7 +162,7 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
             raise CosiInputError("a Galactic-frame response is folded as it is: give no CCM with it")
         engine = ResponseEngine.from_galactic_response(column_response, data=data, backgrounds=backgrounds,
                                                        dtype=dtype)
-        return engine, data, backgrounds
+        return BuiltEngine(engine, data, backgrounds)
     frame = psichi_frame(data)
     nside_rsp = column_response.axes[0].nside
     keep_rows = frame == "spacecraftframe" and ccm is not None
@@ -157,18 +174,33 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
                 raise CosiInputError("local-CDS data: the analysis needs a CCM (ccm=...) or an orientation file "
                                      "(a precomputed Galactic-frame response is folded with galactic=True)")
             orientation = _as_orientation(orientation)
+            time_edges = orientation.unix_seconds[[0, -1]]
             ccm = coordsys_conversion_matrix(orientation, nside_model or nside_rsp, nside_rsp, binning="time",
-                                             time_edges=[orientation.unix_seconds[0], orientation.unix_seconds[-1]])
+                                             time_edges=time_edges)
+            attitudes = AttitudeBins.from_orientation(orientation, time_edges)
             data = _with_row_axis(data, ccm)
             backgrounds = {k: _with_row_axis(v, ccm) for k, v in backgrounds.items()}
-        engine = ResponseEngine.from_ccm(column_response, _as_ccm(ccm), data=data, backgrounds=backgrounds,
-                                         dtype=dtype)
-        return engine, data, backgrounds
+        else:
+            ccm = _as_ccm(ccm)
+            attitudes = _ccm_attitudes(ccm, exposure_table, orientation)
+        engine = ResponseEngine.from_ccm(column_response, ccm, data=data, backgrounds=backgrounds, dtype=dtype)
+        return BuiltEngine(engine, data, backgrounds, attitudes)
     gal = galactic_response(column_response, *_galactic_attitude_bins(exposure_table, ccm, orientation,
                                                                        nside_model or nside_rsp, nside_rsp),
                             nside_psichi=data.axes["PsiChi"].nside, rtol=rtol, dtype=dtype, progress=progress)
     engine = ResponseEngine.from_galactic_response(gal, data=data, backgrounds=backgrounds, dtype=dtype)
-    return engine, data, backgrounds
+    return BuiltEngine(engine, data, backgrounds)
+
+
+def _ccm_attitudes(ccm, exposure_table, orientation):
+    """The attitudes that reproduce a given CCM's rows (a table for ScAtt rows, an orientation for Time rows)."""
+    source = exposure_table if ccm.axes[0].label == "ScAtt" else orientation
+    if source is None:
+        logger.info("no %s given with the CCM: point sources are folded on the model grid",
+                    "exposure table" if ccm.axes[0].label == "ScAtt" else "orientation")
+        return None
+    loader = _as_table if ccm.axes[0].label == "ScAtt" else _as_orientation
+    return matching_attitude_bins(loader(source), ccm)
 
 
 def _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model, nside_response):

@@ -44,9 +44,9 @@ class DeconvolutionDataset(COSIDataset):
 
     def __init__(self, name, event, backgrounds, response, ccm=None, galactic=False, rtol=DEFAULT_RTOL,
                  dtype=DEFAULT_DTYPE):
-        engine, counts, templates = build_engine(response, event, backgrounds, ccm=ccm,
-                                                 galactic_response_given=galactic, rtol=rtol, dtype=dtype)
-        super().__init__(engine, name=name, counts=counts, backgrounds=templates)
+        built = build_engine(response, event, backgrounds, ccm=ccm, galactic_response_given=galactic, rtol=rtol,
+                             dtype=dtype)
+        super().__init__(built.engine, name=name, counts=built.counts, backgrounds=built.backgrounds)
 
     @classmethod
     def from_engine(cls, name, engine, event=None, backgrounds=None):

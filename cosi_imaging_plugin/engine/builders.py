@@ -13,6 +13,5 @@ load_response = _builder.load_response
 def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, rtol=1e-3, dtype=None,
                  nside_model=None):
     """The engine of :func:`cosi_imaging_plugin.datasets.build_engine` (which also returns the histograms)."""
-    engine, _, _ = _builder.build_engine(response, data, backgrounds, ccm=ccm, orientation=orientation, rtol=rtol,
-                                         dtype=dtype or _builder.DEFAULT_DTYPE, nside_model=nside_model)
-    return engine
+    return _builder.build_engine(response, data, backgrounds, ccm=ccm, orientation=orientation, rtol=rtol,
+                                 dtype=dtype or _builder.DEFAULT_DTYPE, nside_model=nside_model).engine

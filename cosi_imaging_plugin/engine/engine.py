@@ -184,9 +184,9 @@ class ResponseEngine:
         """Wrap an array [n_pix, n_ei] as a Histogram over ``model_axes``."""
         return Histogram(self.model_axes, contents=np.asarray(values), unit=unit)
 
-    def source_rows(self, image):
-        """Source rows ``M[row, k]`` of a sky image, in the engine's dtype."""
-        return self.mapping.forward(self.image_values(image), dtype=self.dtype)
+    def source_rows(self, image, dtype=None):
+        """Source rows ``M[row, k]`` (``k = nu * n_ei + e``) of a sky image, in `dtype` (default: the engine's)."""
+        return self.mapping.forward(self.image_values(image), dtype=dtype or self.dtype)
 
     # ---- the sparse-data path -----------------------------------------------------------------
     def sky_expectation_at_bins(self, image=None, rows=None, dtype=None):
@@ -366,23 +366,26 @@ class ResponseEngine:
         return f"{label}={row}, Em={em}, Phi={phi}, PsiChi={psi}"
 
     # ---- dense results (only when asked) --------------------------------------------------------
-    def expectation(self, image, bkg_norms=None, dense=True):
+    def expectation(self, image=None, bkg_norms=None, dense=True, rows=None):
         """Expected counts in every data bin, as a Histogram over the data axes.
 
         Parameters
         ----------
-        image : histpy.Histogram or ndarray
+        image : histpy.Histogram or ndarray, optional
             Sky image.
         bkg_norms : dict, optional
             Background normalizations (default 1 for each).
         dense : bool
             Must be True: this materializes all bins (use the ``*_at_bins``
             methods for the sparse path).
+        rows : ndarray, optional
+            Source rows [n_rows, n_source] used instead of `image` (e.g. of point sources
+            folded along their path).
         """
         if not dense:
             raise CosiInputError("expectation() materializes every bin; use expectation_at_bins() for the "
                                  "sparse path")
-        sky = self.response.fold(self.mapping.forward(self.image_values(image)))
+        sky = self.response.fold(self._rows_of(image, rows))
         norms = self.background_norms(bkg_norms)
         for name in self.background_names:
             bkg = self._bkg_hist[name]
@@ -397,12 +400,13 @@ class ResponseEngine:
             axes = Axes(list(self.cds_axes) if row_axis is None else [row_axis, *self.cds_axes])
         return Histogram(axes, contents=sky.reshape(tuple(axes.nbins)))
 
-    def expectation_cds(self, image, bkg_norms=None):
+    def expectation_cds(self, image=None, bkg_norms=None, rows=None):
         """Expected counts summed over the ScAtt/Time rows, per CDS bin [Em, Phi, PsiChi].
 
         Cheap at any scale: the rows are summed before folding (one sparse product).
+        ``rows`` (source rows) may be given instead of `image`, as for :meth:`expectation`.
         """
-        rows = self.mapping.forward(self.image_values(image)).sum(axis=0, keepdims=True)
+        rows = self._rows_of(image, rows).sum(axis=0, keepdims=True)
         out = self.response.fold(rows).reshape(self.response.cds_shape)
         if self.data is not None:
             norms = self.background_norms(bkg_norms)
@@ -413,6 +417,18 @@ class ResponseEngine:
                 out += np.bincount(flat % self.n_columns, weights=weights,
                                    minlength=self.n_columns).reshape(self.response.cds_shape)
         return out
+
+    def _rows_of(self, image, rows):
+        """Source rows in float64: the given ones, or those of `image`."""
+        if rows is None:
+            if image is None:
+                raise CosiInputError("give a sky image or source rows")
+            return self.mapping.forward(self.image_values(image))
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.shape != (self.n_rows, self.response.n_source):
+            raise CosiInputError(f"source rows of shape {rows.shape}, expected ({self.n_rows}, "
+                                 f"{self.response.n_source})")
+        return rows
 
     def data_cds(self):
         """Observed counts summed over the ScAtt/Time rows, per CDS bin [Em, Phi, PsiChi]."""

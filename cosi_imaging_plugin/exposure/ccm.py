@@ -17,110 +17,42 @@ import astropy.units as u
 import healpy as hp
 import numpy as np
 import sparse
-from astropy.time import Time
-from histpy import Axes, Axis, HealpixAxis, Histogram
+from histpy import Axes, HealpixAxis, Histogram
 from tqdm.auto import tqdm
 
 from ..binning import check_nside, normalize_scheme
 from ..errors import AxisMismatchError, CosiInputError
-from ..geometry import lonlat_to_vec, rotation_from_axes, visible_mask
+from ..geometry import rotation_from_axes
 from ..io.histograms import check_ccm_layout, write_histogram
-from .dwell import _CHUNK, _Accumulator, fold_attitudes, fold_directions, show_progress, spacecraft_axis
+from .attitude_bins import AttitudeBins
+from .dwell import _Accumulator, fold_attitudes, fold_directions, show_progress, spacecraft_axis
 from .exposure_table import ExposureTable
 from .orientation import Orientation
-from .scatt import averaged_pointing
 
 logger = logging.getLogger(__name__)
 
 _BINNING_LABELS = {"scatt": "ScAtt", "time": "Time"}
 
 
-class _Bin:
-    """Attitudes of one CCM bin: axis vectors, times and optional Earth data."""
-
-    __slots__ = ("altitude", "exposure", "times", "x", "x_avg", "z", "z_avg", "zenith")
-
-    def __init__(self, x, z, times, zenith=None, altitude=None, x_avg=None, z_avg=None, exposure=None):
-        self.x, self.z, self.times = x, z, times
-        self.zenith, self.altitude = zenith, altitude
-        self.x_avg, self.z_avg = x_avg, z_avg
-        self.exposure = float(np.sum(times)) if exposure is None else float(exposure)
-
-
-def _bins_from_table(table, earth_occultation):
-    bins = []
-    for b in range(len(table)):
-        zenith = altitude = None
-        if earth_occultation:
-            zenith = lonlat_to_vec(table.earth_zenith[b][:, 0], table.earth_zenith[b][:, 1])
-            altitude = table.altitude[b]
-        bins.append(_Bin(lonlat_to_vec(table.xpointing[b][:, 0], table.xpointing[b][:, 1]),
-                         lonlat_to_vec(table.zpointing[b][:, 0], table.zpointing[b][:, 1]),
-                         table.delta_time[b], zenith, altitude,
-                         x_avg=lonlat_to_vec(*table.xpointing_averaged[b]),
-                         z_avg=lonlat_to_vec(*table.zpointing_averaged[b]),
-                         exposure=table.exposure[b]))
-    return bins
-
-
-def _time_edges_seconds(time_edges, orientation):
-    if time_edges is None:
-        edges = orientation.unix_seconds[[0, -1]].astype(np.float64)
-    elif isinstance(time_edges, Time):
-        edges = np.asarray(time_edges.utc.unix, dtype=np.float64)
-    elif isinstance(time_edges, u.Quantity):
-        try:
-            edges = np.asarray(time_edges.to_value(u.s), dtype=np.float64)
-        except u.UnitConversionError as exc:
-            raise CosiInputError(f"time_edges must be times, got unit {time_edges.unit}") from exc
-    else:
-        edges = np.asarray(time_edges, dtype=np.float64)
-    edges = np.atleast_1d(edges).ravel()
-    if edges.size < 2 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
-        raise CosiInputError("time_edges must hold at least two finite, strictly increasing times")
-    return edges
-
-
-def _bins_from_time_edges(orientation, edges, earth_occultation, use_livetime):
-    """Split the timeline's intervals over time bins, in proportion to their overlap."""
-    t = orientation.unix_seconds
-    dt, livetime = orientation.intervals()
-    times = (livetime if use_livetime else dt).to_value(u.s)
-    x_vec, z_vec = orientation.pointing_vectors()
-    zenith = orientation.zenith_vectors() if earth_occultation else None
-    altitude = orientation.altitude.to_value(u.km) if earth_occultation else None
-    start, stop = t[:-1], t[1:]
-    if edges[0] < t[0] or edges[-1] > t[-1]:
-        logger.warning("time edges [%r, %r] extend beyond the orientation [%r, %r]; "
-                       "uncovered time gets no exposure", edges[0], edges[-1], t[0], t[-1])
-    bins = []
-    for lo, hi in itertools.pairwise(edges):
-        first = np.searchsorted(stop, lo, side="right")  # first interval ending after lo
-        last = np.searchsorted(start, hi, side="left")  # intervals starting before hi
-        idx = np.arange(first, last)
-        overlap = np.minimum(stop[idx], hi) - np.maximum(start[idx], lo)
-        frac = np.clip(overlap, 0.0, None) / (stop[idx] - start[idx])
-        w = times[idx] * frac
-        lon_x, lat_x = orientation._x_l[idx], orientation._x_b[idx]
-        lon_z, lat_z = orientation._z_l[idx], orientation._z_b[idx]
-        x_avg = z_avg = None
-        if idx.size:
-            x_avg = lonlat_to_vec(*averaged_pointing(lon_x, lat_x, w))
-            z_avg = lonlat_to_vec(*averaged_pointing(lon_z, lat_z, w))
-        bins.append(_Bin(x_vec[idx], z_vec[idx], w,
-                         None if zenith is None else zenith[idx],
-                         None if altitude is None else altitude[idx], x_avg=x_avg, z_avg=z_avg))
-    return bins
-
-
-def _visible_exposure(b, directions):
-    """Time each direction is above the Earth limb during bin b, shape (J,)."""
-    total = np.zeros(directions.shape[0])
-    step = max(1, _CHUNK // directions.shape[0])
-    for s in range(0, len(b.times), step):
-        sl = slice(s, s + step)
-        total += b.times[sl] @ visible_mask(b.zenith[sl], b.altitude[sl], directions)
-    return total
+def attitude_bins(exposure_table_or_orientation, binning="scatt", time_edges=None, use_averaged_pointing=False,
+                  earth_occultation=False, nside_scatt=None, use_livetime=True):
+    """The :class:`AttitudeBins` of a CCM's rows (the arguments of :func:`coordsys_conversion_matrix`)."""
+    source = exposure_table_or_orientation
+    if binning == "scatt":
+        if isinstance(source, Orientation):
+            if nside_scatt is None:
+                raise CosiInputError("ScAtt binning of an Orientation needs nside_scatt "
+                                     "(or pass an ExposureTable)")
+            source = ExposureTable.from_orientation(source, nside_scatt, use_livetime=use_livetime)
+        if not isinstance(source, ExposureTable):
+            raise CosiInputError(f"ScAtt binning needs an ExposureTable or an Orientation, "
+                                 f"got {type(source).__name__}")
+        if time_edges is not None:
+            raise CosiInputError("time_edges only applies to binning='time'")
+        return AttitudeBins.from_exposure_table(source, use_averaged_pointing, earth_occultation)
+    if binning != "time":
+        raise CosiInputError(f"binning must be 'scatt' or 'time', got {binning!r}")
+    return AttitudeBins.from_orientation(source, time_edges, use_averaged_pointing, earth_occultation, use_livetime)
 
 
 def coordsys_conversion_matrix(exposure_table_or_orientation, nside_model, nside_response, binning="scatt",
@@ -180,53 +112,28 @@ def coordsys_conversion_matrix(exposure_table_or_orientation, nside_model, nside
     scheme = normalize_scheme(scheme)
     nside_model = check_nside(nside_model, scheme, "nside_model")
     response_axis = spacecraft_axis(nside_response, response_scheme)
-    source = exposure_table_or_orientation
-
-    if binning == "scatt":
-        if isinstance(source, Orientation):
-            if nside_scatt is None:
-                raise CosiInputError("ScAtt binning of an Orientation needs nside_scatt "
-                                     "(or pass an ExposureTable)")
-            source = ExposureTable.from_orientation(source, nside_scatt, use_livetime=use_livetime)
-        if not isinstance(source, ExposureTable):
-            raise CosiInputError(f"ScAtt binning needs an ExposureTable or an Orientation, "
-                                 f"got {type(source).__name__}")
-        if time_edges is not None:
-            raise CosiInputError("time_edges only applies to binning='time'")
-        if earth_occultation and not source.has_earth_info:
-            raise CosiInputError("this exposure table has no Earth zenith / altitude columns; "
-                                 "Earth occultation cannot be applied")
-        bins = _bins_from_table(source, earth_occultation)
-        first_axis = Axis(np.arange(len(bins) + 1), label="ScAtt")
-    else:
-        if not isinstance(source, Orientation):
-            raise CosiInputError(f"time binning needs an Orientation, got {type(source).__name__}")
-        if earth_occultation and not source.has_earth_info:
-            raise CosiInputError("this orientation has no Earth zenith / altitude; "
-                                 "Earth occultation cannot be applied")
-        edges = _time_edges_seconds(time_edges, source)
-        bins = _bins_from_time_edges(source, edges, earth_occultation, use_livetime)
-        first_axis = Axis(edges * u.s, label="Time")
+    bins = attitude_bins(exposure_table_or_orientation, binning, time_edges=time_edges,
+                         use_averaged_pointing=use_averaged_pointing, earth_occultation=earth_occultation,
+                         nside_scatt=nside_scatt, use_livetime=use_livetime)
+    first_axis = bins.row_axis
 
     model_axis = HealpixAxis(nside=nside_model, scheme=scheme, coordsys="galactic", label="lb")
     directions = np.asarray(hp.pix2vec(nside_model, np.arange(model_axis.npix),
                                        nest=model_axis.is_nested)).T
     n_model, n_resp = model_axis.npix, response_axis.npix
-    work = sum(1 if use_averaged_pointing else len(b.times) for b in bins) * n_model
     logger.info("building %s CCM: %d bins, model NSIDE %d, response NSIDE %d%s%s", first_axis.label,
                 len(bins), nside_model, response_axis.nside,
                 ", averaged pointing" if use_averaged_pointing else "",
                 ", Earth occultation" if earth_occultation else "")
 
     coords, data = [], []
-    for index, b in enumerate(tqdm(bins, desc=f"CCM ({first_axis.label})", unit="bin",
-                                   disable=not show_progress(progress, work))):
+    for index, b in enumerate(tqdm(bins.bins, desc=f"CCM ({first_axis.label})", unit="bin",
+                                   disable=not show_progress(progress, bins.work * n_model))):
         acc = _Accumulator(n_model * n_resp)
         if len(b.times) == 0:
             continue
         if use_averaged_pointing:
-            exposure = (_visible_exposure(b, directions) if earth_occultation
-                        else np.full(n_model, b.exposure))
+            exposure = b.visible_exposure(directions) if earth_occultation else np.full(n_model, b.exposure)
             fold_directions(rotation_from_axes(b.x_avg, b.z_avg)[None], exposure[None, :], directions,
                             response_axis.nside, response_axis.is_nested, acc)
         else:
@@ -292,3 +199,52 @@ def check_ccm(ccm, nside_model=None, nside_response=None, where="CCM"):
         raise AxisMismatchError(f"{where}: lb NSIDE is {lb.nside}, expected {nside_model}")
     if nside_response is not None and nu.nside != nside_response:
         raise AxisMismatchError(f"{where}: NuLambda NSIDE is {nu.nside}, expected {nside_response}")
+
+
+def matching_attitude_bins(exposure_table_or_orientation, ccm, where="CCM"):
+    """The :class:`AttitudeBins` that reproduce a CCM's rows, or None when no way of building it does.
+
+    A CCM does not record how it was made. Each choice (every attitude or one averaged
+    attitude per row; with or without Earth occultation) is tried on twelve model pixels
+    spread over the sky (those holding the centres of the NSIDE 1 pixels, where the Earth
+    hides some at some time): the first whose rows equal the CCM's columns at all of them
+    (to 1e-6 of the largest entry) is returned.
+
+    Parameters
+    ----------
+    exposure_table_or_orientation : ExposureTable or Orientation
+        The attitudes of a ScAtt-binned CCM (a table) or a Time-binned one (an orientation).
+    ccm : histpy.Histogram
+    where : str
+        Name used in messages.
+    """
+    source = exposure_table_or_orientation
+    binning = "scatt" if ccm.axes[0].label == "ScAtt" else "time"
+    time_edges = ccm.axes[0].edges.to_value(u.s) if binning == "time" else None
+    lb, nu = ccm.axes["lb"], ccm.axes["NuLambda"]
+    contents = ccm.contents
+    contents = contents if hasattr(contents, "coords") else sparse.COO.from_numpy(np.asarray(contents))
+    scale = (ccm.unit or u.s).to(u.s)
+    spread = hp.pix2vec(1, np.arange(12))
+    chosen = np.unique(hp.vec2pix(lb.nside, *spread, nest=lb.is_nested))
+    columns = {j: np.asarray(contents[:, j, :].todense()) * scale for j in chosen}
+    has_earth = source.has_earth_info
+    for averaged, occultation in itertools.product((False, True), (False, True) if has_earth else (False,)):
+        try:
+            bins = attitude_bins(source, binning, time_edges=time_edges, use_averaged_pointing=averaged,
+                                 earth_occultation=occultation)
+        except CosiInputError:
+            return None
+        if len(bins) != ccm.axes[0].nbins:
+            logger.warning("%s has %d rows but its attitudes give %d: point sources are folded on the model grid",
+                           where, ccm.axes[0].nbins, len(bins))
+            return None
+        if all(np.allclose(bins.dwell(np.array(hp.pix2vec(lb.nside, j, nest=lb.is_nested)), nu.nside, nu.is_nested),
+                           column, rtol=0.0, atol=1e-6 * max(column.max(), 1e-300))
+               for j, column in columns.items()):
+            logger.info("%s: rows reproduced from the attitudes (%s pointing%s)", where,
+                        "averaged" if averaged else "every", ", Earth occultation" if occultation else "")
+            return bins
+    logger.warning("%s: no way of building it from the attitudes reproduces its rows; point sources are folded "
+                   "on the model grid", where)
+    return None

@@ -25,7 +25,7 @@ from .orientation import Orientation
 logger = logging.getLogger(__name__)
 
 # Attitude x direction pairs evaluated at once: bounds the temporary arrays to ~100 MB.
-_CHUNK = 1 << 20
+CHUNK = 1 << 20
 # Show a progress bar by default when a build evaluates more pairs than this.
 _PROGRESS_THRESHOLD = 1 << 24
 
@@ -132,7 +132,7 @@ def fold_attitudes(x_vec, z_vec, times, directions, nside, nest, accumulator,
         Progress-bar label.
     """
     k, n_dir = len(times), directions.shape[0]
-    step = max(1, _CHUNK // n_dir)
+    step = max(1, CHUNK // n_dir)
     starts = range(0, k, step)
     for s in tqdm(starts, desc=description, unit="chunk", disable=not show_progress(progress, k * n_dir),
                   leave=False):

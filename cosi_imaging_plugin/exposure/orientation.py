@@ -264,6 +264,10 @@ class Orientation:
         """Galactic unit vectors of the x and z axes, two arrays of shape (N, 3)."""
         return lonlat_to_vec(self._x_l, self._x_b), lonlat_to_vec(self._z_l, self._z_b)
 
+    def pointing_lonlat(self):
+        """Galactic (l, b) in degrees of the x and z axes: ``((x_l, x_b), (z_l, z_b))``, arrays of shape (N,)."""
+        return (self._x_l, self._x_b), (self._z_l, self._z_b)
+
     def zenith_vectors(self):
         """Galactic unit vectors of the Earth zenith, shape (N, 3); CosiInputError without Earth info."""
         self._require_earth_info()

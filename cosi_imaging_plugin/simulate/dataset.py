@@ -42,16 +42,16 @@ from histpy import Axes, Axis, HealpixAxis, Histogram
 
 from .. import __version__
 from .._atomic import atomic_directory
-from ..binning import IMAGE_UNIT_TEXT
+from ..binning import IMAGE_UNIT_TEXT, is_nested
 from ..engine import CCMMapping, ColumnResponse
-from ..exposure import ExposureTable, coordsys_conversion_matrix, write_ccm
+from ..exposure import ExposureTable, attitude_bins, coordsys_conversion_matrix, write_ccm
 from ..instrument.orbit import simulate_orbit
 from ..instrument.response_generator import generate_response
 from ..io.histograms import write_histogram
 from ..io.manifest import SIMULATED_FORMAT, read_manifest, write_manifest
 from ..io.parameters import DeconvolutionParameters
 from ..sky.rasterize import Rasterizer
-from ..sky.source_images import source_image
+from ..sky.source_images import is_point_source, point_source_direction, source_image
 from ..sky.sources import build_sources, describe_source
 from .config import coerce_config
 from .draws import Components, draw
@@ -201,8 +201,10 @@ def _simulate_into(config, out, progress):
     watch.lap("response compression")
 
     # -- sky and background source rows, expected counts, Poisson draws ----------------------------
-    sky = _SkyModel(config, response, mapping)
-    components = Components(config, response, mapping, table, livetime, sky.image)
+    attitudes = attitude_bins(table, use_averaged_pointing=config.use_averaged_pointing,
+                              earth_occultation=config.earth_occultation)
+    sky = _SkyModel(config, response, mapping, attitudes)
+    components = Components(config, response, mapping, table, livetime, sky.rows)
     watch.lap("sky image and background rows")
     attitudes = table.mean_attitudes() if config.galactic else None
     draws = draw(config, response, components, attitudes, progress)
@@ -240,27 +242,42 @@ def _simulate_into(config, out, progress):
 
 
 class _SkyModel:
-    """The sources of a configuration on the CCM's model grid, as the 3ML plugin folds them.
+    """The sources of a configuration folded as the 3ML plugin folds them.
 
-    Attributes: ``ei_edges`` (keV), ``image`` [n_pix, n_ei] (ph cm-2 s-1 sr-1 per Ei bin),
-    ``expected`` (sky counts from the exposure map) and ``truth`` (one dict per source).
+    Extended sources are rasterized on the CCM's model grid; point sources are folded
+    along their path in the spacecraft frame through the attitudes the CCM was built
+    from. Attributes: ``ei_edges`` (keV), ``image`` [n_pix, n_ei] (ph cm-2 s-1 sr-1 per
+    Ei bin, every source on the grid, for the record), ``rows`` (the response source
+    rows of the sky, [n_rows, n_nu * n_ei]), ``expected`` (sky counts over all bins) and
+    ``truth`` (one dict per source).
     """
 
-    def __init__(self, config, response, mapping):
+    def __init__(self, config, response, mapping, attitudes):
         self.ei_edges = response.axes[1].edges.to_value(u.keV).astype(np.float64)
         model_axis = mapping.model_axis
         rasterizer = Rasterizer(model_axis.nside, str(model_axis.scheme), grid_frame="galactic",
                                 function_frame="icrs")
-        exposure_map = mapping.exposure(response.effective_area)
+        nu_axis = response.axes[0]
+        area = response.effective_area.ravel()  # per source row index nu * n_ei + e
         self.image = np.zeros((mapping.n_model_pix, self.ei_edges.size - 1))
+        self.rows = np.zeros((mapping.n_rows, response.n_source))
         self.truth = []
         for source in build_sources(list(config.sky), where=f"{config.source}: sky"):
             image = source_image(source, rasterizer, self.ei_edges)
+            if is_point_source(source):
+                position = source.position
+                dwell = attitudes.dwell(point_source_direction(float(position.get_ra()), float(position.get_dec())),
+                                        nu_axis.nside, is_nested(nu_axis))
+                rows = (dwell[:, :, None] * image.sum(axis=0)[None, None, :] * rasterizer.pixel_area)
+                rows = rows.reshape(mapping.n_rows, -1)
+            else:
+                rows = mapping.forward(image)
             self.image += image
+            self.rows += rows
             info = describe_source(source, image, rasterizer.pixel_area, self.ei_edges)
-            info["expected_counts"] = float(np.sum(exposure_map * image))
+            info["expected_counts"] = float(np.sum(rows @ area))
             self.truth.append(info)
-        self.expected = float(np.sum(exposure_map * self.image))
+        self.expected = float(np.sum(self.rows @ area))
 
 
 def _write_draws(draws, response, orientation, out, roles):

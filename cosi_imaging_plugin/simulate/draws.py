@@ -45,10 +45,10 @@ class Components:
     (row weights, folded profile)`` and scaled per row.
     """
 
-    def __init__(self, config, response, mapping, table, livetime, image):
+    def __init__(self, config, response, mapping, table, livetime, sky_rows):
         self.names = list(config.backgrounds)
         self.norms = {name: spec.norm for name, spec in config.backgrounds.items()}
-        self.folded = [("sky", mapping.forward(image))]
+        self.folded = [("sky", sky_rows)]
         self.rank_one = {}
         for name, spec in config.backgrounds.items():
             rows = scale_rows(template_rows(spec.kind, response, mapping, table, spec.index), response, spec.rate,

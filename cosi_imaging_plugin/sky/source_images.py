@@ -15,9 +15,11 @@ dataset and the plugin's model of it agree exactly.
 Spatial maps are in sr^-1 (they integrate to one over the sky); images are in
 ph cm-2 s-1 sr-1 integrated over each Ei bin, arrays ``[n_pix, n_ei]``.
 """
+import healpy as hp
 import numpy as np
 
 from ..errors import CosiInputError
+from .rasterize import frame_rotation
 from .spectra import integrate_spectrum
 
 # 8-point Gauss-Legendre rule of the Function3D energy integrals (fixed: a smooth likelihood)
@@ -40,6 +42,11 @@ def source_spectrum(source):
     if is_point_source(source):
         return source
     return source.spectrum.main.shape
+
+
+def point_source_direction(ra, dec):
+    """Galactic unit vector of an ICRS direction (degrees)."""
+    return frame_rotation("icrs", "galactic") @ hp.ang2vec(ra, dec, lonlat=True)
 
 
 def point_source_map(rasterizer, ra, dec):

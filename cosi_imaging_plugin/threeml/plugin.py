@@ -247,9 +247,17 @@ class COSIImagingLike(PluginPrototype):
             image += self._folders[name].image()
         return image
 
+    def model_rows(self, sources=None):
+        """Response source rows of the current model, each source folded as the likelihood folds it."""
+        names = list(self._folders) if sources is None else list(sources)
+        rows = np.zeros((self._engine.n_rows, self._engine.response.n_source))
+        for name in names:
+            rows += self._folders[name].source_rows()
+        return rows
+
     def get_model_counts(self):
         """Expected counts of the current model in every bin (dense Histogram over the data axes)."""
-        return self._engine.expectation(self.model_image(), self.background_row_norms())
+        return self._engine.expectation(bkg_norms=self.background_row_norms(), rows=self.model_rows())
 
     def get_simulated_dataset(self, name=None, seed=None):
         """A new plugin on Poisson counts drawn from the current model (for GoodnessOfFit and LRT).
@@ -295,7 +303,8 @@ class COSIImagingLike(PluginPrototype):
         norms = self.background_row_norms()
         if not backgrounds:
             norms = {name: 0.0 for name in norms}
-        return self._dataset.npred_cds(self.model_image(sources), norms)
+        return Histogram(self._engine.cds_axes,
+                         contents=self._engine.expectation_cds(bkg_norms=norms, rows=self.model_rows(sources)))
 
     def residuals_cds(self):
         """Significance ``(data - model) / sqrt(model)`` per CDS bin summed over the rows (0 where model is 0)."""

@@ -19,6 +19,7 @@ threeML's HAWC plugin, which keeps one convolved source per kind).
 """
 import logging
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from ..sky.source_images import (
     function3d_image,
     has_energy_dependent_morphology,
     is_point_source,
+    point_source_direction,
     point_source_map,
     source_spectrum,
 )
@@ -42,6 +44,19 @@ MAX_CACHED_STATES = 32
 
 def _parameter_state(parameters):
     return tuple(float(p.value) for p in parameters.values())
+
+
+class _Fold(NamedTuple):
+    """One spatial state of a separable source, folded per unit flux in each Ei bin."""
+
+    #: The morphology on the model grid (sr^-1): model maps and, without a path, the fold itself.
+    spatial_map: np.ndarray
+    #: Expected counts at the non-empty bins, shape (n_ei, nnz).
+    folded: np.ndarray
+    #: Expected counts over all bins, shape (n_ei,).
+    exposure: np.ndarray
+    #: The dwell ``D[row, nu]`` (s) of a point source folded along its path, else None.
+    dwell: np.ndarray = None
 
 
 class _SourceFolder:
@@ -83,9 +98,17 @@ class _SeparableSourceFolder(_SourceFolder):
         self._cache = OrderedDict()
         fold_bytes = 8 * (self.ei_edges.size - 1) * dataset.engine.data.nnz
         self.cache_size = int(np.clip(cache_bytes // max(fold_bytes, 1), 2, MAX_CACHED_STATES))
-        self.spatial_map = None
-        self.folded = None
-        self.exposure = None
+        self.fold = None
+
+    @property
+    def spatial_map(self):
+        """The current morphology on the model grid (sr^-1)."""
+        return self.fold.spatial_map
+
+    @property
+    def folded(self):
+        """Expected counts at the non-empty bins per unit flux in each Ei bin, shape (n_ei, nnz)."""
+        return self.fold.folded
 
     def spatial_state(self):
         """Values of the parameters that define the morphology (the cache key)."""
@@ -107,28 +130,31 @@ class _SeparableSourceFolder(_SourceFolder):
             return False
         if state in self._cache:
             self._cache.move_to_end(state)
-            self.spatial_map, self.folded, self.exposure = self._cache[state]
+            self.fold = self._cache[state]
             self._state = state
             return False
-        engine = self.dataset.engine
-        self.spatial_map = self.spatial_image()
-        n_ei = self.ei_edges.size - 1
-        self.folded = np.empty((n_ei, engine.data.nnz))
-        unit_image = np.zeros((self.spatial_map.size, n_ei))
-        for e in range(n_ei):
-            unit_image[:, e] = self.spatial_map
-            # float64 rows: a smooth likelihood for the minimizer
-            self.folded[e] = engine.sky_expectation_at_bins(unit_image, dtype=np.float64)
-            unit_image[:, e] = 0.0
-        # expected counts over all bins per unit flux in each Ei bin
-        self.exposure = np.einsum("j,je->e", self.spatial_map, engine.exposure_map)
+        self.fold = self._cache[state] = self._fold()
         self._state = state
-        self._cache[state] = (self.spatial_map, self.folded, self.exposure)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         self.n_folds += 1
         logger.debug("re-folded source %s (%d folds)", self.name, self.n_folds)
         return True
+
+    def _fold(self):
+        """The current morphology folded per unit flux in each Ei bin (a :class:`_Fold`), on the model grid."""
+        engine = self.dataset.engine
+        spatial_map = self.spatial_image()
+        n_ei = self.ei_edges.size - 1
+        folded = np.empty((n_ei, engine.data.nnz))
+        unit_image = np.zeros((spatial_map.size, n_ei))
+        for e in range(n_ei):
+            unit_image[:, e] = spatial_map
+            # float64 rows: a smooth likelihood for the minimizer
+            folded[e] = engine.sky_expectation_at_bins(unit_image, dtype=np.float64)
+            unit_image[:, e] = 0.0
+        # expected counts over all bins per unit flux in each Ei bin
+        return _Fold(spatial_map, folded, np.einsum("j,je->e", spatial_map, engine.exposure_map))
 
     def bin_fluxes(self, allow_negative=True):
         """Photon flux integrated over each Ei bin (ph cm-2 s-1)."""
@@ -142,17 +168,34 @@ class _SeparableSourceFolder(_SourceFolder):
     def image(self):
         """Sky image [n_pix, n_ei] of this source (ph cm-2 s-1 sr-1 integrated over each Ei bin)."""
         self.update()
-        return self.spatial_map[:, None] * self.bin_fluxes()[None, :]
+        return self.fold.spatial_map[:, None] * self.bin_fluxes()[None, :]
+
+    def source_rows(self):
+        """Response source rows ``[n_rows, n_nu * n_ei]`` of this source, folded as the likelihood folds it."""
+        self.update()
+        if self.fold.dwell is None:
+            return self.dataset.engine.source_rows(self.image(), dtype=np.float64)
+        rows = self.fold.dwell[:, :, None] * self.bin_fluxes()[None, None, :]
+        return rows.reshape(rows.shape[0], -1)
 
     def expectation(self):
         """(expected counts at the non-empty bins, expected counts over all bins)."""
         self.update()
         fluxes = self.bin_fluxes()
-        return combine_rows(fluxes, self.folded), float(fluxes @ self.exposure)
+        return combine_rows(fluxes, self.fold.folded), float(fluxes @ self.fold.exposure)
 
 
 class PointSourceFolder(_SeparableSourceFolder):
-    """Cached folding of one astromodels point source (its position is the spatial state)."""
+    """Cached folding of one astromodels point source (its position is the spatial state).
+
+    When the dataset knows the attitudes of its rows, the source is folded along its path
+    in the spacecraft frame (:meth:`COSIDataset.point_source_dwell
+    <cosi_imaging_plugin.datasets.COSIDataset.point_source_dwell>`): its dwell in every
+    response pixel, row by row, straight through the response, with no model grid. The
+    likelihood is then smooth in the position (the interpolation on the response's grid
+    averages out over the attitudes) and unbiased by the grid's coarseness. Without
+    attitudes, the source is interpolated bilinearly on the model grid.
+    """
 
     def spatial_state(self):
         """The position's parameter values in the frame they are given in ((ra, dec) or (l, b), degrees).
@@ -166,6 +209,24 @@ class PointSourceFolder(_SeparableSourceFolder):
         """Bilinear weights of the position over the four nearest pixels, in sr^-1."""
         position = self.source.position
         return point_source_map(self.rasterizer, float(position.get_ra()), float(position.get_dec()))
+
+    def _fold(self):
+        """Along the source's path in the spacecraft frame when the dataset has attitudes, else on the grid."""
+        position = self.source.position
+        direction = point_source_direction(float(position.get_ra()), float(position.get_dec()))
+        dwell = self.dataset.point_source_dwell(direction)
+        if dwell is None:
+            return super()._fold()
+        engine = self.dataset.engine
+        n_ei = self.ei_edges.size - 1
+        n_rows, n_nu = dwell.shape
+        folded = np.empty((n_ei, engine.data.nnz))
+        rows = np.zeros((n_rows, n_nu, n_ei))
+        for e in range(n_ei):
+            rows[:, :, e] = dwell
+            folded[e] = engine.sky_expectation_at_bins(rows=rows.reshape(n_rows, -1), dtype=np.float64)
+            rows[:, :, e] = 0.0
+        return _Fold(self.spatial_image(), folded, dwell.sum(axis=0) @ engine.response.effective_area, dwell)
 
 
 class ExtendedSourceFolder(_SeparableSourceFolder):
@@ -210,6 +271,10 @@ class Function3DSourceFolder(_SourceFolder):
     def image(self):
         """Sky image [n_pix, n_ei] (ph cm-2 s-1 sr-1 integrated over each Ei bin)."""
         return function3d_image(self.source, self.rasterizer, self.ei_edges)
+
+    def source_rows(self):
+        """Response source rows ``[n_rows, n_nu * n_ei]`` of this source."""
+        return self.dataset.engine.source_rows(self.image(), dtype=np.float64)
 
     def expectation(self):
         """(expected counts at the non-empty bins, expected counts over all bins)."""
