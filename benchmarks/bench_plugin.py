@@ -8,6 +8,9 @@ spectrum) on the DC2-scale inputs of ``_dc2.py`` with two background templates
 - ``spectral_eval_s``: ``get_log_like`` after a change of the spectral normalization
   (cached per-Ei-bin folds are re-weighted);
 - ``spatial_eval_s``: after a change of the source width (this source is re-folded);
+- ``point_refold_s``: after a change of a point source's position, the dataset knowing the
+  attitudes of its ScAtt bins (the source is re-folded along its path, through the response
+  with no model grid: its dwell in each response pixel of each bin, then one pass);
 - ``baseline_eval_s``: the uncached way of the COSI team's plugin, re-folding every
   source at every call with a dense float32 ``tensordot`` over all bins (``_dense.py``);
 - ``refold_eval_s``: re-folding every source at every call, but with this package's
@@ -20,7 +23,7 @@ spectrum) on the DC2-scale inputs of ``_dc2.py`` with two background templates
 - ``small_fit_s``, ``small_fit_calls``: the spectral fit of that dataset (K, alpha, beta,
   xp free).
 
-The last printed line is one JSON object with ``spectral_eval_s``, ``spatial_eval_s``,
+The last printed line is one JSON object with ``spectral_eval_s``, ``spatial_eval_s``, ``point_refold_s``,
 ``baseline_eval_s``, ``spectral_speedup`` (baseline_eval_s / spectral_eval_s),
 ``spatial_speedup``, ``fit_s``, ``small_call_ms``, ``small_fit_s`` and ``small_fit_calls``.
 ``--small-only`` measures the small dataset alone.
@@ -39,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cosi_imaging_plugin.datasets import COSIDataset  # noqa: E402
 from cosi_imaging_plugin.engine import ColumnResponse, ResponseEngine  # noqa: E402
+from cosi_imaging_plugin.exposure import attitude_bins  # noqa: E402
 from cosi_imaging_plugin.simulate.backgrounds import background_template  # noqa: E402
 from cosi_imaging_plugin.sky.rasterize import Rasterizer  # noqa: E402
 from cosi_imaging_plugin.sky.spectra import integrate_spectrum  # noqa: E402
@@ -145,6 +149,20 @@ def small_problem(repeats):
     return 1e3 * call_s, time.perf_counter() - start, plugin.calls, dataset.engine.data.nnz
 
 
+def point_refold_seconds(engine, table, repeats):
+    """Seconds of a likelihood call after a point source moved, folded along its path through the ScAtt bins."""
+    from astromodels import Model, PointSource, Powerlaw
+
+    attitudes = attitude_bins(table, use_averaged_pointing=True)  # as the CCM was built
+    plugin = COSIImagingLike("cosi", COSIDataset(engine, name="cosi", attitudes=attitudes))
+    point = PointSource("point", l=0.0, b=0.0, spectral_shape=Powerlaw(K=1e-3, index=-2.0, piv=511.0))
+    plugin.set_model(Model(point))
+    longitudes = iter(np.linspace(0.1, 5.0, 1000))
+    seconds, _ = timed(lambda: (setattr(point.position.l, "value", next(longitudes)), plugin.get_log_like()),
+                       repeats)
+    return seconds
+
+
 def dense_refold_seconds(engine, response_matrix, model, spectrum, values, repeats):
     """Seconds per call of the uncached plugin on the dense baseline engine (the COSI team's way)."""
     baseline = UncachedPlugin("cosi", COSIDataset(dense_engine(engine, response_matrix), name="cosi"))
@@ -196,13 +214,15 @@ def main():
                               args.repeats)
     if args.profile:
         log_profile(lambda: (setattr(shape.sigma, "value", next(widths)), plugin.get_log_like()), args.repeats)
+    point_refold_s = point_refold_seconds(engine, dc2.table, args.repeats)
     refold = UncachedPlugin("cosi", dataset)
     refold.set_model(model)
     refold_eval_s, _ = timed(lambda: (setattr(spectrum.K, "value", next(values)), refold.get_log_like()),
                              args.repeats)
     baseline_eval_s = dense_refold_seconds(engine, dc2.response_matrix, model, spectrum, values, args.dense_repeats)
-    logger.info("evaluations: spectral %.4f s, spatial %.3f s, sparse re-fold %.3f s, dense re-fold %.2f s",
-                spectral_eval_s, spatial_eval_s, refold_eval_s, baseline_eval_s)
+    logger.info("evaluations: spectral %.4f s, spatial %.3f s, point position %.3f s, sparse re-fold %.3f s, "
+                "dense re-fold %.2f s", spectral_eval_s, spatial_eval_s, point_refold_s, refold_eval_s,
+                baseline_eval_s)
     del dc2
 
     fit_model = Model(source(lon0=262.0, lat0=-26.0, sigma=7.0, K=1e-4))
@@ -222,6 +242,7 @@ def main():
     report({
         "spectral_eval_s": round(spectral_eval_s, 5),
         "spatial_eval_s": round(spatial_eval_s, 4),
+        "point_refold_s": round(point_refold_s, 4),
         "baseline_eval_s": round(baseline_eval_s, 3),
         "refold_eval_s": round(refold_eval_s, 4),
         "spectral_speedup": round(baseline_eval_s / spectral_eval_s, 1),

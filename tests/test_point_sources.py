@@ -1,72 +1,20 @@
-"""Point sources folded along their path in the spacecraft frame.
-
-The setup of ``small_setup.py`` (NSIDE 4 response, NSIDE 8 model grid, one day of
-rocking orbit) with a CCM built from every pointing of the exposure table, so that
-the dataset knows the attitudes of its rows. Data are drawn from the path fold (as
-the simulator draws them).
-"""
-import functools
-
+"""Point sources folded along their path in the spacecraft frame (setup in ``point_setup.py``)."""
 import healpy as hp
 import numpy as np
 import pytest
-import sparse
-from astromodels import Model, PointSource, Powerlaw
-from histpy import Histogram
+from astromodels import Model
 from threeML import DataList, JointLikelihood
 
-from cosi_imaging_plugin.datasets import COSIDataset
-from cosi_imaging_plugin.exposure import ExposureTable, attitude_bins, coordsys_conversion_matrix
-from cosi_imaging_plugin.instrument.orbit import OrbitConfig, simulate_orbit
-from cosi_imaging_plugin.sky.rasterize import frame_rotation
 from cosi_imaging_plugin.threeml import COSIImagingLike
 
-from small_setup import NSIDE_MODEL, NSIDE_RESPONSE, instrument, instrumental_template
-
-TRUTH = {"K": 2e-4, "index": -2.1}
-#: Attitude sampling of the day of orbit: 2880 attitudes.
-CADENCE_S = 30.0
-
-
-def crab(ra=83.63, dec=22.01, K=TRUTH["K"], index=TRUTH["index"]):
-    return PointSource("crab", ra=ra, dec=dec, spectral_shape=Powerlaw(K=K, index=index, piv=500.0))
-
-
-def icrs_of_galactic(lon, lat):
-    """(ra, dec) in degrees of a Galactic direction."""
-    vec = frame_rotation("galactic", "icrs") @ hp.ang2vec(lon, lat, lonlat=True)
-    ra, dec = hp.vec2ang(vec, lonlat=True)
-    return float(ra[0]), float(dec[0])
+from point_setup import TRUTH, crab, datasets, draw, galactic_datasets, icrs_of_galactic
+from small_setup import NSIDE_MODEL
 
 
 @pytest.fixture(scope="module")
 def setup():
     """(dataset with attitudes, the same without) on the template's counts; their CCM uses every pointing."""
     return datasets()
-
-
-@functools.cache
-def datasets():
-    """(dataset with attitudes, the same without) on the template's counts; their CCM uses every pointing."""
-    response = instrument()[0]
-    orientation = simulate_orbit(OrbitConfig(duration_s=86400.0, cadence_s=CADENCE_S))
-    table = ExposureTable.from_orientation(orientation, nside=NSIDE_RESPONSE)
-    ccm = coordsys_conversion_matrix(table, NSIDE_MODEL, NSIDE_RESPONSE)
-    _, template = instrumental_template(ccm)
-    grid = COSIDataset.from_histograms(template, {"instrumental": template}, response, ccm, dtype=np.float64)
-    path = COSIDataset(grid.engine, counts=template, backgrounds={"instrumental": template},
-                       attitudes=attitude_bins(table))
-    return path, grid
-
-
-def draw(dataset, source, seed, background_norm=1.0):
-    """Poisson counts of `source` folded along its path, plus the background, on `dataset`'s binning."""
-    plugin = COSIImagingLike("truth", dataset)
-    plugin.set_model(Model(source))
-    plugin.background_parameters["instrumental"].value = background_norm
-    expected = np.asarray(plugin.get_model_counts().contents)
-    counts = np.random.default_rng(seed).poisson(expected).astype(float)
-    return Histogram(dataset.data_axes, contents=sparse.COO.from_numpy(counts))
 
 
 def test_path_and_grid_folds_agree_at_a_pixel_centre(setup):
@@ -83,6 +31,22 @@ def test_path_and_grid_folds_agree_at_a_pixel_centre(setup):
         folds[label] = at_bins, total, np.asarray(plugin.get_model_counts().contents)
     for mine, reference in zip(folds["path"], folds["grid"]):
         np.testing.assert_allclose(mine, reference, rtol=1e-12, atol=1e-9 * np.max(reference))
+
+
+def test_the_path_fold_does_not_depend_on_the_model_grid(setup):
+    """A point source folded along its path never touches the model grid: on an NSIDE 16 grid it gives the NSIDE 8
+    grid's expected counts (to float64 rounding), anywhere, so the grid's coarseness cannot bias its position."""
+    coarse, _ = setup
+    fine, _ = datasets(2 * NSIDE_MODEL)
+    assert fine.model_axes[0].nside == 2 * NSIDE_MODEL
+    folds = []
+    for dataset in (coarse, fine):
+        plugin = COSIImagingLike("cosi", dataset)
+        plugin.set_model(Model(crab(ra=80.1, dec=17.3)))
+        plugin.background_parameters["instrumental"].value = 0.0
+        folds.append(plugin.expectation_at_bins())
+    np.testing.assert_allclose(folds[0][0], folds[1][0], rtol=1e-12, atol=1e-12 * folds[1][0].max())
+    assert folds[0][1] == pytest.approx(folds[1][1], rel=1e-12)
 
 
 def largest_slope_jump(plugin, source, ras, step):
@@ -198,3 +162,51 @@ def test_both_folds_give_the_same_spectral_fit_at_a_pixel_centre():
     for name in ("crab.spectrum.main.Powerlaw.K", "crab.spectrum.main.Powerlaw.index"):
         difference = fits[0].loc[name, "value"] - fits[1].loc[name, "value"]
         assert abs(difference) < 0.05 * fits[0].loc[name, "error"], name
+
+
+# ---- Galactic-CDS data ------------------------------------------------------------------------------------------
+def test_galactic_path_fold_is_the_galactic_response_at_a_pixel_centre():
+    """At a model pixel centre the dwell of the direction is the CCM column of its pixel (test_ccm), so its
+    rotated fold is that pixel's column of the precomputed Galactic-frame response: the same sums in another
+    order (1e-12 relative; 1e-12 of the largest value absolute)."""
+    path, _ = galactic_datasets()
+    pixel = 300
+    response = path.engine.response.to_dense()  # rows lb * n_ei + e
+    n_ei = path.engine.response.axes[1].nbins
+    column = response[pixel * n_ei:(pixel + 1) * n_ei]
+    direction = hp.pix2vec(NSIDE_MODEL, pixel)
+    fold = path.point_source_cds(direction)
+    np.testing.assert_allclose(fold, column, rtol=1e-12, atol=1e-12 * column.max())
+
+
+def test_galactic_path_and_grid_folds_agree_at_a_pixel_centre():
+    """The plugin's expected counts of a point source at a model pixel centre, on Galactic-CDS data: along the
+    path and on the grid, at the non-empty bins, summed, and in the model counts (to 1e-12)."""
+    ra, dec = icrs_of_galactic(*hp.pix2ang(NSIDE_MODEL, 300, lonlat=True))
+    folds = []
+    for dataset in galactic_datasets():
+        plugin = COSIImagingLike("cosi", dataset)
+        plugin.set_model(Model(crab(ra=ra, dec=dec)))
+        at_bins, total = plugin.expectation_at_bins()
+        folds.append((at_bins, total, np.asarray(plugin.get_model_counts().contents),
+                      np.asarray(plugin.model_cds().contents)))
+    assert np.any(galactic_datasets()[0].point_source_cds(hp.pix2vec(NSIDE_MODEL, 300)))
+    for mine, reference in zip(*folds):
+        np.testing.assert_allclose(mine, reference, rtol=1e-12, atol=1e-12 * np.max(reference))
+
+
+@pytest.mark.parametrize("fold", ["path", "grid"])
+def test_galactic_likelihood_has_no_kinks_along_the_path(fold):
+    """As for local data (above): the slope of -log L over 6 deg of R.A. jumps by less than 0.5 sigma units along
+    the path (0.06 through the 2,880 pointings of the CCM; 0.53 with one averaged attitude for each of the 113 ScAtt
+    bins, too few to wash the kinks out), and by more than 2 on the grid (5.3: the Galactic response blurs them)."""
+    path, grid = galactic_datasets()
+    data = draw(path, crab(), seed=3, background_name="flat")
+    source = crab()
+    plugin = COSIImagingLike("cosi", (path if fold == "path" else grid).with_counts(data))
+    plugin.set_model(Model(source))
+    jump = largest_slope_jump(plugin, source, (80.63, 86.63), 0.1)
+    if fold == "path":
+        assert jump < 0.5
+    else:
+        assert jump > 2.0

@@ -14,6 +14,7 @@ import logging
 from histpy import Histogram
 
 from ..binning import EXPOSURE_UNIT, IMAGE_UNIT, is_nested
+from ..engine import PixelMapping
 from ..errors import CosiInputError
 from ..io.manifest import Manifest, read_manifest
 from .engine_builder import DEFAULT_DTYPE, DEFAULT_RTOL, build_engine
@@ -41,7 +42,12 @@ class COSIDataset:
     attitudes : AttitudeBins, optional
         The attitudes of the engine's rows (ScAtt or Time bins), through which point
         sources are folded exactly (:meth:`point_source_dwell`); without them, point
-        sources are interpolated on the model grid.
+        sources are interpolated on the model grid. For Galactic-CDS data, the
+        attitudes whose rotations made the Galactic-frame response, with `rotated`.
+    rotated : RotatedResponse, optional
+        For Galactic-CDS data: the spacecraft-frame response with the PsiChi rotations
+        of `attitudes`, through which point sources are folded along their path
+        (:meth:`point_source_cds`).
 
     Examples
     --------
@@ -50,7 +56,7 @@ class COSIDataset:
     >>> dataset.log_likelihood(image, {"albedo": 1.0})                                   # doctest: +SKIP
     """
 
-    def __init__(self, engine, name="cosi", counts=None, backgrounds=None, attitudes=None):
+    def __init__(self, engine, name="cosi", counts=None, backgrounds=None, attitudes=None, rotated=None):
         if engine.data is None:
             raise CosiInputError(f"dataset '{name}': the engine has no data (call engine.set_data first)")
         if engine.data.nnz == 0:
@@ -60,8 +66,14 @@ class COSIDataset:
         self._counts = counts
         self._backgrounds = dict(backgrounds or {})
         self._attitudes = attitudes
-        if attitudes is not None and len(attitudes) != engine.n_rows:
-            raise CosiInputError(f"dataset '{name}': {len(attitudes)} attitude bins for {engine.n_rows} rows")
+        self._rotated = rotated
+        if attitudes is not None and rotated is None and isinstance(engine.mapping, PixelMapping):
+            raise CosiInputError(f"dataset '{name}': Galactic-CDS data fold point sources through the rotated "
+                                 "spacecraft-frame response: give rotated= with the attitudes")
+        rows = engine.n_rows if rotated is None else rotated.n_rows
+        if attitudes is not None and len(attitudes) != rows:
+            raise CosiInputError(f"dataset '{name}': {len(attitudes)} attitude bins for {rows} "
+                                 f"{'rows' if rotated is None else 'rotations of the response'}")
         logger.info("dataset '%s': %d non-empty bins, %.0f counts, backgrounds %s", self._name, engine.data.nnz,
                     engine.data.total_counts, engine.background_names)
 
@@ -104,7 +116,7 @@ class COSIDataset:
                              exposure_table=exposure_table, rtol=rtol, dtype=dtype, nside_model=nside_model,
                              progress=progress)
         return cls(built.engine, name=name, counts=built.counts, backgrounds=built.backgrounds,
-                   attitudes=built.attitudes)
+                   attitudes=built.attitudes, rotated=built.rotated)
 
     @classmethod
     def from_histograms(cls, counts, backgrounds, response, ccm=None, *, galactic=False, name="cosi",
@@ -183,7 +195,7 @@ class COSIDataset:
         """
         engine = self._engine.with_data(counts)
         return type(self)(engine, name=self._name if name is None else name, counts=counts,
-                          backgrounds=self._backgrounds, attitudes=self._attitudes)
+                          backgrounds=self._backgrounds, attitudes=self._attitudes, rotated=self._rotated)
 
     # ---- what it holds --------------------------------------------------------------------------
     @property
@@ -211,8 +223,30 @@ class COSIDataset:
         """
         if self._attitudes is None:
             return None
-        axis = self._engine.response.axes[0]
+        axis = self._engine.response.axes[0] if self._rotated is None else self._rotated.source_axis
         return self._attitudes.dwell(direction, axis.nside, is_nested(axis))
+
+    def point_source_cds(self, direction):
+        """Galactic-CDS expected counts per unit flux of an exact direction, folded along its path, or None.
+
+        For Galactic-CDS data with attitudes: the direction's dwell in every NuLambda pixel
+        of each ScAtt row, through the spacecraft-frame response, its PsiChi rotated by
+        the row's attitude (the Galactic-frame response of that one direction). None for
+        local-CDS data (see :meth:`point_source_dwell`) or without attitudes.
+
+        Parameters
+        ----------
+        direction : astropy.coordinates.SkyCoord or array_like
+            A sky direction or its Galactic unit vector.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            Shape (n_ei, n_em * n_phi * n_psichi), cm2 s.
+        """
+        if self._rotated is None or self._attitudes is None:
+            return None
+        return self._rotated.point_source(self.point_source_dwell(direction))
 
     @property
     def counts(self):

@@ -25,7 +25,7 @@ import numpy as np
 from histpy import Axes, Histogram
 
 from ..binning import frame_name
-from ..engine import ColumnResponse, ResponseEngine, galactic_response
+from ..engine import ColumnResponse, ResponseEngine, RotatedResponse, galactic_response
 from ..errors import CosiInputError
 from ..exposure import AttitudeBins, ExposureTable, Orientation, coordsys_conversion_matrix, matching_attitude_bins
 from ..io.histograms import read_ccm, read_histogram
@@ -53,8 +53,12 @@ class BuiltEngine(NamedTuple):
     counts: Histogram
     #: The background templates, likewise.
     backgrounds: dict
-    #: The attitudes of the engine's rows, through which point sources are folded (None: on the model grid).
+    #: The attitudes through which point sources are folded (None: on the model grid): those of the engine's
+    #: rows for local-CDS data, those whose rotations made the Galactic-frame response for Galactic-CDS data.
     attitudes: AttitudeBins = None
+    #: For Galactic-CDS data, the spacecraft-frame response with the rotations of `attitudes` (point sources
+    #: are folded through it along their path).
+    rotated: RotatedResponse = None
 
 
 def psichi_frame(hist, what="binned data"):
@@ -185,11 +189,13 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
             attitudes = _ccm_attitudes(ccm, exposure_table, orientation)
         engine = ResponseEngine.from_ccm(column_response, ccm, data=data, backgrounds=backgrounds, dtype=dtype)
         return BuiltEngine(engine, data, backgrounds, attitudes)
-    gal = galactic_response(column_response, *_galactic_attitude_bins(exposure_table, ccm, orientation,
-                                                                       nside_model or nside_rsp, nside_rsp),
-                            nside_psichi=data.axes["PsiChi"].nside, rtol=rtol, dtype=dtype, progress=progress)
+    ccm, table = _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model or nside_rsp, nside_rsp)
+    psichi = data.axes["PsiChi"]
+    rotated = RotatedResponse(column_response, table.mean_attitudes(), psichi.nside, str(psichi.scheme).lower())
+    gal = galactic_response(column_response, ccm, table.mean_attitudes(), rtol=rtol, dtype=dtype, progress=progress,
+                            rotated=rotated)
     engine = ResponseEngine.from_galactic_response(gal, data=data, backgrounds=backgrounds, dtype=dtype)
-    return BuiltEngine(engine, data, backgrounds)
+    return BuiltEngine(engine, data, backgrounds, matching_attitude_bins(table, ccm), rotated)
 
 
 def _ccm_attitudes(ccm, exposure_table, orientation):
@@ -204,7 +210,7 @@ def _ccm_attitudes(ccm, exposure_table, orientation):
 
 
 def _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model, nside_response):
-    """(CCM, mean attitude of each of its rows) over which a Galactic-frame response is rotated."""
+    """(CCM, ExposureTable): the ScAtt bins whose mean attitudes rotate a Galactic-frame response, and their CCM."""
     if exposure_table is not None:
         table = _as_table(exposure_table)
         if ccm is None:
@@ -216,7 +222,7 @@ def _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model, nside
                                      f"{ccm.axes[0].nbins}")
         logger.info("Galactic CDS: rotating the response over the %d ScAtt bins of the exposure table",
                     len(table))
-        return ccm, table.mean_attitudes()
+        return ccm, table
     if ccm is not None:
         raise CosiInputError("Galactic-CDS data: a CCM needs the exposure table of its ScAtt bins (their mean "
                              "attitudes rotate the response)")
@@ -226,8 +232,7 @@ def _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model, nside
     table = ExposureTable.from_orientation(_as_orientation(orientation), nside=nside_response)
     logger.info("Galactic CDS: rotating the response over %d ScAtt bins of the orientation at NSIDE %d",
                 len(table), nside_response)
-    return coordsys_conversion_matrix(table, nside_model, nside_response, use_averaged_pointing=True), \
-        table.mean_attitudes()
+    return coordsys_conversion_matrix(table, nside_model, nside_response, use_averaged_pointing=True), table
 
 
 def _with_row_axis(hist, ccm):

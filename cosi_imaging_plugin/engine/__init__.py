@@ -2,9 +2,9 @@
 from ..binning import IMAGE_UNIT
 from .column_response import ColumnResponse
 from .engine import ResponseEngine
-from .galactic import galactic_response, psichi_rotation, rotate_to_galactic
+from .galactic import RotatedResponse, galactic_response, psichi_rotation, rotate_to_galactic
 from .sky_mapping import CCMMapping, PixelMapping
 from .sparse_data import SparseData
 
 __all__ = ["ColumnResponse", "ResponseEngine", "IMAGE_UNIT", "CCMMapping", "PixelMapping", "SparseData",
-           "galactic_response", "psichi_rotation", "rotate_to_galactic"]
+           "RotatedResponse", "galactic_response", "psichi_rotation", "rotate_to_galactic"]

@@ -54,6 +54,28 @@ def _row_keep_mask(rows, rtol):
     return keep & ~dropped
 
 
+#: Largest key range over which :func:`_unique_keys` marks keys in a table (a byte and an int32 per key: 640 MB)
+#: rather than sorting them.
+_KEY_TABLE_MAX = 1 << 27
+
+
+def _unique_keys(keys, n_keys):
+    """``numpy.unique(keys, return_inverse=True)`` for integer keys in ``[0, n_keys)``.
+
+    For key ranges up to ``_KEY_TABLE_MAX`` the keys are marked in a table, in linear time
+    instead of a sort's ``n log n`` (a response has hundreds of millions of entries).
+    """
+    if n_keys > _KEY_TABLE_MAX:
+        return np.unique(keys, return_inverse=True)
+    present = np.zeros(n_keys, dtype=bool)
+    present[keys] = True
+    unique = np.flatnonzero(present)
+    del present
+    index = np.zeros(n_keys, dtype=np.int64 if unique.size > np.iinfo(np.int32).max else np.int32)
+    index[unique] = np.arange(unique.size, dtype=index.dtype)
+    return unique, index[keys]
+
+
 def source_order(axis, n_ei):
     """Internal numbering of the source entries: ``order[i]`` is the original index of internal entry i.
 
@@ -205,9 +227,7 @@ class ColumnResponse:
             expected_start = start + block.shape[0]
         if expected_start != n_pix:
             raise CosiInputError(f"response chunks cover {expected_start} of {n_pix} pixels")
-        keys = np.concatenate(keys)
-        unique, position = np.unique(keys, return_inverse=True)
-        del keys
+        unique, position = _unique_keys(np.concatenate(keys), n_columns * n_blocks_per_column)
         values = np.zeros((unique.size, block_size), dtype=dtype)
         values[position, np.concatenate(lanes)] = np.concatenate(vals)
         columns = unique // n_blocks_per_column

@@ -102,6 +102,7 @@ class COSIImagingLike(PluginPrototype):
         self._folders = {}
         # background norms of the plugin this dataset was simulated from (see get_simulated_dataset)
         self._parent_backgrounds = {}
+        self._simulation_rng = np.random.default_rng()
 
     # ---- construction from files -----------------------------------------------------------------
     @classmethod
@@ -248,16 +249,49 @@ class COSIImagingLike(PluginPrototype):
         return image
 
     def model_rows(self, sources=None):
-        """Response source rows of the current model, each source folded as the likelihood folds it."""
+        """Response source rows of the current model, each source folded as the likelihood folds it.
+
+        Sources folded outside the engine's response (point sources of Galactic-CDS data)
+        are left out: see :meth:`direct_cds`.
+        """
         names = list(self._folders) if sources is None else list(sources)
         rows = np.zeros((self._engine.n_rows, self._engine.response.n_source))
         for name in names:
-            rows += self._folders[name].source_rows()
+            source_rows = self._folders[name].source_rows()
+            if source_rows is not None:
+                rows += source_rows
         return rows
+
+    def direct_cds(self, sources=None):
+        """Expected counts over the CDS [Em, Phi, PsiChi] of the sources folded outside the engine's response.
+
+        Point sources of Galactic-CDS data are folded along their path through the rotated
+        spacecraft-frame response, not through the precomputed Galactic-frame response.
+        """
+        names = list(self._folders) if sources is None else list(sources)
+        out = np.zeros(tuple(self._engine.cds_axes.nbins))
+        for name in names:
+            counts = self._folders[name].direct_cds()
+            if counts is not None:
+                out += counts.reshape(out.shape)
+        return out
 
     def get_model_counts(self):
         """Expected counts of the current model in every bin (dense Histogram over the data axes)."""
-        return self._engine.expectation(bkg_norms=self.background_row_norms(), rows=self.model_rows())
+        counts = self._engine.expectation(bkg_norms=self.background_row_norms(), rows=self.model_rows())
+        direct = self.direct_cds()
+        if np.any(direct):  # Galactic CDS: one row, the data axes are the CDS
+            counts = Histogram(counts.axes, contents=np.asarray(counts.contents) + direct.reshape(counts.axes.nbins),
+                               unit=counts.unit)
+        return counts
+
+    def seed_simulations(self, seed):
+        """Seed the stream of Poisson draws :meth:`get_simulated_dataset` uses when given no seed.
+
+        3ML's ``GoodnessOfFit`` and ``LikelihoodRatioTest`` ask for simulated datasets without a
+        seed: after ``seed_simulations(seed)`` their simulations are reproducible.
+        """
+        self._simulation_rng = np.random.default_rng(seed)
 
     def get_simulated_dataset(self, name=None, seed=None):
         """A new plugin on Poisson counts drawn from the current model (for GoodnessOfFit and LRT).
@@ -267,9 +301,9 @@ class COSIImagingLike(PluginPrototype):
         name : str, optional
             Name of the new plugin (default ``{name}_sim``).
         seed : int or numpy.random.Generator, optional
-            Seed of the Poisson draw.
+            Seed of the Poisson draw; by default the plugin's stream (see :meth:`seed_simulations`).
         """
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed) if seed is not None else self._simulation_rng
         expected = self.get_model_counts()
         counts = rng.poisson(np.asarray(expected.contents)).astype(np.float64)
         name = name or f"{self.name}_sim"
@@ -303,8 +337,8 @@ class COSIImagingLike(PluginPrototype):
         norms = self.background_row_norms()
         if not backgrounds:
             norms = {name: 0.0 for name in norms}
-        return Histogram(self._engine.cds_axes,
-                         contents=self._engine.expectation_cds(bkg_norms=norms, rows=self.model_rows(sources)))
+        contents = self._engine.expectation_cds(bkg_norms=norms, rows=self.model_rows(sources))
+        return Histogram(self._engine.cds_axes, contents=contents + self.direct_cds(sources))
 
     def residuals_cds(self):
         """Significance ``(data - model) / sqrt(model)`` per CDS bin summed over the rows (0 where model is 0)."""

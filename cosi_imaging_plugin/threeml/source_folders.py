@@ -55,8 +55,11 @@ class _Fold(NamedTuple):
     folded: np.ndarray
     #: Expected counts over all bins, shape (n_ei,).
     exposure: np.ndarray
-    #: The dwell ``D[row, nu]`` (s) of a point source folded along its path, else None.
+    #: The dwell ``D[row, nu]`` (s) of a point source folded along its path (local CDS), else None.
     dwell: np.ndarray = None
+    #: Expected counts per unit flux over the Galactic CDS, shape (n_ei, n_cds), of a point source folded
+    #: along its path through the rotated response (Galactic CDS), else None.
+    cds: np.ndarray = None
 
 
 class _SourceFolder:
@@ -70,6 +73,10 @@ class _SourceFolder:
         self.ei_edges = np.asarray(ei_edges, dtype=np.float64)
         self._state = None
         self.n_folds = 0
+
+    def direct_cds(self):
+        """Expected counts over the CDS of a source folded outside the engine's response, else None."""
+        return None
 
 
 class _SeparableSourceFolder(_SourceFolder):
@@ -171,12 +178,23 @@ class _SeparableSourceFolder(_SourceFolder):
         return self.fold.spatial_map[:, None] * self.bin_fluxes()[None, :]
 
     def source_rows(self):
-        """Response source rows ``[n_rows, n_nu * n_ei]`` of this source, folded as the likelihood folds it."""
+        """Response source rows ``[n_rows, n_nu * n_ei]`` of this source, folded as the likelihood folds it.
+
+        None when the source is folded outside the engine's response (see :meth:`direct_cds`).
+        """
         self.update()
+        if self.fold.cds is not None:
+            return None
         if self.fold.dwell is None:
             return self.dataset.engine.source_rows(self.image(), dtype=np.float64)
         rows = self.fold.dwell[:, :, None] * self.bin_fluxes()[None, None, :]
         return rows.reshape(rows.shape[0], -1)
+
+    def direct_cds(self):
+        """Expected counts over the CDS of a source folded outside the engine's response (a point source of
+        Galactic-CDS data, along its path), else None."""
+        self.update()
+        return None if self.fold.cds is None else self.bin_fluxes() @ self.fold.cds
 
     def expectation(self):
         """(expected counts at the non-empty bins, expected counts over all bins)."""
@@ -211,13 +229,17 @@ class PointSourceFolder(_SeparableSourceFolder):
         return point_source_map(self.rasterizer, float(position.get_ra()), float(position.get_dec()))
 
     def _fold(self):
-        """Along the source's path in the spacecraft frame when the dataset has attitudes, else on the grid."""
+        """Along the source's path when the dataset has attitudes (through the rotated response for Galactic-CDS
+        data), else on the grid."""
         position = self.source.position
         direction = point_source_direction(float(position.get_ra()), float(position.get_dec()))
+        engine = self.dataset.engine
+        cds = self.dataset.point_source_cds(direction)
+        if cds is not None:  # Galactic CDS: one row, the data bins index the CDS
+            return _Fold(self.spatial_image(), cds[:, engine.data.column], cds.sum(axis=1), cds=cds)
         dwell = self.dataset.point_source_dwell(direction)
         if dwell is None:
             return super()._fold()
-        engine = self.dataset.engine
         n_ei = self.ei_edges.size - 1
         n_rows, n_nu = dwell.shape
         folded = np.empty((n_ei, engine.data.nnz))
