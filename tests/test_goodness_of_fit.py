@@ -23,7 +23,7 @@ from cosi_imaging_plugin.threeml.goodness_of_fit import (
 
 from point_setup import crab, datasets, draw
 
-#: Flux of the faint source: ~2,000 source counts over 3,600 of background in 1.2 million bins (DC2-like sparsity).
+#: Flux of the faint source: ~16,000 source counts over 3,600 of background in 1.2 million bins (DC2-like sparsity).
 K_SPARSE = 2e-5
 #: Flux of the bright source: ~160,000 counts.
 K_BRIGHT = 2e-4
@@ -156,7 +156,7 @@ def test_scaled_chi2_p_values_are_uniform_at_sparse_counts():
 
 
 def test_a_missing_source_is_detected():
-    """Data holding a second source (K = 1e-4, ~7,000 counts 60 deg away) fitted without it: both p-values are as
+    """Data holding a second source (K = 1e-4, ~75,000 counts, 77 deg away) fitted without it: both p-values are as
     small as they can be (the bootstrap's is 1 / (n + 1) when no simulation reaches the statistic)."""
     path, _ = datasets()
     second = PointSource("second", ra=150.0, dec=-20.0, spectral_shape=Powerlaw(K=1e-4, index=-2.0, piv=500.0))

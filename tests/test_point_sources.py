@@ -127,7 +127,7 @@ def position(where, pixel=300):
 
 @pytest.mark.parametrize("where", ["pixel centre", "grid line"])
 def test_pulls_of_a_faint_point_source(where):
-    """40 fits of a faint source (1,500 counts over a background of 3,600) at a model pixel centre and on a line
+    """40 fits of a faint source (16,000 counts over a background of 3,600) at a model pixel centre and on a line
     of the model grid, halfway between two pixel centres of a ring, where the grid fold had a kink. The mean pull
     must be within 3 sigma (3 / sqrt(40)) of 0 and the width within 3 sigma (3 / sqrt(78)) of 1, for ra, dec,
     K and index. The data have no model grid (drawn along the path), so the grid's coarseness (NSIDE 8, 7.3 deg)
