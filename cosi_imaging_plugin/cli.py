@@ -7,6 +7,9 @@ Subcommands:
 - ``simulate CONFIG -o DIR``: build a synthetic dataset (built-in name or YAML);
 - ``deconvolve PARFILE --data DIR [-o OUT]``: image deconvolution of a dataset;
 - ``fit CONFIG [-o OUT]``: the demo pipeline on any dataset and model in YAML;
+- ``tsmap --data DIR [-o OUT]``: a TS map of a test source (maps in HDF5 and FITS, a PNG);
+- ``detect --data DIR [-o OUT]``: multiscale detection (a source table, its astromodels
+  model, the TS map of the last search with the detections marked);
 - ``info FILE``: what a COSI file holds.
 
 Every failure ends with a one-line message and a non-zero exit status.
@@ -19,15 +22,18 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from astromodels.functions.function import get_function
 
+from ._atomic import atomic_path
 from .datasets import COSIDataset
 from .deconvolution import ImageDeconvolution
 from .deconvolution.parameters import save_options
+from .detection import SourceDetector, TSMapEstimator
 from .errors import CosiFileError, CosiInputError
 from .io.describe import describe_file
 from .io.manifest import read_manifest
 from .pipeline import run_pipeline
-from .plots import save_plots
+from .plots import plot_sky_map, save_figure, save_plots
 from .simulate import SimulationConfig, builtin_config, builtin_config_names, simulate_dataset
 
 logger = logging.getLogger("cosi_imaging_plugin")
@@ -128,6 +134,94 @@ def deconvolve_main(parfile, data_dir, output_dir, overrides=(), rtol=None, cds=
             "background_normalization": final["background_normalization"], "files": files}
 
 
+def parse_spectrum(text, ei_edges):
+    """An astromodels spectral function from ``"Name:par=value,par=value"`` (e.g. ``"Powerlaw:index=-2"``).
+
+    Unset parameters keep astromodels' defaults, except a power law's pivot, set to the
+    geometric centre of the Ei range (``ei_edges``, keV) so that its norm is a flux there.
+    """
+    name, _, settings = str(text).partition(":")
+    try:
+        spectrum = get_function(name.strip())
+    except Exception as exc:
+        raise CosiInputError(f"unknown spectral function {name.strip()!r} in --spectrum {text!r}") from exc
+    if "piv" in spectrum.parameters:
+        spectrum.piv.value = float(np.sqrt(ei_edges[0] * ei_edges[-1]))
+    for item in filter(None, (part.strip() for part in settings.split(","))):
+        key, _, value = item.partition("=")
+        if key.strip() not in spectrum.parameters:
+            raise CosiInputError(f"--spectrum {text!r}: {name} has no parameter {key.strip()!r} (it has "
+                                 f"{list(spectrum.parameters)})")
+        try:
+            spectrum.parameters[key.strip()].value = float(value)
+        except ValueError as exc:
+            raise CosiInputError(f"--spectrum {text!r}: {key.strip()} = {value!r} is not a number") from exc
+    return spectrum
+
+
+def _detection_inputs(args):
+    """(dataset, test spectrum, Em channels) of the tsmap and detect commands."""
+    dataset = COSIDataset.from_manifest(args.data, frame=args.frame, progress=not args.quiet)
+    ei_edges = dataset.model_axes[1].edges.to_value("keV")
+    channels = None if args.em_channels is None else [int(c) for c in args.em_channels.split(",")]
+    return dataset, parse_spectrum(args.spectrum, ei_edges), channels
+
+
+def _tsmap(args):
+    dataset, spectrum, channels = _detection_inputs(args)
+    estimator = TSMapEstimator(spectrum, kernel=args.kernel, width=args.width,
+                               nside=args.nside or dataset.model_axes[0].nside, em_channels=channels,
+                               selection_optional="all")
+    result = estimator.run(dataset, progress=not args.quiet)
+    args.output.mkdir(parents=True, exist_ok=True)
+    result.write(args.output / "ts_map.h5")
+    result.write_fits(args.output / "ts_map.fits")
+    pixel, ts = result.peak("ts")
+    lon, lat = (float(v) for v in result.axis.pix2ang(pixel, lonlat=True))
+    title = f"sqrt(TS), {args.kernel} kernel" + (f" of {args.width:g} deg" if args.width else "")
+    save_figure(plot_sky_map(result["sqrt_ts"], title=title, markers=[(lon, lat)], unit="sqrt(TS)"),
+                args.output / "sqrt_ts.png")
+    logger.warning("peak TS %.1f at (l, b) = (%.2f, %.2f); maps in %s", ts, lon, lat, args.output)
+    return 0
+
+
+def _detect(args):
+    dataset, spectrum, channels = _detection_inputs(args)
+    scales = [float(s) for s in args.scales.split(",")]
+    detector = SourceDetector(spectrum, scales=scales, threshold=args.threshold, em_channels=channels,
+                              max_iterations=args.max_sources)
+    table = detector.run(dataset, progress=not args.quiet)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.output / "detections.ecsv") as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    if len(table):
+        model = table.to_model()
+        with atomic_path(args.output / "detections_model.yml") as tmp:
+            model.save(str(tmp), overwrite=True)
+    residual = TSMapEstimator(spectrum, nside=dataset.model_axes[0].nside, em_channels=channels).run(
+        dataset, null_model=table.to_model() if len(table) else None, progress=not args.quiet)
+    residual.write(args.output / "residual_ts_map.h5")
+    markers = [(float(r["l"]), float(r["b"])) for r in table]
+    save_figure(plot_sky_map(residual["sqrt_ts"], title=f"residual sqrt(TS) after {len(table)} detection(s)",
+                             markers=markers, unit="sqrt(TS)"), args.output / "detections.png")
+    for row in table:
+        logger.warning("%s: (l, b) = (%.2f, %.2f), scale %g deg, sqrt(TS) %.1f, flux %.3g +- %.2g ph/cm2/s",
+                       row["name"], row["l"], row["b"], row["scale"], row["sqrt_ts"], row["flux"], row["flux_err"])
+    logger.warning("%d source(s) above sqrt(TS) %g; table, model and figures in %s", len(table), args.threshold,
+                   args.output)
+    return 0
+
+
+def _add_detection_arguments(p):
+    p.add_argument("--data", type=Path, required=True, help="dataset directory with manifest.yaml")
+    p.add_argument("--frame", choices=["auto", "spacecraft", "galactic"], default="auto",
+                   help="which data of the dataset (default: spacecraft-frame when present)")
+    p.add_argument("--spectrum", default="Powerlaw:index=-2",
+                   help="test spectrum 'Name:par=value,...' (astromodels; default a power law of index -2 "
+                        "with its pivot at the Ei range's centre)")
+    p.add_argument("--em-channels", default=None, help="Em bins used, e.g. '0,1' (default all)")
+
+
 def _configure_logging(verbose):
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -198,6 +292,22 @@ def build_parser():
     p.add_argument("config", help="fit configuration (YAML) or a built-in name")
     p.add_argument("-o", "--output", type=Path, default=Path("fit_output"))
     p.set_defaults(run=_fit)
+
+    p = sub.add_parser("tsmap", help="TS map of a test source (HDF5, FITS and PNG)")
+    _add_detection_arguments(p)
+    p.add_argument("--kernel", choices=["point", "gaussian", "disk"], default="point")
+    p.add_argument("--width", type=float, default=None, help="Gaussian sigma or disk radius in deg")
+    p.add_argument("--nside", type=int, default=None, help="test grid NSIDE (default: the model grid's)")
+    p.add_argument("-o", "--output", type=Path, default=Path("tsmap_output"))
+    p.set_defaults(run=_tsmap)
+
+    p = sub.add_parser("detect", help="multiscale source detection (table, model, figures)")
+    _add_detection_arguments(p)
+    p.add_argument("--scales", default="0,2,4,8,16", help="kernel widths in deg, 0 for a point (default 0,2,4,8,16)")
+    p.add_argument("--threshold", type=float, default=5.0, help="smallest sqrt(TS) of a detection")
+    p.add_argument("--max-sources", type=int, default=10, help="searches at most (one source each)")
+    p.add_argument("-o", "--output", type=Path, default=Path("detect_output"))
+    p.set_defaults(run=_detect)
 
     p = sub.add_parser("info", help="describe a COSI file (response, histogram, .ori, exposure table)")
     p.add_argument("file", type=Path)

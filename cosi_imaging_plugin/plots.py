@@ -126,6 +126,39 @@ def plot_image(image, energy_index=0, log=False, fig=None, title=None, vmin=None
     return fig
 
 
+def plot_sky_map(sky_map, title=None, markers=None, unit=None, cmap="viridis", fig=None):
+    """Mollweide view of a HEALPix map with a colour bar, and optional markers (a TS map and its detections).
+
+    Parameters
+    ----------
+    sky_map : histpy.Histogram
+        One HEALPix axis (Galactic); NaN pixels are drawn grey.
+    title : str, optional
+    markers : sequence of (l, b) in deg, optional
+        Positions marked with circles.
+    unit : str, optional
+        Colour-bar label (default the map's unit).
+    cmap : str
+    fig : matplotlib.figure.Figure, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    axis = sky_map.axes[0]
+    values = np.asarray(dense_values(sky_map), dtype=np.float64).ravel()
+    values = np.where(np.isfinite(values), values, hp.UNSEEN)
+    if fig is None:
+        fig = plt.figure(figsize=(8.5, 5.4))
+    fig.clear()
+    label = unit if unit is not None else ("" if sky_map.unit is None else str(sky_map.unit))
+    hp.mollview(values, fig=fig.number, nest=is_nested(axis), unit=label, title=title or "", cmap=cmap, hold=True)
+    hp.graticule(alpha=0.3)
+    for lon, lat in markers or ():
+        hp.projscatter(lon, lat, lonlat=True, s=120, facecolors="none", edgecolors="red", linewidths=1.5)
+    return fig
+
+
 def save_figure(fig, path):
     """Save a figure as PNG atomically and close it; return the path."""
     path = Path(path)

@@ -59,6 +59,10 @@ def _row_keep_mask(rows, rtol):
 _KEY_TABLE_MAX = 1 << 27
 
 
+#: Blocks summed at a time by :meth:`ColumnResponse.area_over`.
+_AREA_CHUNK = 1 << 18
+
+
 def _unique_keys(keys, n_keys):
     """``numpy.unique(keys, return_inverse=True)`` for integer keys in ``[0, n_keys)``.
 
@@ -123,18 +127,41 @@ class ColumnResponse:
         self.axes = axes
         self.unit = unit
         self.rtol = float(rtol)
-        n_pix, n_ei = axes[0].nbins, axes[1].nbins
-        self.n_source = n_pix * n_ei
+        self.n_source = axes[0].nbins * axes[1].nbins
         self.block_size = values.shape[1]
         self.n_padded = -(-self.n_source // self.block_size) * self.block_size
         self.cds_shape = tuple(int(a.nbins) for a in axes[2:])
         if col_ptr.shape[0] != int(np.prod(self.cds_shape)) + 1:
             raise CosiInputError(
                 f"column pointer of length {col_ptr.shape[0]} does not match the CDS shape {self.cds_shape}")
-        lanes = (block.astype(np.int64)[:, None] * self.block_size + np.arange(self.block_size)).ravel()
-        internal = np.bincount(lanes, weights=values.ravel().astype(np.float64), minlength=self.n_padded)
-        self.effective_area = internal[self.inverse_order].reshape(n_pix, n_ei)
+        self.effective_area = self.area_over()
         self._tiled = None
+
+    def area_over(self, columns=None):
+        """The response summed over some CDS columns, per source pixel and Ei bin ``[n_pix, n_ei]``.
+
+        Parameters
+        ----------
+        columns : ndarray of bool, shape (n_columns,), optional
+            The columns summed (default all: the effective area, or the exposure of a
+            Galactic-frame response).
+        """
+        keep = None
+        if columns is not None:
+            columns = np.asarray(columns, dtype=bool)
+            if columns.shape != (self.n_columns,):
+                raise CosiInputError(f"column mask of shape {columns.shape}, expected ({self.n_columns},)")
+            keep = np.repeat(columns, np.diff(self.col_ptr))
+        internal = np.zeros(self.n_padded)
+        lane = np.arange(self.block_size)
+        for start in range(0, self.n_blocks, _AREA_CHUNK):  # bounded temporaries: a response has ~1e8 values
+            block, values = self.block[start:start + _AREA_CHUNK], self.values[start:start + _AREA_CHUNK]
+            if keep is not None:
+                chosen = keep[start:start + _AREA_CHUNK]
+                block, values = block[chosen], values[chosen]
+            lanes = (block.astype(np.int64)[:, None] * self.block_size + lane).ravel()
+            internal += np.bincount(lanes, weights=values.ravel().astype(np.float64), minlength=self.n_padded)
+        return internal[self.inverse_order].reshape(self.axes[0].nbins, self.axes[1].nbins)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

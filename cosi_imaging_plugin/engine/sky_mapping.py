@@ -69,6 +69,12 @@ class CCMMapping:
         """Bytes of the stored matrix, which every forward and adjoint product streams once."""
         return self._indptr.nbytes + self._sky_pixel.nbytes + self._weight.nbytes
 
+    def matrix(self):
+        """The map as a ``scipy.sparse.csr_matrix`` [n_rows * n_source_pix, n_model_pix]: ``C[s, j, nu] dOmega_j``
+        (s sr) at row ``s * n_source_pix + nu``."""
+        return sparse.csr_matrix((self._weight, self._sky_pixel.astype(np.int64), self._indptr),
+                                 shape=(self.n_rows * self.n_source_pix, self.n_model_pix))
+
     def forward(self, image, dtype=np.float64):
         """Source rows ``M`` [n_rows, n_source_pix * n_ei] for a sky image [n_model_pix, n_ei]."""
         image = self._image(image)
@@ -162,6 +168,10 @@ class PixelMapping:
 
     #: Nothing is stored: the products are one scaling.
     nbytes = 0
+
+    def matrix(self):
+        """The map as a ``scipy.sparse.csr_matrix`` [n_pix, n_pix]: ``dOmega_j T`` on the diagonal."""
+        return sparse.identity(self.n_model_pix, format="csr") * self.scale
 
     def forward(self, image, dtype=np.float64):
         """Source row ``M`` [1, n_pix * n_ei] for a sky image [n_pix, n_ei]."""

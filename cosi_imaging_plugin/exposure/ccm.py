@@ -18,6 +18,7 @@ import healpy as hp
 import numpy as np
 import sparse
 from histpy import Axes, HealpixAxis, Histogram
+from scipy import sparse as scipy_sparse
 from tqdm.auto import tqdm
 
 from ..binning import check_nside, normalize_scheme
@@ -126,30 +127,69 @@ def coordsys_conversion_matrix(exposure_table_or_orientation, nside_model, nside
                 ", averaged pointing" if use_averaged_pointing else "",
                 ", Earth occultation" if earth_occultation else "")
 
-    coords, data = [], []
-    for index, b in enumerate(tqdm(bins.bins, desc=f"CCM ({first_axis.label})", unit="bin",
-                                   disable=not show_progress(progress, bins.work * n_model))):
-        acc = _Accumulator(n_model * n_resp)
+    rows, pixels, nus, data = _fold_directions_per_bin(bins, directions, response_axis, progress)
+    coords = np.vstack([rows, pixels, nus])
+    shape = (first_axis.nbins, n_model, n_resp)
+    data = data.astype(dtype)
+    contents = sparse.COO(coords, data, shape=shape, has_duplicates=False, sorted=True)
+    ccm = Histogram(Axes([first_axis, model_axis, response_axis]), contents=contents, unit=u.s)
+    logger.info("CCM done: %d non-zero entries (%.2f%% filled)", data.size, 100.0 * data.size / np.prod(shape))
+    return ccm
+
+
+def _fold_directions_per_bin(bins, directions, response_axis, progress):
+    """(row, direction, NuLambda pixel, seconds) of every non-zero dwell of `directions` in the rows of `bins`."""
+    n_dir, n_resp = directions.shape[0], response_axis.npix
+    rows, keys_all, data = [], [], []
+    for index, b in enumerate(tqdm(bins.bins, desc=f"CCM ({bins.row_axis.label})", unit="bin",
+                                   disable=not show_progress(progress, bins.work * n_dir))):
+        acc = _Accumulator(n_dir * n_resp)
         if len(b.times) == 0:
             continue
-        if use_averaged_pointing:
-            exposure = b.visible_exposure(directions) if earth_occultation else np.full(n_model, b.exposure)
+        if bins.use_averaged_pointing:
+            exposure = (b.visible_exposure(directions) if bins.earth_occultation
+                        else np.full(n_dir, b.exposure))
             fold_directions(rotation_from_axes(b.x_avg, b.z_avg)[None], exposure[None, :], directions,
                             response_axis.nside, response_axis.is_nested, acc)
         else:
             fold_attitudes(b.x, b.z, b.times, directions, response_axis.nside, response_axis.is_nested, acc,
                            zenith=b.zenith, altitude=b.altitude, progress=False)
         keys, values = acc.result()
-        coords.append(np.vstack([np.full(keys.size, index, dtype=np.int64), keys // n_resp, keys % n_resp]))
+        rows.append(np.full(keys.size, index, dtype=np.int64))
+        keys_all.append(keys)
         data.append(values)
+    if not data:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, np.zeros(0)
+    keys = np.concatenate(keys_all)
+    return np.concatenate(rows), keys // n_resp, keys % n_resp, np.concatenate(data)
 
-    shape = (first_axis.nbins, n_model, n_resp)
-    coords = np.hstack(coords) if coords else np.zeros((3, 0), dtype=np.int64)
-    data = np.concatenate(data).astype(dtype) if data else np.zeros(0, dtype=dtype)
-    contents = sparse.COO(coords, data, shape=shape, has_duplicates=False, sorted=True)
-    ccm = Histogram(Axes([first_axis, model_axis, response_axis]), contents=contents, unit=u.s)
-    logger.info("CCM done: %d non-zero entries (%.2f%% filled)", data.size, 100.0 * data.size / np.prod(shape))
-    return ccm
+
+def dwell_matrix(attitudes, directions, nside_response, response_scheme="ring", progress=None):
+    """The dwell of many exact directions in every response pixel of every row, as one sparse matrix.
+
+    The CCM of a sky whose "pixels" are these directions: what :meth:`AttitudeBins.dwell` gives for
+    one direction, for all of them at once (point sources folded along their path).
+
+    Parameters
+    ----------
+    attitudes : AttitudeBins
+    directions : ndarray, shape (n, 3)
+        Galactic unit vectors.
+    nside_response : int
+    response_scheme : {'ring', 'nested'}
+    progress : bool or None
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix, shape (n_rows * n_nu, n)
+        ``D[s * n_nu + nu, i]`` in seconds.
+    """
+    directions = np.asarray(directions, dtype=np.float64).reshape(-1, 3)
+    response_axis = spacecraft_axis(nside_response, response_scheme)
+    rows, index, nu, seconds = _fold_directions_per_bin(attitudes, directions, response_axis, progress)
+    return scipy_sparse.csr_matrix((seconds, (rows * response_axis.npix + nu, index)),
+                                   shape=(len(attitudes) * response_axis.npix, directions.shape[0]))
 
 
 def write_ccm(ccm, path, name="hist", overwrite=True):
