@@ -141,6 +141,27 @@ def test_em_channels_use_only_their_bins(crab_data):
     assert 0 < first < full
 
 
+def test_refinement_gives_a_multi_order_map(crab_data):
+    """The 3 pixels of highest TS of an NSIDE 4 map are refined to NSIDE 8 (a point source along its path may be
+    tested between model pixels): 189 coarse pixels and 12 fine ones cover the sky once, and the refined values are
+    those of a full NSIDE 8 map."""
+    coarse = TSMapEstimator(probe_spectrum(), nside=4).run(crab_data, progress=False)
+    estimator = TSMapEstimator(probe_spectrum(), nside=4)
+    multi = estimator.refine(crab_data, coarse, top=3, progress=False)
+    assert multi.uniq.size == 192 - 3 + 12
+    sky = multi.to_mhealpy("ts")
+    assert sky.is_moc
+    order = np.floor(np.log2(multi.uniq / 4) / 2).astype(int)
+    area = np.sum(4.0 ** -order) / 12  # each order-k pixel is 4^-k of an order-0 one
+    assert area == pytest.approx(1.0)
+    full = TSMapEstimator(probe_spectrum(), nside=8).run(crab_data, progress=False)
+    fine = multi.refined.pixels
+    np.testing.assert_allclose(multi.refined.values("ts")[fine], full.values("ts")[fine], rtol=1e-9)
+    assert multi.peak("ts")[1] >= coarse.peak("ts")[1]
+    with pytest.raises(CosiInputError, match="threshold"):
+        estimator.refine(crab_data, coarse)
+
+
 def test_galactic_data_give_a_map(tmp_path):
     path, _ = galactic_datasets()
     data = path.with_counts(draw(path, at_pixel(300, 3e-5), seed=2, background_name="flat"))

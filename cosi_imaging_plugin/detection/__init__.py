@@ -8,7 +8,7 @@
 """
 from .kernel_mapping import KERNELS, kernel_images
 from .multiscale import DetectionTable, SourceDetector, local_maxima, refit_norms, scaled_spectrum
-from .ts_map import TSMapEstimator, TSMapResult
+from .ts_map import MultiOrderTSMap, TSMapEstimator, TSMapResult
 
-__all__ = ["KERNELS", "DetectionTable", "SourceDetector", "TSMapEstimator", "TSMapResult", "kernel_images",
-           "local_maxima", "refit_norms", "scaled_spectrum"]
+__all__ = ["KERNELS", "DetectionTable", "MultiOrderTSMap", "SourceDetector", "TSMapEstimator", "TSMapResult",
+           "kernel_images", "local_maxima", "refit_norms", "scaled_spectrum"]

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from astropy import units as u
 from histpy import HealpixAxis, Histogram
+from mhealpy import HealpixMap
 from scipy import stats
 from tqdm.auto import tqdm
 
@@ -102,6 +103,9 @@ class TSMapEstimator:
 
     def __init__(self, spectrum, kernel="point", width=None, nside=16, scheme="ring", em_channels=None,
                  selection_optional=None, n_sigma=1.0, ul_confidence=0.95, rtol=1e-3, max_niter=30, path=True):
+        self._keywords = dict(spectrum=spectrum, kernel=kernel, width=width, nside=nside, scheme=scheme,
+                              em_channels=em_channels, selection_optional=selection_optional, n_sigma=n_sigma,
+                              ul_confidence=ul_confidence, rtol=rtol, max_niter=max_niter, path=path)
         if not callable(spectrum):
             raise CosiInputError(f"spectrum must be an astromodels spectral function, got {type(spectrum).__name__}")
         self.spectrum = spectrum
@@ -163,6 +167,44 @@ class TSMapEstimator:
                 "em_channels": _channels_text(self.em_channels), "along_path": all(t.along_path for t in terms),
                 "flux_per_norm": flux_unit, "n_datasets": len(datasets)}
         return TSMapResult(self.axis, full, pixels, meta)
+
+    def refine(self, datasets, coarse, threshold=None, top=None, nside=None, **run_keywords):
+        """Refine a map where it matters: the children of its pixels above a TS threshold (or its top ones).
+
+        Parameters
+        ----------
+        datasets : as for :meth:`run`
+        coarse : TSMapResult
+            A map of this estimator (at a coarser NSIDE).
+        threshold : float, optional
+            Refine every pixel with ``ts >= threshold``.
+        top : int, optional
+            Refine the `top` pixels of highest TS (with `threshold`, those of them above it).
+        nside : int, optional
+            NSIDE of the refined pixels (default twice the coarse one).
+        **run_keywords
+            Passed to :meth:`run` (``null_model``, ``background_norms``, ``progress``).
+
+        Returns
+        -------
+        MultiOrderTSMap
+        """
+        if threshold is None and top is None:
+            raise CosiInputError("refine needs a TS threshold, a number of top pixels, or both")
+        ts = coarse.values("ts")[coarse.pixels]
+        chosen = coarse.pixels[np.isfinite(ts) & (ts >= (-np.inf if threshold is None else threshold))]
+        if top is not None:
+            chosen = chosen[np.argsort(-coarse.values("ts")[chosen], kind="stable")[:int(top)]]
+        nside = nside or 2 * coarse.axis.nside
+        if nside <= coarse.axis.nside or nside % coarse.axis.nside:
+            raise CosiInputError(f"refined NSIDE {nside} must be a multiple of the coarse {coarse.axis.nside}")
+        estimator = TSMapEstimator(**{**self._keywords, "nside": nside})
+        factor = (nside // coarse.axis.nside) ** 2
+        nested = chosen if coarse.axis.is_nested else hp.ring2nest(coarse.axis.nside, chosen)
+        children = (nested[:, None] * factor + np.arange(factor)).ravel()
+        children = children if estimator.axis.is_nested else hp.nest2ring(nside, children)
+        refined = estimator.run(datasets, pixels=children, **run_keywords) if chosen.size else None
+        return MultiOrderTSMap(coarse, refined, chosen)
 
     # ---- one dataset ------------------------------------------------------------------------------
     def _fluxes(self, ei_edges):
@@ -327,6 +369,44 @@ class TSMapEstimator:
             distance = values - start if name == "norm_ul" else side * (values - start)
             out[name] = np.where(success, values if name == "norm_ul" else distance, np.nan)
         return out
+
+
+class MultiOrderTSMap:
+    """A coarse TS map with some pixels replaced by their children at a finer NSIDE (multi-order, NESTED UNIQ).
+
+    Attributes
+    ----------
+    uniq : numpy.ndarray
+        UNIQ index of every pixel (``4 nside**2 + nested pixel``), coarse ones first.
+    """
+
+    def __init__(self, coarse, refined, refined_parents):
+        self.coarse, self.refined = coarse, refined
+        coarse_nside = coarse.axis.nside
+        kept = np.setdiff1d(coarse.pixels, refined_parents)
+        kept_nested = kept if coarse.axis.is_nested else hp.ring2nest(coarse_nside, kept)
+        self._parts = [(kept, coarse)]
+        uniq = [4 * coarse_nside**2 + kept_nested]
+        if refined is not None:
+            fine_nested = refined.pixels if refined.axis.is_nested else hp.ring2nest(refined.axis.nside,
+                                                                                     refined.pixels)
+            uniq.append(4 * refined.axis.nside**2 + fine_nested)
+            self._parts.append((refined.pixels, refined))
+        self.uniq = np.concatenate(uniq)
+
+    def values(self, name):
+        """The map `name` at every pixel of :attr:`uniq`."""
+        return np.concatenate([result.values(name)[pixels] for pixels, result in self._parts])
+
+    def to_mhealpy(self, name):
+        """The map `name` as a multi-resolution ``mhealpy.HealpixMap``."""
+        return HealpixMap(data=self.values(name), uniq=self.uniq)
+
+    def peak(self, name="ts"):
+        """(UNIQ index, value) of the largest finite value of a map."""
+        values = self.values(name)
+        i = int(np.argmax(np.where(np.isfinite(values), values, -np.inf)))
+        return int(self.uniq[i]), float(values[i])
 
 
 class TSMapResult:
