@@ -1,8 +1,10 @@
 """Manifest files: roles resolved against the manifest's folder, errors naming the file and role."""
+import numpy as np
 import pytest
 
 from cosi_imaging_plugin.errors import CosiFileError
 from cosi_imaging_plugin.io.manifest import SIMULATED_FORMAT, read_manifest, write_manifest
+from cosi_imaging_plugin.io.yaml_files import read_yaml, write_yaml
 
 
 def test_roles_resolve_relative_to_the_manifest(tmp_path):
@@ -52,3 +54,10 @@ def test_missing_roles_are_named_for_their_purpose(tmp_path):
     write_manifest(tmp_path, {"ccm": "ccm.h5"})
     with pytest.raises(CosiFileError, match=r"lacks role\(s\) \['response', 'data_scatt'\] needed for a fit"):
         read_manifest(tmp_path).require(["response", "ccm", "data_scatt"], "a fit")
+
+
+def test_numpy_numbers_are_written_as_plain_ones(tmp_path):
+    """A sky given with NumPy numbers (an astropy angle's ``.deg``) is written and read back as numbers."""
+    path = tmp_path / "content.yaml"
+    write_yaml({"lon0": np.float64(266.4), "bins": np.arange(3), "count": np.int32(4)}, path)
+    assert read_yaml(path, "content") == {"lon0": 266.4, "bins": [0, 1, 2], "count": 4}

@@ -24,9 +24,10 @@ EXPECTED = {
     "02_extended_source_3ml_fit.ipynb",
     "03_point_source_spectral_fit.ipynb",
     "04_cosi_team_files.ipynb",
+    "05_source_detection.ipynb",
 }
 NEEDS_FIXTURES = {"04_cosi_team_files.ipynb"}
-# generous per cell: a slow CI machine; the four notebooks take a few minutes in all
+# generous per cell: a slow CI machine; the notebooks take a few minutes in all
 CELL_TIMEOUT_S = 600
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -100,6 +100,8 @@ def refit_norms(dataset, detected, null_model=None, background_norms=None):
             parameter.fix = True
         norm = _normalization(source.spectrum.main.shape)
         norm.free = True
+        if norm.min_value is None or norm.min_value < 0:  # a detection's flux is not negative (e.g. Gaussian's F)
+            norm.min_value = 0.0
         start[name] = norm.value
     fixed = list(null_model.sources.values()) if null_model is not None else []
     plugin = COSIImagingLike(f"{dataset.name}_refit", dataset)

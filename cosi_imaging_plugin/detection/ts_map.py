@@ -37,6 +37,7 @@ from ..datasets import COSIDataset
 from ..errors import CosiInputError
 from ..sky.spectra import integrate_spectrum
 from ..threeml import COSIImagingLike
+from .exclusion import ExcludedBins
 from .kernel_mapping import check_kernel, kernel_mapping
 from .norm_kernels import INFORMATION, LOG_RATIO, SCORE, chunk_bounds, norm_sums
 
@@ -126,7 +127,7 @@ class TSMapEstimator:
         """The HEALPix axis of the maps (Galactic, label ``lb``)."""
         return HealpixAxis(nside=self.nside, scheme=self.scheme, coordsys="galactic", label="lb")
 
-    def run(self, datasets, pixels=None, null_model=None, background_norms=None, progress=True):
+    def run(self, datasets, pixels=None, null_model=None, background_norms=None, excluded=None, progress=True):
         """Compute the maps.
 
         Parameters
@@ -141,6 +142,9 @@ class TSMapEstimator:
             Fixed sources of the null model (datasets only).
         background_norms : dict, optional
             Background normalizations of the null model (datasets only; default 1).
+        excluded : ExcludedBins or list of them, optional
+            Data-space bins left out of every dataset's likelihood (one per dataset, None for none):
+            the map of the data clear of an excluded sky region.
         progress : bool
             Show a progress bar over the Newton iterations.
 
@@ -153,7 +157,11 @@ class TSMapEstimator:
             raise CosiInputError(f"test pixels must be in [0, {self.axis.npix}) for NSIDE {self.nside}")
         directions = np.array(hp.pix2vec(self.nside, pixels, nest=self.axis.is_nested)).T
         datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
-        terms = [self._dataset_terms(d, directions, null_model, background_norms) for d in datasets]
+        excluded = excluded if isinstance(excluded, (list, tuple)) else [excluded] * len(datasets)
+        if len(excluded) != len(datasets):
+            raise CosiInputError(f"{len(excluded)} sets of excluded bins for {len(datasets)} datasets")
+        terms = [self._dataset_terms(d, directions, null_model, background_norms, e)
+                 for d, e in zip(datasets, excluded)]
         maps = self._fit(terms, progress)
         full = {name: np.full(self.axis.npix, np.nan) for name in maps}
         for name, values in maps.items():
@@ -214,7 +222,7 @@ class TSMapEstimator:
                                  f"{ei_edges[0]:g}-{ei_edges[-1]:g} keV")
         return fluxes
 
-    def _dataset_terms(self, dataset, directions, null_model, background_norms):
+    def _dataset_terms(self, dataset, directions, null_model, background_norms, excluded=None):
         plugin = None
         if isinstance(dataset, COSIImagingLike):
             if null_model is not None or background_norms is not None:
@@ -233,12 +241,13 @@ class TSMapEstimator:
                                      "placed between its pixels")
         null = _null_expectation(dataset, plugin, null_model, background_norms)
         data = engine.data
-        bins = self._selected_bins(engine)
+        excluded = excluded or ExcludedBins.nothing(engine)
+        bins = self._selected_bins(engine, excluded)
         mapping, along_path = kernel_mapping(dataset, self.kernel, self.width, directions, self.path)
         fluxes = self._fluxes(terms_ei_edges(dataset))
         response = engine.response
-        area = response.area_over(self._column_mask(engine))  # [n_nu, n_ei]
-        per_row = np.tile(area @ fluxes, engine.n_rows)  # expected counts per unit T in each (row, nu)
+        # expected counts per unit T in each (row, nu), over the bins used (empty ones included)
+        per_row = excluded.kept_area(response, fluxes, self._column_mask(engine)).ravel()
         exposure = np.asarray(mapping.T @ per_row).ravel()
         nu_of, e_of = np.divmod(response.order, response.axes[1].nbins)
         n_chunks = 8 * numba.get_num_threads()
@@ -259,9 +268,9 @@ class TSMapEstimator:
         em[_channels(self.em_channels, n_em)] = True
         return np.repeat(em, per_em)
 
-    def _selected_bins(self, engine):
+    def _selected_bins(self, engine, excluded):
         mask = self._column_mask(engine)
-        bins = np.flatnonzero(mask[engine.data.column])
+        bins = np.flatnonzero(mask[engine.data.column] & excluded.kept_at_bins(engine))
         # by row, then column: a row's part of the test mapping (every (row, nu) it reads) stays in cache while
         # its bins are summed, and each bin reads its response column as one contiguous run
         order = np.lexsort((engine.data.column[bins], engine.data.row[bins]))

@@ -272,12 +272,17 @@ class ResponseEngine:
 
     def background_row_totals(self, name):
         """Sum of background template `name` over the CDS bins of each ScAtt/Time row, shape (n_rows,)."""
-        self._require_data()
         if name not in self._bkg_row_totals:
-            flat, values = flat_nonzero(self._bkg_hist[name], (self.n_rows, self.n_columns),
-                                        f"background '{name}'")
+            flat, values = self.background_nonzero(name)
             self._bkg_row_totals[name] = np.bincount(flat // self.n_columns, weights=values, minlength=self.n_rows)
         return self._bkg_row_totals[name]
+
+    def background_nonzero(self, name):
+        """Flat indices ``row * n_columns + column`` and values of the non-zero bins of background `name`."""
+        self._require_data()
+        if name not in self._bkg_hist:
+            raise CosiInputError(f"unknown background name {name!r}; known: {self.background_names}")
+        return flat_nonzero(self._bkg_hist[name], (self.n_rows, self.n_columns), f"background '{name}'")
 
     def _background_total(self, name, norm):
         """Expected counts of background `name` over all bins for a normalization (number or per row)."""
@@ -388,9 +393,8 @@ class ResponseEngine:
         sky = self.response.fold(self._rows_of(image, rows))
         norms = self.background_norms(bkg_norms)
         for name in self.background_names:
-            bkg = self._bkg_hist[name]
             values = np.zeros(self.n_rows * self.n_columns)
-            flat, vals = flat_nonzero(bkg, (self.n_rows, self.n_columns), name)
+            flat, vals = self.background_nonzero(name)
             values[flat] = vals
             norm = norms[name]
             sky += (norm[:, None] if np.ndim(norm) else norm) * values.reshape(self.n_rows, self.n_columns)
@@ -411,7 +415,7 @@ class ResponseEngine:
         if self.data is not None:
             norms = self.background_norms(bkg_norms)
             for name in self.background_names:
-                flat, values = flat_nonzero(self._bkg_hist[name], (self.n_rows, self.n_columns), name)
+                flat, values = self.background_nonzero(name)
                 norm = norms[name]
                 weights = values * (norm[flat // self.n_columns] if np.ndim(norm) else norm)
                 out += np.bincount(flat % self.n_columns, weights=weights,

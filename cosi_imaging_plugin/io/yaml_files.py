@@ -8,6 +8,7 @@ so a plain ``SafeLoader`` would read ``value: [1e-4]`` (as in the COSI team's
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .._atomic import atomic_path
@@ -73,8 +74,19 @@ def read_yaml(path, what, mapping=False):
 
 
 def yaml_text(content):
-    """Plain Python content as YAML text (keys in their order; leaf lists and mappings inline)."""
-    return yaml.safe_dump(content, sort_keys=False, default_flow_style=None)
+    """Plain Python content as YAML text (keys in their order; leaf lists and mappings inline).
+
+    NumPy scalars and arrays (e.g. an astropy angle's ``.deg``) are written as the numbers they hold.
+    """
+    return yaml.dump(content, Dumper=_PlainDumper, sort_keys=False, default_flow_style=None)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """The safe dumper, with NumPy numbers written as plain ones."""
+
+
+_PlainDumper.add_multi_representer(np.generic, lambda dumper, value: dumper.represent_data(value.item()))
+_PlainDumper.add_representer(np.ndarray, lambda dumper, value: dumper.represent_data(value.tolist()))
 
 
 def write_yaml(content, path):
