@@ -28,7 +28,7 @@ import numpy as np
 from astropy import units as u
 from histpy import HealpixAxis, Histogram
 from mhealpy import HealpixMap
-from scipy import stats
+from scipy import sparse, stats
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
@@ -299,30 +299,38 @@ class TSMapEstimator:
         norm = np.zeros(n_pos)
         niter = np.zeros(n_pos, dtype=np.int64)
         done = np.zeros(n_pos, dtype=bool)
+        log_ratio, information = np.full(n_pos, np.nan), np.full(n_pos, np.nan)
         # the bracket of the best norm: the score is positive at `low`, negative at `high`
         low, high = None, np.full(n_pos, np.inf)
+        active, active_terms = np.arange(n_pos), terms
         bar = tqdm(total=self.max_niter, desc="TS map", unit="iteration", disable=not progress)
         for _ in range(self.max_niter):
-            sums, ratio_min = self._sums(terms, norm[None], with_log=False)
-            score, information = sums[0, SCORE], sums[0, INFORMATION]
+            sums, ratio_min = self._sums(active_terms, norm[None, active])
+            score, info, ratio = sums[0, SCORE], sums[0, INFORMATION], sums[0, LOG_RATIO]
             if low is None:  # the smallest norm keeping every bin with counts expected above zero
                 floor = -ratio_min
                 low = floor.copy()
-            low = np.where(score > 0, norm, low)
-            high = np.where(score <= 0, norm, high)
-            trial = _next_norm(norm, score, information, exposure, low, high)
+            low[active] = np.where(score > 0, norm[active], low[active])
+            high[active] = np.where(score <= 0, norm[active], high[active])
+            trial = _next_norm(norm[active], score, info, exposure[active], low[active], high[active])
+            step = trial - norm[active]
             with np.errstate(divide="ignore", invalid="ignore"):
-                converged = np.abs(trial - norm) <= self.rtol / np.sqrt(information)
-            active = ~done
-            norm[active] = trial[active]
+                converged = np.abs(step) <= self.rtol / np.sqrt(info)
+            finished = converged | ~np.isfinite(trial)
+            norm[active] = trial
             niter[active] += 1
-            done |= converged | ~np.isfinite(trial)
+            # a converged position keeps the sums of this pass, carried over its last (tiny) step to second
+            # order: no pass is spent on it again
+            log_ratio[active] = ratio + score * step - 0.5 * info * step ** 2
+            information[active] = info
+            done[active] = finished
             bar.update(1)
-            if done.all():
+            if finished.all():
                 break
+            if finished.any():  # a pass costs what its positions' mapping entries do: drop the finished ones
+                active = active[~finished]
+                active_terms = [_restricted(t, active) for t in terms]
         bar.close()
-        sums, _ = self._sums(terms, norm[None])
-        log_ratio, information = sums[0, LOG_RATIO], sums[0, INFORMATION]
         with np.errstate(divide="ignore", invalid="ignore"):
             norm_err = 1.0 / np.sqrt(information)
             success = done & np.isfinite(norm) & (information > 0)
@@ -478,6 +486,16 @@ class TSMapResult:
                          dtype=np.float64)
         logger.info("wrote TS maps %s to %s", names, path)
         return path
+
+
+def _restricted(terms, positions):
+    """A dataset's terms for some test positions only (columns of its test mapping, renumbered)."""
+    arrays = list(terms.arrays)
+    indptr, indices, data = arrays[13], arrays[14], arrays[15]
+    mapping = sparse.csr_matrix((data, indices, indptr), shape=(indptr.size - 1, terms.exposure.size))
+    chosen = mapping[:, positions].tocsr()
+    arrays[13:16] = (chosen.indptr.astype(np.int64), chosen.indices.astype(np.int64), chosen.data)
+    return dataclasses.replace(terms, arrays=tuple(arrays), exposure=terms.exposure[positions])
 
 
 _UNITS = {"flux": "cm-2 s-1", "flux_err": "cm-2 s-1", "flux_ul": "cm-2 s-1"}
