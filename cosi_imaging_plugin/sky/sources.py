@@ -97,7 +97,8 @@ def preset_sources(name):
     list of dict
     """
     if name not in PRESETS:
-        raise CosiInputError(f"unknown sky preset '{name}'; known: {sorted(PRESETS)}")
+        raise CosiInputError(f"unknown sky preset '{name}'{validation.did_you_mean(name, PRESETS)}; known: "
+                             f"{sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
 
 
@@ -159,7 +160,8 @@ def _build_function(spec, dimension, where):
     parameters = {k: v for k, v in spec.items() if k != "function"}
     unknown = sorted(set(parameters) - set(function.parameters))
     if unknown:
-        raise CosiInputError(f"{where}: unknown parameter(s) {unknown} of function '{spec['function']}'; "
+        raise CosiInputError(f"{where}: unknown parameter(s) {unknown} of function '{spec['function']}'"
+                             f"{validation.did_you_mean(unknown[0], function.parameters)}; "
                              f"known: {list(function.parameters)}")
     for pname, value in parameters.items():
         par = function.parameters[pname]
@@ -214,7 +216,8 @@ def build_source(spec, where="source"):
         raise CosiInputError(f"{where}.type: must be 'point' or 'extended', got {kind!r}")
     unknown = sorted(set(spec) - _SOURCE_KEYS[kind])
     if unknown:
-        raise CosiInputError(f"{where}: unknown key(s) {unknown} for a {kind} source; "
+        raise CosiInputError(f"{where}: unknown key(s) {unknown} for a {kind} source"
+                             f"{validation.did_you_mean(unknown[0], _SOURCE_KEYS[kind])}; "
                              f"expected {sorted(_SOURCE_KEYS[kind])}")
     name = validation.identifier(spec.get("name"), f"{where}.name")
     if "spectrum" not in spec:
