@@ -204,16 +204,19 @@ class OutputFolder:
         self._handler = None
 
     def record_inputs(self, inputs):
-        """Write the SHA-256 checksums of the input files into ``run.log``.
+        """Checksum the input files and write them into ``run.log``.
 
         Parameters
         ----------
         inputs : dict
             Role -> file or folder (every file inside a folder is listed); None values are skipped.
+
+        Returns
+        -------
+        dict
+            Absolute file path -> SHA-256 hex digest.
         """
-        if self._handler is None:
-            return
-        lines = []
+        checksums, lines = {}, []
         for role, value in inputs.items():
             if value is None:
                 continue
@@ -221,13 +224,16 @@ class OutputFolder:
             files = sorted(p for p in value.rglob("*") if p.is_file()) if value.is_dir() else [value]
             for file in files:
                 checksum = file_checksum(file) if file.is_file() else "missing"
+                checksums[str(file.resolve())] = checksum
                 lines.append(f"# input {role}: {file.resolve()} sha256 {checksum}")
-        self._handler.acquire()
-        try:
-            self._handler.stream.write("\n".join(lines) + "\n")
-            self._handler.flush()
-        finally:
-            self._handler.release()
+        if self._handler is not None and lines:
+            self._handler.acquire()
+            try:
+                self._handler.stream.write("\n".join(lines) + "\n")
+                self._handler.flush()
+            finally:
+                self._handler.release()
+        return checksums
 
     def _swap(self):
         os.chmod(self.work, 0o777 & ~_umask())
