@@ -179,6 +179,8 @@ class OutputFolder:
             self.work = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
         except PermissionError as exc:
             raise CosiFileError(f"cannot write the output folder {self.path}: {parent} is not writable") from exc
+        except OSError as exc:
+            raise CosiFileError(f"cannot create the output folder {self.path}: {exc.strerror} ({parent})") from exc
         self.previous = self.path if self.path.is_dir() and not _is_empty(self.path) else None
         if self.log:
             self._start_log()

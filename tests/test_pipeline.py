@@ -96,3 +96,32 @@ def test_cli_simulate_refuses_to_overwrite(tmp_path):
     assert main(["-q", "simulate", str(config), "-o", str(out)]) == 0
     assert (out / "manifest.yaml").is_file()
     assert main(["-q", "simulate", str(config), "-o", str(out)]) == 2
+
+
+def test_summary_states_units_band_and_definitions(pipeline_run):
+    out, summary = pipeline_run
+    written = json.loads((out / "summary.json").read_text())
+    assert written["band_kev"] == [509.0, 513.0]
+    assert written["units"]["flux"] == "ph cm-2 s-1"
+    assert {"sources.flux", "sources.flux_pull", "backgrounds.norm"} <= set(written["definitions"])
+    units = {path: entry["unit"] for path, entry in written["parameters"].items()}
+    assert units["bulge_511.spectrum.main.Gaussian.F"] == "1 / (s cm2)"
+    assert units["bulge_511.Gaussian_on_sphere.sigma"] == "deg"
+    assert "run.log" in {p.name for p in out.iterdir()}
+
+
+def test_a_second_run_in_the_same_folder(pipeline_run, caplog):
+    out, summary = pipeline_run
+    config = fit_config({"simulate": str(next(out.parent.glob("*.yaml")))})
+    stamp = (out / "summary.json").stat().st_mtime
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_pipeline(config, out, progress=False)
+    assert (out / "summary.json").stat().st_mtime == stamp
+    with caplog.at_level("INFO", logger="cosi_imaging_plugin"):
+        again = run_pipeline(config, out, progress=False, overwrite=True)
+    assert "reusing the simulated dataset of the previous run" in caplog.text
+    assert "reusing the finished RL stage of the previous run" in caplog.text
+    # the same data and RL image: the same fit
+    for name, entry in summary["sources"].items():
+        assert again["sources"][name]["flux"] == pytest.approx(entry["flux"], rel=1e-6)
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
