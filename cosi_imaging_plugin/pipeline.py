@@ -11,6 +11,7 @@ normalizations. :func:`run_pipeline` writes into one output directory:
 - ``residuals_phi.png``, ``residuals_psichi.png``: data versus model in the CDS;
 - ``summary.json``: fitted versus injected parameters and fluxes.
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -269,6 +270,30 @@ def _rl_stage(config, dataset, files, out, fingerprint, progress):
     return deconvolution.results[-1]["model"]
 
 
+class _CloneBoundsFilter(logging.Filter):
+    """Drops astromodels' bound warnings raised while 3ML clones a model.
+
+    3ML copies the fitted model through astromodels' parser, which rebuilds each function
+    at its default values and sets the bounds before the values, so a parameter set
+    within its bounds (F = 5e-4 in [1e-7, 0.1]) is reported as 'above the new maximum'.
+    """
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("the new maximum" in message or "the new minimum" in message)
+
+
+@contextlib.contextmanager
+def _quiet_model_cloning():
+    target = logging.getLogger("astromodels.core.parameter")
+    quiet = _CloneBoundsFilter()
+    target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        target.removeFilter(quiet)
+
+
 def _model(config):
     return Model(*build_sources(expand_presets(config["model"]["sources"], "model:sources"), "model:sources"))
 
@@ -408,11 +433,13 @@ def run_pipeline(config, output_dir, progress=True, overwrite=False):
         minimizer = (config.get("fit") or {}).get("minimizer")
         if minimizer:
             jl.set_minimizer(minimizer)
-        results = jl.fit(quiet=True)[0]
+        with _quiet_model_cloning():
+            results = jl.fit(quiet=True)[0]
         bar.update()
         stage("products")
         work = out.work
-        jl.results.write_to(str(work / "fit_results.fits"), overwrite=True)
+        with _quiet_model_cloning():
+            jl.results.write_to(str(work / "fit_results.fits"), overwrite=True)
         with atomic_path(work / "fit_results.txt") as tmp:
             tmp.write_text(results.to_string() + "\n\n" + jl.results.get_statistic_frame().to_string() + "\n")
         save_image(rl_image, work / "rl_image.png", "RL image")

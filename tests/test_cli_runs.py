@@ -4,6 +4,7 @@ The commands run in subprocesses and receive real signals once their work has st
 """
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ from cosi_imaging_plugin import __version__
 from cosi_imaging_plugin.cli import build_parser, deconvolve_main, main
 from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
 from cosi_imaging_plugin.outputs import Interrupted, OutputExistsError, OutputFolder
-from cosi_imaging_plugin.pipeline import check_fit_config, read_fit_config
+from cosi_imaging_plugin.pipeline import _model, check_fit_config, read_fit_config
 
 # long enough that a signal always arrives while iterating (no stopping before iteration_max)
 LONG_RUN = ["--override", "deconvolution:parameter:iteration_max = 60",
@@ -157,6 +158,7 @@ def test_resumed_deconvolution_equals_an_uninterrupted_one(interrupted_deconvolu
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "60 iterations" in resumed.stdout
+    assert "%|" not in resumed.stderr  # -q: no progress bars
     reference = deconvolve_main(None, cli_dataset, tmp_path / "reference", progress=False,
                                 overrides=[LONG_RUN[1], LONG_RUN[3]])
     iteration, loglikelihood = final_loglikelihood(root / "rl")
@@ -223,3 +225,19 @@ def test_info_on_a_dataset_and_the_current_folder(cli_dataset, capsys, monkeypat
     monkeypatch.chdir(cli_dataset.parent)
     assert main(["info", "."]) == 0
     assert "tiny/: manifest.yaml, run.log" in capsys.readouterr().out
+
+
+def test_no_bound_warnings_from_the_package_set_up():
+    """Setting a parameter and bounds that exclude astromodels' default value warns of nothing."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    target = logging.getLogger("astromodels.core.parameter")
+    target.addHandler(handler)
+    try:
+        config = read_fit_config("demo_mini_511keV")
+        model = _model(config)
+    finally:
+        target.removeHandler(handler)
+    assert model.bulge_511.spectrum.main.Gaussian.F.value == 5.0e-4
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []

@@ -166,26 +166,26 @@ def _build_function(spec, dimension, where):
     for pname, value in parameters.items():
         par = function.parameters[pname]
         key = f"{where}.{pname}"
+        bounds = {}
         if isinstance(value, dict):
             validation.check_keys(value, key, known=_PARAMETER_KEYS, required=("value",))
-            # widen the bounds before setting a value that lies outside the old ones
-            if "min_value" in value:
-                par.min_value = None
-            if "max_value" in value:
-                par.max_value = None
-            for bound in ("min_value", "max_value"):
-                if bound in value:
-                    setattr(par, bound, validation.number(value[bound], f"{key}.{bound}"))
+            bounds = {bound: validation.number(value[bound], f"{key}.{bound}")
+                      for bound in ("min_value", "max_value") if bound in value}
             if "free" in value:
                 par.free = validation.flag(value["free"], f"{key}.free")
             value = value["value"]
         number = validation.number(value, key)
-        lo, hi = par.min_value, par.max_value
+        lo, hi = bounds.get("min_value", par.min_value), bounds.get("max_value", par.max_value)
         if (lo is not None and number < lo) or (hi is not None and number > hi):
             raise CosiInputError(f"{key}: value {number} is outside the bounds [{lo}, {hi}] of '{pname}' of "
                                  f"function '{spec['function']}'; give explicit bounds, e.g. "
                                  f"{{value: {number}, min_value: ..., max_value: ...}}")
+        # widen the bounds, set the value, then the new bounds: astromodels warns of a value outside its bounds
+        for bound in bounds:
+            setattr(par, bound, None)
         par.value = number
+        for bound, limit in bounds.items():
+            setattr(par, bound, limit)
     return function
 
 
