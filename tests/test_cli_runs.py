@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 
@@ -14,11 +15,13 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from histpy import Histogram
 from test_pipeline import fit_config
 
 from cosi_imaging_plugin import __version__
 from cosi_imaging_plugin.cli import build_parser, deconvolve_main, main
 from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
+from cosi_imaging_plugin.io.histograms import read_histogram, write_histogram
 from cosi_imaging_plugin.outputs import Interrupted, OutputExistsError, OutputFolder
 from cosi_imaging_plugin.pipeline import _model, check_fit_config, read_fit_config
 
@@ -241,3 +244,17 @@ def test_no_bound_warnings_from_the_package_set_up():
         target.removeHandler(handler)
     assert model.bulge_511.spectrum.main.Gaussian.F.value == 5.0e-4
     assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+
+
+def test_non_integer_counts_are_refused_naming_the_bin(cli_dataset, tmp_path, capsys):
+    dataset = tmp_path / "edited"
+    shutil.copytree(cli_dataset, dataset)
+    data = read_histogram(dataset / "data_scatt.hdf5")
+    contents = data.contents.todense() if hasattr(data.contents, "todense") else np.asarray(data.contents)
+    contents = contents.astype(float)
+    contents[3, 0, 2, 5] = 2.5
+    write_histogram(Histogram(data.axes, contents=contents), dataset / "data_scatt.hdf5")
+    assert main(["deconvolve", "--data", str(dataset), "-o", str(tmp_path / "rl"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "data_scatt.hdf5 [hist]: binned data has 1 non-integer bin(s), first at bin (3, 0, 2, 5) (value 2.5)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]
