@@ -6,10 +6,15 @@ astromodels sources with their free parameters and bounds, and the background
 normalizations. :func:`run_pipeline` writes into one output directory:
 
 - ``rl/``: the deconvolution results (HDF5 + FITS) and their plots;
-- ``rl_image.png``, ``rl_image_log.png``, ``fitted_model.png``: Mollweide images;
+- ``rl_image.png``, ``rl_image_log.png``: Mollweide images of the RL image;
+- ``fitted_model.png``: the fitted functions drawn at display resolution (NSIDE 64),
+  ``fitted_model_grid.png``: the fitted model as the analysis grid samples it;
 - ``fit_results.fits`` (3ML's own results format) and ``fit_results.txt``;
 - ``residuals_phi.png``, ``residuals_psichi.png``: data versus model in the CDS;
-- ``summary.json``: fitted versus injected parameters and fluxes.
+- ``summary.json``: fitted versus injected parameters and fluxes, with units, the
+  integration band and the definitions of its fields;
+- ``run.log``: the command, the package versions, the inputs' checksums, the log;
+- ``report.html``: one self-contained page of the run (inputs, parameters, figures, provenance).
 """
 import contextlib
 import hashlib
@@ -23,11 +28,13 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from astromodels import Model
+from histpy import Axes, HealpixAxis, Histogram
 from threeML import DataList, JointLikelihood
 from tqdm.auto import tqdm
 
 from . import validation
 from ._atomic import atomic_path
+from .binning import IMAGE_UNIT
 from .datasets import DEFAULT_RTOL, COSIDataset
 from .deconvolution import ImageDeconvolution
 from .deconvolution.results import load_results
@@ -38,6 +45,8 @@ from .outputs import OutputFolder
 from .plots import plot_residuals, save_image, save_plots
 from .simulate import builtin_config, builtin_config_names, simulate_dataset
 from .simulate.config import coerce_config
+from .sky.rasterize import Rasterizer
+from .sky.source_images import sky_image
 from .sky.sources import build_sources, expand_presets
 from .sky.spectra import integrate_spectrum
 from .threeml import COSIImagingLike
@@ -294,6 +303,30 @@ def _quiet_model_cloning():
         target.removeFilter(quiet)
 
 
+#: NSIDE at which the fitted functions are drawn (about 0.9 deg pixels).
+DISPLAY_NSIDE = 64
+
+
+def display_image(model, ei_axis, nside=DISPLAY_NSIDE):
+    """The fitted model's sources drawn from their functions on a fine Galactic grid (for figures).
+
+    Parameters
+    ----------
+    model : astromodels.Model
+    ei_axis : histpy.Axis
+        The Ei axis of the analysis (keV).
+    nside : int
+
+    Returns
+    -------
+    histpy.Histogram
+        [lb, Ei] in ph cm-2 s-1 sr-1.
+    """
+    values, _ = sky_image(list(model.sources.values()), Rasterizer(nside, "ring"), ei_axis.edges.to_value("keV"))
+    lb = HealpixAxis(nside=nside, scheme="ring", coordsys="galactic", label="lb")
+    return Histogram(Axes([lb, ei_axis]), contents=values, unit=IMAGE_UNIT)
+
+
 def _model(config):
     return Model(*build_sources(expand_presets(config["model"]["sources"], "model:sources"), "model:sources"))
 
@@ -444,7 +477,10 @@ def run_pipeline(config, output_dir, progress=True, overwrite=False):
             tmp.write_text(results.to_string() + "\n\n" + jl.results.get_statistic_frame().to_string() + "\n")
         save_image(rl_image, work / "rl_image.png", "RL image")
         save_image(rl_image, work / "rl_image_log.png", "RL image (log)", log=True)
-        save_image(dataset.image_histogram(plugin.model_image()), work / "fitted_model.png", "fitted model")
+        save_image(display_image(model, dataset.model_axes[1]), work / "fitted_model.png",
+                   f"fitted model, NSIDE {DISPLAY_NSIDE}")
+        save_image(dataset.image_histogram(plugin.model_image()), work / "fitted_model_grid.png",
+                   f"fitted model on the analysis grid, NSIDE {dataset.model_axes[0].nside}")
         plot_residuals(plugin.data_cds(), plugin.model_cds(), work)
         ei_edges = dataset.model_axes[1].edges.to_value("keV")
         summary = _summary(model, results, plugin, manifest, ei_edges, time.perf_counter() - start)

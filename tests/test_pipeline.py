@@ -12,8 +12,8 @@ from cosi_imaging_plugin.pipeline import read_fit_config, run_pipeline
 from test_simulate import tiny_config
 
 PRODUCTS = ["summary.json", "fit_results.fits", "fit_results.txt", "rl_image.png", "rl_image_log.png",
-            "fitted_model.png", "residuals_phi.png", "residuals_psichi.png", "rl/results.h5", "rl/results.fits",
-            "rl/convergence.png"]
+            "fitted_model.png", "fitted_model_grid.png", "residuals_phi.png", "residuals_psichi.png", "rl/results.h5",
+            "rl/results.fits", "rl/convergence.png"]
 
 
 def fit_config(data):
