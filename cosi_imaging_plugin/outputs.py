@@ -14,6 +14,8 @@
   never mixes old and new products; on failure or interruption the temporary
   folder is removed, unless the run asked to keep what it has
   (:attr:`OutputFolder.keep_on_interrupt`, for a resumable state).
+- ``report.html`` in the folder sums the run up on one self-contained page
+  (:mod:`cosi_imaging_plugin.report`), written with ``run.log``.
 - ``run.log`` in the folder receives the package's log records (at the level of the
   ``cosi_imaging_plugin`` logger: the command line sets it to DEBUG),
   after a header with the command line, the package versions and the checksums
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from ._atomic import _umask
 from .errors import CosiFileError
+from .report import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +257,8 @@ class OutputFolder:
             logger.debug("run ended by %s: %s", exc_type.__name__, exc)
         self._stop_log()
         if exc_type is None or (interrupted and self.keep_on_interrupt):
+            if self.log:
+                write_report(self.work)
             self._swap()
         else:
             shutil.rmtree(self.work, ignore_errors=True)

@@ -68,14 +68,14 @@ def test_output_folder_swaps_in_only_complete_runs(tmp_path):
                 (out.work / "b.txt").write_text("second")
                 raise error
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-        assert sorted(p.name for p in target.iterdir()) == ["a.txt", "run.log"]
+        assert sorted(p.name for p in target.iterdir()) == ["a.txt", "report.html", "run.log"]
     # unless the run keeps a resumable state
     with pytest.raises(KeyboardInterrupt):
         with OutputFolder(target, overwrite=True) as out:
             (out.work / "state.txt").write_text("resumable")
             out.keep_on_interrupt = True
             raise KeyboardInterrupt
-    assert sorted(p.name for p in target.iterdir()) == ["run.log", "state.txt"]
+    assert sorted(p.name for p in target.iterdir()) == ["report.html", "run.log", "state.txt"]
 
 
 def test_output_folder_refuses_unusable_folders(tmp_path):
@@ -151,6 +151,8 @@ def test_interrupted_deconvolution_saves_its_last_iteration(interrupted_deconvol
     record = json.loads((root / "rl" / "deconvolve.json").read_text())
     assert record["complete"] is False and record["iterations"] == iteration
     assert f"iteration {iteration} saved in rl; resume with: cosi-imaging deconvolve --resume rl" in err
+    report = (root / "rl" / "report.html").read_text()
+    assert "<h2>Convergence</h2>" in report and "interrupted (resume with --resume)" in report
     assert sorted(p.name for p in root.iterdir()) == ["rl"]
 
 
@@ -227,7 +229,7 @@ def test_info_on_a_dataset_and_the_current_folder(cli_dataset, capsys, monkeypat
     assert "dataset 'tiny'" in out and "backgrounds: albedo (bkg_albedo.hdf5)" in out
     monkeypatch.chdir(cli_dataset.parent)
     assert main(["info", "."]) == 0
-    assert "tiny/: manifest.yaml, run.log" in capsys.readouterr().out
+    assert "tiny/: dataset 'tiny'" in capsys.readouterr().out
 
 
 def test_no_bound_warnings_from_the_package_set_up():

@@ -123,6 +123,8 @@ def _describe_own_file(path):
         started = next((line for line in header if line.startswith("started:")), "")
         inputs = sum(line.startswith("input ") for line in header)
         return f"{path}: run log; {command}; {started}; {inputs} input file(s) checksummed"
+    if name == "report.html":
+        return f"{path}: the run's report, one self-contained page ({path.stat().st_size / 1e6:.1f} MB)"
     if name in ("manifest.yaml", "manifest.yml"):
         return _describe_dataset(path)
     if path.suffix == ".fits":
@@ -130,9 +132,13 @@ def _describe_own_file(path):
 
         with fits.open(path) as hdus:
             names = [hdu.name for hdu in hdus]
-        if "ANALYSIS_RESULTS" in names:
-            return (f"{path}: 3ML analysis results (threeML.load_analysis_results reads it once "
-                    "cosi_imaging_plugin is imported); HDUs {names}")
+            rows = hdus["ANALYSIS_RESULTS"].data if "ANALYSIS_RESULTS" in names else None
+            if rows is not None:
+                lines = [f"{path}: 3ML analysis results, {len(rows)} free parameter(s) (threeML."
+                         "load_analysis_results reads it once cosi_imaging_plugin is imported)"]
+                lines += [f"  {row['NAME']}: {row['VALUE']:.5g} +- {row['ERROR']:.2g} {row['UNIT']}".rstrip()
+                          for row in rows]
+                return "\n".join(lines)
         if "RESULTS" in names or any(n.startswith("ITERATION") for n in names):
             return f"{path}: deconvolution results table; HDUs {names}"
     return None
@@ -195,8 +201,12 @@ def describe_path(path):
         lines.append(f"  {name} ({PRODUCTS[name]}): {detail[0].split(': ', 1)[-1]}")
         lines.extend(f"  {line}" for line in detail[1:])
     for folder in subfolders:
+        if (path / folder / "manifest.yaml").is_file():
+            lines.append(f"  {folder}/: " + _describe_dataset(path / folder / "manifest.yaml").split("\n")[0]
+                         .split(": ", 1)[-1])
+            continue
         inner = [name for name in PRODUCTS if (path / folder / name).is_file()]
-        if (path / folder).is_dir() and any(p.name == "manifest.yaml" for p in (path / folder).rglob("manifest.yaml")):
+        if any((path / folder).rglob("manifest.yaml")):
             inner.append("dataset(s)")
         lines.append(f"  {folder}/: " + (", ".join(inner) if inner else "other files"))
     return "\n".join(lines)
