@@ -2,6 +2,8 @@
 import base64
 import copy
 import json
+import subprocess
+import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -192,3 +194,19 @@ def test_a_second_run_in_the_same_folder(pipeline_run, caplog):
     for name, entry in summary["sources"].items():
         assert again["sources"][name]["flux"] == pytest.approx(entry["flux"], rel=1e-6)
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_fit_results_load_with_3ml_in_a_fresh_process(pipeline_run):
+    out, summary = pipeline_run
+    script = ("import json, sys\n"
+              "import cosi_imaging_plugin.sky\n"
+              "from threeML import load_analysis_results\n"
+              "results = load_analysis_results(sys.argv[1])\n"
+              "frame = results.get_data_frame()\n"
+              "print(json.dumps({k: float(v) for k, v in frame['value'].items()}))\n")
+    run = subprocess.run([sys.executable, "-c", script, str(out / "fit_results.fits")], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    values = json.loads(run.stdout.strip().splitlines()[-1])
+    for path, entry in summary["parameters"].items():
+        assert values[path] == pytest.approx(entry["value"], rel=1e-10), path

@@ -135,7 +135,7 @@ def _describe_own_file(path):
             rows = hdus["ANALYSIS_RESULTS"].data if "ANALYSIS_RESULTS" in names else None
             if rows is not None:
                 lines = [f"{path}: 3ML analysis results, {len(rows)} free parameter(s) (threeML."
-                         "load_analysis_results reads it once cosi_imaging_plugin is imported)"]
+                         "load_analysis_results reads it once cosi_imaging_plugin.sky is imported)"]
                 lines += [f"  {row['NAME']}: {row['VALUE']:.5g} +- {row['ERROR']:.2g} {row['UNIT']}".rstrip()
                           for row in rows]
                 return "\n".join(lines)
