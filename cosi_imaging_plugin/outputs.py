@@ -230,7 +230,7 @@ class OutputFolder:
             for file in files:
                 checksum = file_checksum(file) if file.is_file() else "missing"
                 checksums[str(file.resolve())] = checksum
-                lines.append(f"# input {role}: {file.resolve()} sha256 {checksum}")
+                lines.append(f"# input {role}: {self._final_name(file)} sha256 {checksum}")
         if self._handler is not None and lines:
             self._handler.acquire()
             try:
@@ -239,6 +239,14 @@ class OutputFolder:
             finally:
                 self._handler.release()
         return checksums
+
+    def _final_name(self, file):
+        """The absolute path `file` will have once the folder is swapped in (inputs made by the run itself)."""
+        file = file.resolve()
+        work = self.work.resolve()
+        if file.is_relative_to(work):
+            return self.path.resolve() / file.relative_to(work)
+        return file
 
     def _swap(self):
         os.chmod(self.work, 0o777 & ~_umask())
@@ -258,7 +266,10 @@ class OutputFolder:
         self._stop_log()
         if exc_type is None or (interrupted and self.keep_on_interrupt):
             if self.log:
-                write_report(self.work)
+                try:
+                    write_report(self.work)
+                except Exception as error:  # the results matter more than their summary page
+                    logger.warning("report.html not written: %s: %s", type(error).__name__, error)
             self._swap()
         else:
             shutil.rmtree(self.work, ignore_errors=True)

@@ -439,8 +439,21 @@ def run_pipeline(config, output_dir, progress=True, overwrite=False):
     config = read_fit_config(config)
     check_fit_config(config)
     output_dir = Path(output_dir)
-    with OutputFolder(output_dir, overwrite=overwrite) as out, \
-            tqdm(total=len(STAGES), desc="pipeline", unit="stage", disable=not progress) as bar:
+    out = OutputFolder(output_dir, overwrite=overwrite)
+    try:
+        summary = _run_stages(config, out, progress, start)
+    except KeyboardInterrupt:
+        if out.keep_on_interrupt:
+            logger.warning("interrupted: the finished stages (data, RL image) are kept in %s; the same command with "
+                           "--overwrite (overwrite=True) reuses them", output_dir)
+        raise
+    logger.info("pipeline done in %.1f s: %s", summary["elapsed_s"], output_dir)
+    return summary
+
+
+def _run_stages(config, out, progress, start):
+    """The stages of :func:`run_pipeline`, in the output folder `out`; returns the summary."""
+    with out, tqdm(total=len(STAGES), desc="pipeline", unit="stage", disable=not progress) as bar:
         def stage(name):
             bar.set_postfix_str(name)
             logger.info("stage: %s", name)
@@ -487,5 +500,4 @@ def run_pipeline(config, output_dir, progress=True, overwrite=False):
         summary["minus_log_likelihood"] = float(jl.results.get_statistic_frame()["-log(likelihood)"]["total"])
         _write_json(work / "summary.json", summary)
         bar.update()
-    logger.info("pipeline done in %.1f s: %s", summary["elapsed_s"], output_dir)
     return summary

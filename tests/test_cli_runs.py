@@ -118,34 +118,34 @@ def test_checksums_of_the_inputs_in_run_log(tmp_path):
     assert "# command: cosi-imaging test" in text and f"sha256 {digest}" in text
 
 
-# ---- simulate: a second run, SIGINT ------------------------------------------------------------
+# ---- simulate: a second run, SIGTERM -----------------------------------------------------------
 
-def test_simulate_refuses_its_folder_and_cleans_up_on_sigint(cli_dataset, cosi_imaging, tmp_path):
+def test_simulate_refuses_its_folder_and_cleans_up_on_sigterm(cli_dataset, cosi_imaging, tmp_path):
     config = cli_dataset.parent / "tiny.yaml"
     again = subprocess.run([*cosi_imaging, "simulate", str(config), "-o", str(cli_dataset)], capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 2
     assert "not empty" in again.stderr and "--overwrite" in again.stderr and "overwrite=True)" in again.stderr
     status, _, err = interrupt_when([*cosi_imaging, "-v", "simulate", str(config), "-o", "sim"],
-                                    "generating synthetic response", signal.SIGINT, tmp_path)
-    assert status == 130, err
+                                    "generating synthetic response", signal.SIGTERM, tmp_path)
+    assert status == 128 + signal.SIGTERM, err
     assert "interrupted" in err
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its hidden temporary sibling
 
 
-# ---- deconvolve: SIGTERM, the saved state, --resume --------------------------------------------
+# ---- deconvolve: SIGINT (Ctrl-C), the saved state, --resume -------------------------------------
 
 @pytest.fixture(scope="module")
 def interrupted_deconvolution(cli_dataset, cosi_imaging, tmp_path_factory):
     root = tmp_path_factory.mktemp("deconvolve")
     status, out, err = interrupt_when([*cosi_imaging, "deconvolve", "--data", str(cli_dataset), "-o", "rl", "-vv",
-                                       *LONG_RUN], r"RL iteration 6/", signal.SIGTERM, root)
+                                       *LONG_RUN], r"RL iteration 6/", signal.SIGINT, root)
     return root, status, err
 
 
 def test_interrupted_deconvolution_saves_its_last_iteration(interrupted_deconvolution):
     root, status, err = interrupted_deconvolution
-    assert status == 128 + signal.SIGTERM, err
+    assert status == 128 + signal.SIGINT, err
     iteration, _ = final_loglikelihood(root / "rl")
     assert 5 <= iteration < 60
     record = json.loads((root / "rl" / "deconvolve.json").read_text())

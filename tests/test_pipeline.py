@@ -170,6 +170,8 @@ def test_report_holds_every_figure_and_table(pipeline_run):
     inputs, parameters, fluxes, backgrounds, provenance = page.tables
     assert {row[0] for row in inputs[1:]} >= {"response", "data", "ccm", "backgrounds:albedo"}
     assert all(len(row[2]) == 64 for row in inputs[1:])  # SHA-256
+    # the simulated inputs are named where they lie after the run, not in the temporary folder
+    assert all(row[1].startswith(str(out.resolve() / "data")) for row in inputs[1:]), inputs
     assert parameters[0] == ["parameter", "value", "error", "unit"]
     rows = {row[0]: row for row in parameters[1:]}
     assert set(rows) == set(summary["parameters"])
