@@ -135,7 +135,8 @@ def mollweide(values, fig, nest, frame="galactic", title="", label="", cmap="vir
     xlabel, ylabel = FRAME_LABELS.get(frame, (f"longitude ({frame})", f"latitude ({frame})"))
     hp.projview(values, fig=fig.number, sub=sub, nest=nest, title=title, unit=label, cmap=cmap, min=low, max=high,
                 norm="log" if log else None, graticule=True, graticule_labels=True, xlabel=xlabel, ylabel=ylabel,
-                cbar_ticks=_colour_ticks(low, high, log), format="%.3g", extend=extend, hold=sub == 111)
+                cbar_ticks=_colour_ticks(low, high, log), format="%.3g", extend=extend, hold=sub == 111,
+                xtick_label_color="0.55")  # longitude labels lie on the map: a grey that shows on dark and light
     return fig
 
 
