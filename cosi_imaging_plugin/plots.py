@@ -1,5 +1,11 @@
 """Figures of an analysis: sky images, deconvolution convergence, data versus model in the CDS.
 
+Sky maps are Mollweide views (``healpy.projview``) with the frame named, a labelled
+longitude/latitude graticule, a colour bar with quantity, unit and readable ticks,
+and the energy band in the title; a logarithmic stretch starts at a floor set by a
+dynamic range (``dynamic_range``, 1e3 by default) below the peak, so that faint haze
+does not fill the map; residual maps use a diverging scale centred on zero.
+
 The ``plot_*`` and ``*_figures`` functions return matplotlib Figures (for
 notebooks); :func:`save_figure` and the ``save_*`` / ``plot_residuals`` functions
 write PNG files atomically and close their figures. They read histograms and
@@ -13,9 +19,10 @@ from pathlib import Path
 import healpy as hp
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import LogLocator, MaxNLocator
 
 from ._atomic import atomic_path
-from .binning import dense_values, is_nested
+from .binning import IMAGE_UNIT, IMAGE_UNIT_TEXT, dense_values, frame_name, is_nested
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +73,76 @@ def plot_convergence(results, fig=None):
         axes[2].legend(loc="best")
     axes[2].set_ylabel("background norm")
     axes[2].set_xlabel("iteration")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
 
 
+#: Axis labels of the frames of sky maps.
+FRAME_LABELS = {
+    "galactic": ("Galactic longitude l", "Galactic latitude b"),
+    "icrs": ("right ascension", "declination"),
+    "spacecraftframe": ("Psi (spacecraft frame)", "latitude (spacecraft frame)"),
+}
+
+
+def band_label(axis, index):
+    """``'509-513 keV'``: the edges of bin `index` of an energy axis."""
+    edges = axis.edges
+    unit = getattr(edges, "unit", None)
+    values = edges.to_value("keV") if unit is not None and unit.physical_type == "energy" else np.asarray(edges)
+    suffix = " keV" if unit is None or unit.physical_type == "energy" else f" {unit}"
+    return f"{values[index]:.4g}-{values[index + 1]:.4g}{suffix}"
+
+
+def _colour_ticks(low, high, log):
+    """Five or six readable colour-bar ticks between `low` and `high`."""
+    locator = LogLocator(numticks=6) if log else MaxNLocator(5)
+    ticks = [float(t) for t in locator.tick_values(low, high) if low <= t <= high]
+    return ticks if len(ticks) >= 2 else [float(low), float(high)]
+
+
+def mollweide(values, fig, nest, frame="galactic", title="", label="", cmap="viridis", vmin=None, vmax=None,
+              log=False, sub=111, extend=None):
+    """Draw one HEALPix map (``hp.UNSEEN`` pixels grey) into `fig`: frame, graticule, colour bar.
+
+    Parameters
+    ----------
+    values : ndarray
+    fig : matplotlib.figure.Figure
+    nest : bool
+    frame : str
+        Frame of the map ('galactic', 'icrs', 'spacecraftframe'): names the axes.
+    title, label : str
+        Title, and colour-bar label (quantity [unit]).
+    cmap : str
+    vmin, vmax : float, optional
+    log : bool
+        Logarithmic colour scale (values must be positive).
+    sub : int or tuple
+        Subplot position.
+    extend : str, optional
+        Colour-bar extension ('min', 'max', 'both').
+    """
+    valid = values != hp.UNSEEN
+    finite = values[valid & np.isfinite(values)]
+    low = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    high = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    if high <= low:
+        high = low + (abs(low) if low else 1.0)
+    xlabel, ylabel = FRAME_LABELS.get(frame, (f"longitude ({frame})", f"latitude ({frame})"))
+    hp.projview(values, fig=fig.number, sub=sub, nest=nest, title=title, unit=label, cmap=cmap, min=low, max=high,
+                norm="log" if log else None, graticule=True, graticule_labels=True, xlabel=xlabel, ylabel=ylabel,
+                cbar_ticks=_colour_ticks(low, high, log), format="%.3g", extend=extend, hold=sub == 111,
+                xtick_label_color="0.55")  # longitude labels lie on the map: a grey that shows on dark and light
+    return fig
+
+
 def plot_image(image, energy_index=0, log=False, fig=None, title=None, vmin=None, vmax=None, cmap="magma",
-               mask=None):
-    """Mollweide view of one energy plane of an image (healpy.mollview).
+               mask=None, dynamic_range=1e3, quantity="intensity"):
+    """Mollweide view of one energy plane of an image, with its band in the title.
 
     Parameters
     ----------
@@ -83,47 +151,49 @@ def plot_image(image, energy_index=0, log=False, fig=None, title=None, vmin=None
     energy_index : int
         Ei bin to show.
     log : bool
-        Logarithmic colour scale; pixels <= 0 are drawn at a floor (vmin, or the
-        smallest positive value).
+        Logarithmic colour scale from a floor (`vmin`, or the peak / `dynamic_range`)
+        to the peak; fainter pixels are drawn at the floor.
     fig : matplotlib.figure.Figure, optional
         A pyplot figure to draw into (cleared); a new one by default.
     title : str, optional
+        Title; the Ei band is appended.
     vmin, vmax : float, optional
         Colour range (image unit).
     cmap : str
     mask : histpy.Histogram or ndarray of bool, optional
         Pixels where False are drawn as missing (grey).
+    dynamic_range : float
+        Ratio of the peak to the floor of the logarithmic stretch.
+    quantity : str
+        What the values are, for the colour bar.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
     axis = image.axes[0]
-    values = dense_values(image)[:, energy_index]
-    nest = is_nested(axis)
+    values = np.asarray(dense_values(image)[:, energy_index], dtype=np.float64)
     if mask is not None:
         m = getattr(mask, "contents", mask)
         m = np.asarray(m, dtype=bool)
         m = m[:, energy_index] if m.ndim == 2 else m
         values = np.where(m, values, hp.UNSEEN)
     valid = values != hp.UNSEEN
-    norm = None
+    extend = None
     if log:
-        positive = values[valid & (values > 0)]
-        floor = vmin if vmin is not None else (positive.min() if positive.size else 1.0)
-        values = np.where(valid, np.maximum(values, floor), hp.UNSEEN)
-        vmin, norm = floor, "log"
+        peak = vmax if vmax is not None else float(values[valid].max(initial=0.0))
+        peak = peak if peak > 0 else 1.0
+        floor = vmin if vmin is not None else peak / float(dynamic_range)
+        values = np.where(valid, np.clip(values, floor, None), hp.UNSEEN)
+        vmin, vmax, extend = floor, peak, "min"
     if fig is None:
         fig = plt.figure(figsize=(8.5, 5.4))
     fig.clear()
-    unit = "" if image.unit is None else str(image.unit)
-    if title is None:
-        edges = image.axes[1].edges
-        title = f"{edges[energy_index]:.4g} - {edges[energy_index + 1]:.4g}"
-    hp.mollview(values, fig=fig.number, nest=nest, unit=unit, title=title, min=vmin, max=vmax, cmap=cmap,
-                norm=norm, hold=True)
-    hp.graticule(alpha=0.3)
-    return fig
+    band = band_label(image.axes[1], energy_index)
+    unit = "" if image.unit is None else f" [{IMAGE_UNIT_TEXT if image.unit == IMAGE_UNIT else image.unit}]"
+    return mollweide(values, fig, is_nested(axis), frame_name(axis, "galactic"),
+                     title=f"{title}, {band}" if title else band, label=f"{quantity}{unit}", cmap=cmap,
+                     vmin=vmin, vmax=vmax, log=log, extend=extend)
 
 
 def plot_sky_map(sky_map, title=None, markers=None, unit=None, cmap="viridis", fig=None):
@@ -152,10 +222,10 @@ def plot_sky_map(sky_map, title=None, markers=None, unit=None, cmap="viridis", f
         fig = plt.figure(figsize=(8.5, 5.4))
     fig.clear()
     label = unit if unit is not None else ("" if sky_map.unit is None else str(sky_map.unit))
-    hp.mollview(values, fig=fig.number, nest=is_nested(axis), unit=label, title=title or "", cmap=cmap, hold=True)
-    hp.graticule(alpha=0.3)
+    mollweide(values, fig, is_nested(axis), frame_name(axis, "galactic"), title=title or "", label=label, cmap=cmap)
     for lon, lat in markers or ():
-        hp.projscatter(lon, lat, lonlat=True, s=120, facecolors="none", edgecolors="red", linewidths=1.5)
+        hp.newprojplot(theta=np.radians(90.0 - lat), phi=np.radians(lon), marker="o", markersize=12,
+                       markerfacecolor="none", markeredgecolor="red", markeredgewidth=1.5, linestyle="")
     return fig
 
 
@@ -202,14 +272,23 @@ def residual_figures(data, model):
     bottom.set_xlabel("Compton scattering angle Phi [deg]")
     bottom.set_ylabel("(d - m) / sqrt(m)")
 
-    data_psi, model_psi = data.project("PsiChi").contents, model.project("PsiChi").contents
-    psichi_figure = plt.figure(figsize=(15, 4))
+    psichi = data.axes["PsiChi"]
+    frame = frame_name(psichi, "spacecraftframe")
+    data_psi = np.asarray(dense_values(data.project("PsiChi")), dtype=np.float64)
+    model_psi = np.asarray(dense_values(model.project("PsiChi")), dtype=np.float64)
+    psichi_figure = plt.figure(figsize=(16, 4.5))
     with np.errstate(divide="ignore", invalid="ignore"):
         residual = np.where(model_psi > 0, (data_psi - model_psi) / np.sqrt(model_psi), hp.UNSEEN)
-    for i, (values, title) in enumerate([(data_psi, "data"), (model_psi, "model"),
-                                         (residual, "(d - m) / sqrt(m)")]):
-        hp.mollview(values, fig=psichi_figure.number, sub=(1, 3, i + 1), title=f"PsiChi: {title}",
-                    nest=is_nested(data.axes["PsiChi"]), cmap="RdBu_r" if i == 2 else "viridis")
+    finite = residual[residual != hp.UNSEEN]
+    # diverging scale centred on zero
+    limit = float(np.max(np.abs(finite))) if finite.size and np.any(finite) else 1.0
+    frame_text = "spacecraft frame" if frame == "spacecraftframe" else f"{frame} frame"
+    high = float(max(data_psi.max(initial=0.0), model_psi.max(initial=0.0))) or 1.0
+    panels = [(data_psi, "data", "counts", "viridis", 0.0, high), (model_psi, "model", "counts", "viridis", 0.0, high),
+              (residual, "(d - m) / sqrt(m)", "(d - m) / sqrt(m)", "RdBu_r", -limit, limit)]
+    for i, (values, title, label, cmap, low, top) in enumerate(panels):
+        mollweide(values, psichi_figure, is_nested(psichi), frame, title=f"PsiChi ({frame_text}): {title}",
+                  label=label, cmap=cmap, vmin=low, vmax=top, sub=(1, 3, i + 1))
     return phi_figure, psichi_figure
 
 
@@ -244,7 +323,7 @@ def save_plots(results, directory, mask=None, energy_indices=None):
     model = final["model"]
     n_ei = model.axes[1].nbins
     for e in range(n_ei) if energy_indices is None else energy_indices:
-        title = f"iteration {final['iteration']}, Ei bin {e}"
+        title = f"RL image, iteration {final['iteration']}"
         paths.append(save_figure(plot_image(model, e, mask=mask, title=title), directory / f"model_E{e}.png"))
         paths.append(save_figure(plot_image(model, e, log=True, mask=mask, title=title + " (log)"),
                                  directory / f"model_E{e}_log.png"))

@@ -6,6 +6,7 @@ returns the value in its canonical Python type or raises
 :class:`~cosi_imaging_plugin.errors.InvalidValueError`
 (``"{where}: key '{key}': {problem}"``).
 """
+import difflib
 import math
 import re
 
@@ -120,6 +121,18 @@ def mapping(value, key, where=None):
     return value
 
 
+def did_you_mean(name, known):
+    """`` (did you mean 'x'?)`` for the closest of `known` to `name` (difflib), or an empty string."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_key(sub, known, key="", where=None):
+    """Fail for the unknown key `sub` of the mapping `key`, with the closest known key suggested."""
+    fail(f"{key}.{sub}" if key else str(sub),
+         f"unknown key{did_you_mean(sub, known)} (expected one of {sorted(known)})", where)
+
+
 def check_keys(value, key, where=None, *, known, required=()):
     """Check that the mapping `value` holds every `required` key and only `known` ones.
 
@@ -130,7 +143,7 @@ def check_keys(value, key, where=None, *, known, required=()):
     known = set(known) | set(required)
     for sub in value:
         if sub not in known:
-            fail(f"{key}.{sub}" if key else str(sub), f"unknown key (expected one of {sorted(known)})", where)
+            unknown_key(sub, known, key, where)
     for sub in required:
         if sub not in value:
             fail(f"{key}.{sub}" if key else str(sub), "missing key", where)

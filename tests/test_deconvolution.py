@@ -911,7 +911,9 @@ def write_manifest_dataset(problem, folder, parfile):
     folder.mkdir()
     write_response(folder / "response.h5", problem.axes, problem.values, dtype=np.float64)
     write_histogram(ccm_histogram(problem.ccm), folder / "ccm.h5")
-    write_histogram(problem.hist(problem.expected), folder / "data_scatt.h5")
+    # counts are integers: a Poisson draw of the expectation
+    counts = np.random.default_rng(909).poisson(problem.expected).astype(float)
+    write_histogram(problem.hist(counts), folder / "data_scatt.h5")
     for name, template in problem.templates.items():
         write_histogram(problem.hist(template), folder / f"bkg_{name}.h5")
     (folder / "parfile.yml").write_text(yaml.safe_dump(parfile))

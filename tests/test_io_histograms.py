@@ -179,7 +179,7 @@ def test_missing_group_lists_groups(tmp_path):
 
 
 @pytest.mark.parametrize("value, match", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
-                                          (-1.0, "negative")])
+                                          (-1.0, "negative"), (2.5, "non-integer")])
 def test_counts_validation(tmp_path, value, match):
     contents = np.ones((3, 3, 6, 48))
     contents[1, 2, 3, 4] = value

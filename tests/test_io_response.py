@@ -314,6 +314,28 @@ def test_truncated_file(tmp_path, rng):
             rsp.to_dense()
 
 
+@pytest.mark.parametrize("version, hint", [(1, False), (2, True)])
+def test_hdf5plugin_hint_only_for_version_2(tmp_path, rng, monkeypatch, version, hint):
+    """A dataset that HDF5 cannot read: the hint to install hdf5plugin (its filters) only for version-2 files."""
+    import cosi_imaging_plugin.io.response as response_module
+
+    path = tmp_path / "unreadable.h5"
+    axes = small_axes()
+    write_response(path, axes, small_contents(rng, axes))
+
+    class Unreadable:
+        def __getitem__(self, key):
+            raise OSError("Can't synchronously read data (required filter 'blosc' is not registered)")
+
+    monkeypatch.setattr(response_module, "hdf5plugin", None)
+    with FullDetectorResponse.open(path) as rsp:
+        monkeypatch.setattr(rsp, "_drm", lambda: {"CONTENTS": Unreadable()})
+        monkeypatch.setattr(rsp, "_version", version)
+        with pytest.raises(CosiFileError, match="unreadable.h5: cannot read /DRM/CONTENTS") as error:
+            rsp._h5read("CONTENTS", slice(None))
+    assert ("install hdf5plugin" in str(error.value)) is hint
+
+
 def test_missing_drm_lists_groups(tmp_path):
     path = tmp_path / "other.h5"
     with h5py.File(path, "w") as f:

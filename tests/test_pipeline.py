@@ -1,10 +1,15 @@
 """The end-to-end pipeline and the command line."""
+import base64
 import copy
 import json
+import subprocess
+import sys
+from html.parser import HTMLParser
 
 import pytest
 import yaml
 
+from cosi_imaging_plugin import __version__
 from cosi_imaging_plugin.cli import main
 from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.pipeline import read_fit_config, run_pipeline
@@ -12,8 +17,8 @@ from cosi_imaging_plugin.pipeline import read_fit_config, run_pipeline
 from test_simulate import tiny_config
 
 PRODUCTS = ["summary.json", "fit_results.fits", "fit_results.txt", "rl_image.png", "rl_image_log.png",
-            "fitted_model.png", "residuals_phi.png", "residuals_psichi.png", "rl/results.h5", "rl/results.fits",
-            "rl/convergence.png"]
+            "fitted_model.png", "fitted_model_grid.png", "residuals_phi.png", "residuals_psichi.png", "rl/results.h5",
+            "rl/results.fits", "rl/convergence.png"]
 
 
 def fit_config(data):
@@ -96,3 +101,114 @@ def test_cli_simulate_refuses_to_overwrite(tmp_path):
     assert main(["-q", "simulate", str(config), "-o", str(out)]) == 0
     assert (out / "manifest.yaml").is_file()
     assert main(["-q", "simulate", str(config), "-o", str(out)]) == 2
+
+
+def test_summary_states_units_band_and_definitions(pipeline_run):
+    out, summary = pipeline_run
+    written = json.loads((out / "summary.json").read_text())
+    assert written["band_kev"] == [509.0, 513.0]
+    assert written["units"]["flux"] == "ph cm-2 s-1"
+    assert {"sources.flux", "sources.flux_pull", "backgrounds.norm"} <= set(written["definitions"])
+    units = {path: entry["unit"] for path, entry in written["parameters"].items()}
+    assert units["bulge_511.spectrum.main.Gaussian.F"] == "1 / (s cm2)"
+    assert units["bulge_511.Gaussian_on_sphere.sigma"] == "deg"
+    assert "run.log" in {p.name for p in out.iterdir()}
+
+
+class _Page(HTMLParser):
+    """The headings, images, tables (as rows of cell texts) and external references of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings, self.images, self.tables, self.external = [], [], [], []
+        self._text, self._cell = None, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("src", "href"):
+            if key in attrs and not attrs[key].startswith("data:"):
+                self.external.append(attrs[key])
+        if tag == "img":
+            self.images.append(attrs)
+        elif tag in ("h2", "h3"):
+            self._text = ""
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "h3"):
+            self.headings.append(self._text)
+            self._text = None
+        elif tag in ("td", "th"):
+            self.tables[-1][-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text += data
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_report_holds_every_figure_and_table(pipeline_run):
+    out, summary = pipeline_run
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    assert page.external == []  # self-contained
+    for heading in ("Inputs", "Results", "Fitted parameters", "Fluxes in 509-513 keV (ph cm-2 s-1)",
+                    "Background normalizations", "Images", "Convergence", "Residuals", "Provenance"):
+        assert heading in page.headings, heading
+    # test_cached_dataset_is_reused runs again into out/again, after the report was written
+    figures = sorted(str(p.relative_to(out)) for p in out.rglob("*.png") if p.relative_to(out).parts[0] != "again")
+    assert sorted(image["alt"] for image in page.images) == figures
+    for image in page.images:
+        assert base64.b64decode(image["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    inputs, parameters, fluxes, backgrounds, provenance = page.tables
+    assert {row[0] for row in inputs[1:]} >= {"response", "data", "ccm", "backgrounds:albedo"}
+    assert all(len(row[2]) == 64 for row in inputs[1:])  # SHA-256
+    # the simulated inputs are named where they lie after the run, not in the temporary folder
+    assert all(row[1].startswith(str(out.resolve() / "data")) for row in inputs[1:]), inputs
+    assert parameters[0] == ["parameter", "value", "error", "unit"]
+    rows = {row[0]: row for row in parameters[1:]}
+    assert set(rows) == set(summary["parameters"])
+    assert rows["bulge_511.Gaussian_on_sphere.sigma"][3] == "deg"
+    assert {row[0] for row in fluxes[1:]} == set(summary["sources"])
+    assert {row[0] for row in backgrounds[1:]} == set(summary["backgrounds"])
+    assert dict(provenance[1:])["version cosi-imaging-plugin"] == __version__
+
+
+def test_a_second_run_in_the_same_folder(pipeline_run, caplog):
+    out, summary = pipeline_run
+    config = fit_config({"simulate": str(next(out.parent.glob("*.yaml")))})
+    stamp = (out / "summary.json").stat().st_mtime
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_pipeline(config, out, progress=False)
+    assert (out / "summary.json").stat().st_mtime == stamp
+    with caplog.at_level("INFO", logger="cosi_imaging_plugin"):
+        again = run_pipeline(config, out, progress=False, overwrite=True)
+    assert "reusing the simulated dataset of the previous run" in caplog.text
+    assert "reusing the finished RL stage of the previous run" in caplog.text
+    # the same data and RL image: the same fit
+    for name, entry in summary["sources"].items():
+        assert again["sources"][name]["flux"] == pytest.approx(entry["flux"], rel=1e-6)
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_fit_results_load_with_3ml_in_a_fresh_process(pipeline_run):
+    out, summary = pipeline_run
+    script = ("import json, sys\n"
+              "import cosi_imaging_plugin.sky\n"
+              "from threeML import load_analysis_results\n"
+              "results = load_analysis_results(sys.argv[1])\n"
+              "frame = results.get_data_frame()\n"
+              "print(json.dumps({k: float(v) for k, v in frame['value'].items()}))\n")
+    run = subprocess.run([sys.executable, "-c", script, str(out / "fit_results.fits")], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    values = json.loads(run.stdout.strip().splitlines()[-1])
+    for path, entry in summary["parameters"].items():
+        assert values[path] == pytest.approx(entry["value"], rel=1e-10), path

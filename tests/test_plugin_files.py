@@ -40,3 +40,26 @@ def test_exposure_maps_of_both_frames_agree(fixtures_dir):
     # Over these 10 s the pointing moves by 0.5 deg; with weights linear in direction the first-order
     # difference averages out, leaving second order ~ (0.5 / 59 deg pixel)^2 ~ 1e-4: bound it by 1e-3
     np.testing.assert_allclose(galactic, local, rtol=1e-3)
+
+
+def test_orientation_outside_the_data_time_range_is_refused(fixtures_dir, tmp_path):
+    from cosi_imaging_plugin.errors import CosiInputError
+    from cosi_imaging_plugin.exposure import Orientation
+
+    data = fixtures_dir / "test_event_histogram_localCDS.hdf5"
+    orientation = Orientation.read(fixtures_dir / "20280301_first_10sec.ori")
+    shifted = tmp_path / "a_day_later.ori"
+    lines = (fixtures_dir / "20280301_first_10sec.ori").read_text().splitlines()
+    # the same attitudes one day later: the file's time column moved by 86400 s
+    moved = []
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] == "OG":
+            fields[1] = repr(float(fields[1]) + 86400.0)
+            line = " ".join(fields)
+        moved.append(line)
+    shifted.write_text("\n".join(moved) + "\n")
+    assert Orientation.read(shifted).unix_seconds[0] == orientation.unix_seconds[0] + 86400.0
+    with pytest.raises(CosiInputError, match=r"Time axis .* does not overlap orientation .*a_day_later.ori"):
+        COSIImagingLike.from_files("cosi", response=fixtures_dir / "test_full_detector_response_dense.h5",
+                                   data=data, orientation=shifted, rtol=0.0, progress=False)

@@ -106,6 +106,28 @@ def as_histogram(obj, what, counts=False):
     raise CosiInputError(f"{what} must be a histpy.Histogram or a file path, got {type(obj).__name__}")
 
 
+def check_time_overlap(time_axis, orientation, name="the orientation"):
+    """Refuse data whose Time bins lie outside the orientation's time range; warn of a partial overlap.
+
+    Parameters
+    ----------
+    time_axis : histpy.Axis
+        The data's ``Time`` axis (Unix seconds).
+    orientation : Orientation
+    name : str
+        The orientation as messages name it (its file).
+    """
+    edges = time_axis.edges
+    edges = np.asarray(edges.to_value("s") if hasattr(edges, "to_value") else edges, dtype=float)
+    start, stop = float(orientation.unix_seconds[0]), float(orientation.unix_seconds[-1])
+    if edges[-1] <= start or edges[0] >= stop:
+        raise CosiInputError(f"the data's Time axis ({edges[0]:.3f} .. {edges[-1]:.3f} s) does not overlap "
+                             f"{name} ({start:.3f} .. {stop:.3f} s): are they of the same observation?")
+    if edges[0] < start or edges[-1] > stop:
+        logger.warning("the data's Time axis (%.3f .. %.3f s) reaches beyond %s (%.3f .. %.3f s)", edges[0],
+                       edges[-1], name, start, stop)
+
+
 def _as_ccm(ccm):
     return read_ccm(ccm) if isinstance(ccm, (str, Path)) else ccm
 
@@ -159,6 +181,10 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         folded with the orientation, those the CCM was built from.
     """
     data = as_histogram(data, "data", counts=True)
+    if orientation is not None and "Time" in data.axes.labels:
+        name = f"orientation {orientation}" if isinstance(orientation, (str, Path)) else "the orientation"
+        orientation = _as_orientation(orientation)
+        check_time_overlap(data.axes["Time"], orientation, name)
     backgrounds = {str(k): as_histogram(v, f"background '{k}'") for k, v in (backgrounds or {}).items()}
     column_response = load_response(response, rtol=rtol, dtype=dtype, progress=progress)
     if galactic_response_given:

@@ -28,7 +28,7 @@ from ..errors import CosiInputError
 from ..io.parameters import DeconvolutionParameters
 from .all_sky_image import MODEL_CLASSES, MODEL_DEFINITION_KEYS
 from .base import as_dataset_list
-from .parameters import ALGORITHMS, DECONVOLUTION_KEYS, build_algorithm, save_options, validate_tree
+from .parameters import ALGORITHMS, DECONVOLUTION_KEYS, algorithm_keywords, build_algorithm, save_options, validate_tree
 from .results import load_results, save_results
 
 logger = logging.getLogger(__name__)
@@ -149,16 +149,30 @@ class ImageDeconvolution:
         return self._algorithm
 
     # ---- initialization -----------------------------------------------------------------------
-    def _checked_tree(self):
-        """The parameter tree, validated section by section (errors name the key)."""
-        if self._dataset is None:
-            raise CosiInputError("no dataset: call set_dataset() first")
+    def check_parameters(self):
+        """Check the parameters in full before any work: every key, the algorithm and its keywords.
+
+        Needs no dataset, so that a command can refuse bad parameters before it reads
+        the data; the values that depend on the data are checked by :meth:`initialize`.
+
+        Returns
+        -------
+        dict
+            The parameter tree (nested form).
+        """
         if self._parameter is None:
             raise CosiInputError("no parameters: call read_parameterfile() first")
         tree = self._parameter.to_dict()
         validate_tree(tree["model_definition"], MODEL_DEFINITION_KEYS, "model_definition")
         validate_tree(tree["deconvolution"], DECONVOLUTION_KEYS, "deconvolution")
+        algorithm_keywords(tree["deconvolution"].get("algorithm"), tree["deconvolution"].get("parameter") or {})
         return tree
+
+    def _checked_tree(self):
+        """The parameter tree, validated section by section (errors name the key)."""
+        if self._dataset is None:
+            raise CosiInputError("no dataset: call set_dataset() first")
+        return self.check_parameters()
 
     def model_initialization(self):
         """Create the model from ``model_definition`` and set its initial values.
@@ -250,7 +264,9 @@ class ImageDeconvolution:
         try:
             self._algorithm.run(progress=progress)
         except KeyboardInterrupt:
-            logger.warning("interrupted after iteration %d: finalizing", self._algorithm.iteration_count)
+            done = self._algorithm.results[-1]["iteration"] if self._algorithm.results else 0
+            logger.warning("interrupted in iteration %d; the results of iteration %d are kept",
+                           self._algorithm.iteration_count, done)
             if self._algorithm.results:
                 self._save_as_configured()
             raise

@@ -179,7 +179,8 @@ def validate_tree(tree, schema, prefix):
     for key, value in tree.items():
         path = f"{prefix}:{key}"
         if key not in schema:
-            raise CosiInputError(f"unknown parameter '{path}'; known keys under '{prefix}': {sorted(schema)}")
+            raise CosiInputError(f"unknown parameter '{path}'{validation.did_you_mean(key, schema)}; known keys under "
+                                 f"'{prefix}': {sorted(schema)}")
         sub = schema[key]
         if sub is FREE_MAPPING:
             if not isinstance(value, dict):

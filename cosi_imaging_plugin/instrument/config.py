@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.yaml_files import read_yaml, write_yaml
-from ..validation import check_keys, fail, number, number_list
+from ..validation import check_keys, fail, number, number_list, unknown_key
 from .response_curves import ResponseCurves
 
 log = logging.getLogger(__name__)
@@ -424,7 +424,7 @@ class InstrumentConfig(ResponseCurves):
             for key, value in new.items():
                 dotted = f"{prefix}.{key}" if prefix else str(key)
                 if key not in target:
-                    fail(dotted, "unknown key", source)
+                    unknown_key(key, target, prefix, source)
                 if isinstance(target[key], dict) and key in _SECTIONS and prefix == "":
                     merge(target[key], value, dotted)
                 else:

@@ -84,8 +84,8 @@ def _raw_values(hist):
     return values.ravel(), None, lambda i: tuple(int(c) for c in np.unravel_index(i, values.shape))
 
 
-def _check_values(hist, where, what, nonnegative=True):
-    """Raise CosiInputError if the histogram holds NaN/inf or (optionally) negative values."""
+def _check_values(hist, where, what, nonnegative=True, integer=False):
+    """Raise CosiInputError if the histogram holds NaN/inf or (optionally) negative or non-integer values."""
     values, fill, locate = _raw_values(hist)
     if fill is not None and not (np.isfinite(fill) and (fill >= 0 or not nonnegative)):
         raise CosiInputError(f"{where}: {what} has an invalid sparse fill value {fill}")
@@ -104,6 +104,15 @@ def _check_values(hist, where, what, nonnegative=True):
                 f"{where}: {what} has {int(neg.sum())} negative bin(s), "
                 f"first at bin {locate(first)} (value {values[first]})"
             )
+    if integer:
+        fractional = values != np.round(values)
+        if fractional.any():
+            first = int(np.flatnonzero(fractional)[0])
+            raise CosiInputError(
+                f"{where}: {what} has {int(fractional.sum())} non-integer bin(s), first at bin {locate(first)} "
+                f"(value {values[first]}); the Poisson likelihood needs counts: give background-subtracted "
+                "or weighted data as counts and background templates instead"
+            )
 
 
 def read_histogram(path, name="hist", *, counts=False):
@@ -119,7 +128,7 @@ def read_histogram(path, name="hist", *, counts=False):
     name : str
         Group holding the histogram (histpy's default is ``"hist"``).
     counts : bool
-        Validate the contents as binned counts: no NaN/inf and no negative values.
+        Validate the contents as binned counts: no NaN/inf, no negative and no non-integer values.
 
     Returns
     -------
@@ -151,7 +160,7 @@ def read_histogram(path, name="hist", *, counts=False):
         raise CosiFileError(f"{path}: cannot read histogram '{name}': {type(exc).__name__}: {exc}") from exc
     logger.debug("read %s[%s]: axes %s, shape %s", path, name, list(hist.axes.labels), hist.shape)
     if counts:
-        _check_values(hist, f"{path} [{name}]", "binned data")
+        _check_values(hist, f"{path} [{name}]", "binned data", integer=True)
     return hist
 
 

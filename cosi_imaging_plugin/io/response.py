@@ -203,7 +203,9 @@ class FullDetectorResponse:
         try:
             return self._drm()[key][selection]
         except OSError as exc:
-            hint = " (install hdf5plugin for compressed version-2 files)" if hdf5plugin is None else ""
+            # only version-2 files use the HDF5 compression filters that hdf5plugin provides
+            hint = " (install hdf5plugin for compressed version-2 files)" if hdf5plugin is None and self._version == 2 \
+                else ""
             raise CosiFileError(f"{self._path}: cannot read /DRM/{key}{hint}: {exc}") from exc
 
     def _sparse_row(self, pixel, bins, values):

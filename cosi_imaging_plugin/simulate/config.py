@@ -135,7 +135,7 @@ class SimulationConfig:
                                  f"got {type(mapping).__name__}")
         for key in mapping:
             if key not in _TOP_KEYS and key not in _OPTIONAL_KEYS:
-                validation.fail(key, f"unknown key (expected {sorted(_TOP_KEYS | set(_OPTIONAL_KEYS))})", source)
+                validation.unknown_key(key, _TOP_KEYS | set(_OPTIONAL_KEYS), where=source)
         for key in sorted(_TOP_KEYS):
             if key not in mapping:
                 validation.fail(key, "missing key", source)
@@ -232,7 +232,7 @@ def _parse_instrument(spec, source, base_dir):
         validation.fail("instrument", f"expected 'default', a path or {{file, overrides}}, got {spec!r}", source)
     for key in spec:
         if key not in ("file", "overrides"):
-            validation.fail(f"instrument.{key}", "unknown key (expected file, overrides)", source)
+            validation.unknown_key(key, ("file", "overrides"), "instrument", source)
     file = spec.get("file", "default")
     overrides = spec.get("overrides") or {}
     if not isinstance(file, str):
@@ -267,7 +267,7 @@ def _parse_backgrounds(spec, source):
             validation.fail(key, f"expected a mapping {{kind, rate, norm, index}}, got {item!r}", source)
         for sub in item:
             if sub not in _BACKGROUND_KEYS:
-                validation.fail(f"{key}.{sub}", f"unknown key (expected {sorted(_BACKGROUND_KEYS)})", source)
+                validation.unknown_key(sub, _BACKGROUND_KEYS, key, source)
         for sub in ("kind", "rate"):
             if sub not in item:
                 validation.fail(f"{key}.{sub}", "missing key", source)

@@ -26,8 +26,9 @@ response read back from ``response.h5`` (truncated at ``response_rtol``). The
 expected counts and their Poisson draws, local and Galactic, are made by
 :mod:`.draws`; the configuration is checked by :mod:`.config`.
 
-Everything is written into a temporary directory beside ``output_dir`` and
-renamed at the end, so an interrupted run leaves no complete-looking directory.
+The output folder follows :class:`~cosi_imaging_plugin.outputs.OutputFolder`: built
+beside ``output_dir`` and renamed at the end, so an interrupted run leaves no
+complete-looking directory, with a ``run.log``.
 """
 import logging
 import math
@@ -41,7 +42,6 @@ import sparse
 from histpy import Axes, Axis, HealpixAxis, Histogram
 
 from .. import __version__
-from .._atomic import atomic_directory
 from ..binning import IMAGE_UNIT_TEXT, is_nested
 from ..engine import CCMMapping, ColumnResponse
 from ..exposure import ExposureTable, attitude_bins, coordsys_conversion_matrix, write_ccm
@@ -50,6 +50,7 @@ from ..instrument.response_generator import generate_response
 from ..io.histograms import write_histogram
 from ..io.manifest import SIMULATED_FORMAT, read_manifest, write_manifest
 from ..io.parameters import DeconvolutionParameters
+from ..outputs import OutputFolder
 from ..sky.rasterize import Rasterizer
 from ..sky.source_images import is_point_source, point_source_direction, source_image
 from ..sky.sources import build_sources, describe_source
@@ -132,7 +133,7 @@ def simulate_dataset(config, output_dir, progress=True, overwrite=False):
     progress : bool
         Show tqdm progress bars.
     overwrite : bool
-        Replace an existing ``output_dir`` (only after the new one is complete).
+        Replace an existing non-empty ``output_dir`` (only after the new one is complete).
 
     Returns
     -------
@@ -143,8 +144,9 @@ def simulate_dataset(config, output_dir, progress=True, overwrite=False):
     ------
     CosiInputError
         Invalid configuration (before any work).
-    FileExistsError
-        ``output_dir`` exists and ``overwrite`` is False (before any work).
+    OutputExistsError
+        ``output_dir`` is not empty and ``overwrite`` is False (before any work); a
+        ``FileExistsError``.
 
     Notes
     -----
@@ -159,8 +161,9 @@ def simulate_dataset(config, output_dir, progress=True, overwrite=False):
     """
     config = coerce_config(config)
     output_dir = Path(output_dir)
-    with atomic_directory(output_dir, overwrite=overwrite) as tmp:
-        truth, roles = _simulate_into(config, Path(tmp), progress)
+    with OutputFolder(output_dir, overwrite=overwrite) as out:
+        tmp = out.work
+        truth, roles = _simulate_into(config, tmp, progress)
         write_manifest(tmp, {**roles, "truth": truth, "config": config.to_dict()}, format=SIMULATED_FORMAT,
                        version=1, created_by=f"cosi_imaging_plugin {__version__}", name=config.name,
                        seed=config.seed)

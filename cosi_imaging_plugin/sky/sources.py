@@ -97,7 +97,8 @@ def preset_sources(name):
     list of dict
     """
     if name not in PRESETS:
-        raise CosiInputError(f"unknown sky preset '{name}'; known: {sorted(PRESETS)}")
+        raise CosiInputError(f"unknown sky preset '{name}'{validation.did_you_mean(name, PRESETS)}; known: "
+                             f"{sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
 
 
@@ -159,31 +160,32 @@ def _build_function(spec, dimension, where):
     parameters = {k: v for k, v in spec.items() if k != "function"}
     unknown = sorted(set(parameters) - set(function.parameters))
     if unknown:
-        raise CosiInputError(f"{where}: unknown parameter(s) {unknown} of function '{spec['function']}'; "
+        raise CosiInputError(f"{where}: unknown parameter(s) {unknown} of function '{spec['function']}'"
+                             f"{validation.did_you_mean(unknown[0], function.parameters)}; "
                              f"known: {list(function.parameters)}")
     for pname, value in parameters.items():
         par = function.parameters[pname]
         key = f"{where}.{pname}"
+        bounds = {}
         if isinstance(value, dict):
             validation.check_keys(value, key, known=_PARAMETER_KEYS, required=("value",))
-            # widen the bounds before setting a value that lies outside the old ones
-            if "min_value" in value:
-                par.min_value = None
-            if "max_value" in value:
-                par.max_value = None
-            for bound in ("min_value", "max_value"):
-                if bound in value:
-                    setattr(par, bound, validation.number(value[bound], f"{key}.{bound}"))
+            bounds = {bound: validation.number(value[bound], f"{key}.{bound}")
+                      for bound in ("min_value", "max_value") if bound in value}
             if "free" in value:
                 par.free = validation.flag(value["free"], f"{key}.free")
             value = value["value"]
         number = validation.number(value, key)
-        lo, hi = par.min_value, par.max_value
+        lo, hi = bounds.get("min_value", par.min_value), bounds.get("max_value", par.max_value)
         if (lo is not None and number < lo) or (hi is not None and number > hi):
             raise CosiInputError(f"{key}: value {number} is outside the bounds [{lo}, {hi}] of '{pname}' of "
                                  f"function '{spec['function']}'; give explicit bounds, e.g. "
                                  f"{{value: {number}, min_value: ..., max_value: ...}}")
+        # widen the bounds, set the value, then the new bounds: astromodels warns of a value outside its bounds
+        for bound in bounds:
+            setattr(par, bound, None)
         par.value = number
+        for bound, limit in bounds.items():
+            setattr(par, bound, limit)
     return function
 
 
@@ -214,7 +216,8 @@ def build_source(spec, where="source"):
         raise CosiInputError(f"{where}.type: must be 'point' or 'extended', got {kind!r}")
     unknown = sorted(set(spec) - _SOURCE_KEYS[kind])
     if unknown:
-        raise CosiInputError(f"{where}: unknown key(s) {unknown} for a {kind} source; "
+        raise CosiInputError(f"{where}: unknown key(s) {unknown} for a {kind} source"
+                             f"{validation.did_you_mean(unknown[0], _SOURCE_KEYS[kind])}; "
                              f"expected {sorted(_SOURCE_KEYS[kind])}")
     name = validation.identifier(spec.get("name"), f"{where}.name")
     if "spectrum" not in spec:

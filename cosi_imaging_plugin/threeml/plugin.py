@@ -107,7 +107,7 @@ class COSIImagingLike(PluginPrototype):
     # ---- construction from files -----------------------------------------------------------------
     @classmethod
     def from_files(cls, name, response, data, backgrounds=None, ccm=None, orientation=None, exposure_table=None,
-                   rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None, **kwargs):
+                   rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None, progress=True, **kwargs):
         """Plugin on the files of a COSI analysis, in either frame.
 
         The file arguments are those of :meth:`COSIDataset.from_files
@@ -122,16 +122,19 @@ class COSIImagingLike(PluginPrototype):
             Plugin name.
         response, data, backgrounds, ccm, orientation, exposure_table, rtol, dtype, nside_model
             See :meth:`COSIDataset.from_files <cosi_imaging_plugin.datasets.COSIDataset.from_files>`.
+        progress : bool
+            Show progress bars while the response is compressed (False: none).
         **kwargs
             Passed to the constructor (background bounds and priors, log_like_offset, ...).
         """
         dataset = COSIDataset.from_files(response, data, backgrounds, ccm=ccm, orientation=orientation,
                                          exposure_table=exposure_table, name=name, rtol=rtol, dtype=dtype,
-                                         nside_model=nside_model)
+                                         nside_model=nside_model, progress=progress)
         return cls(name, dataset, **kwargs)
 
     @classmethod
-    def from_manifest(cls, name, manifest, frame="spacecraft", rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, **kwargs):
+    def from_manifest(cls, name, manifest, frame="spacecraft", rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, progress=True,
+                      **kwargs):
         """Plugin on a dataset directory (``manifest.yaml``, e.g. written by ``cosi-imaging simulate``).
 
         Parameters
@@ -144,12 +147,13 @@ class COSIImagingLike(PluginPrototype):
             'spacecraft': the ScAtt-binned data with the CCM; 'galactic': the
             Galactic-frame data (when simulated), the response rotated over the
             exposure table's ScAtt bins.
-        rtol, dtype, **kwargs
+        rtol, dtype, progress, **kwargs
             As for :meth:`from_files`.
         """
         if frame not in ("spacecraft", "galactic"):
             raise CosiInputError(f"frame must be 'spacecraft' or 'galactic', got {frame!r}")
-        return cls(name, COSIDataset.from_manifest(manifest, frame, name=name, rtol=rtol, dtype=dtype), **kwargs)
+        return cls(name, COSIDataset.from_manifest(manifest, frame, name=name, rtol=rtol, dtype=dtype,
+                                                   progress=progress), **kwargs)
 
     # ---- 3ML interface -------------------------------------------------------------------------
     def set_model(self, likelihood_model):

@@ -1,0 +1,262 @@
+"""The command line as a user runs it: output folders, interruptions and resume, early checks, the console.
+
+The commands run in subprocesses and receive real signals once their work has started.
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from histpy import Histogram
+from test_pipeline import fit_config
+
+from cosi_imaging_plugin import __version__
+from cosi_imaging_plugin.cli import build_parser, deconvolve_main, main
+from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
+from cosi_imaging_plugin.io.histograms import read_histogram, write_histogram
+from cosi_imaging_plugin.outputs import Interrupted, OutputExistsError, OutputFolder
+from cosi_imaging_plugin.pipeline import _model, check_fit_config, read_fit_config
+
+# long enough that a signal always arrives while iterating (no stopping before iteration_max)
+LONG_RUN = ["--override", "deconvolution:parameter:iteration_max = 60",
+            "--override", "deconvolution:parameter:stopping_criteria:threshold = 0"]
+
+
+def interrupt_when(command, pattern, sig, cwd):
+    """Run `command`, send `sig` once a line of its standard error matches `pattern`; (status, stdout, stderr)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if re.search(pattern, line):
+            process.send_signal(sig)
+            break
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, "".join(seen) + err
+
+
+def final_loglikelihood(folder):
+    with h5py.File(folder / "results.h5", "r") as f:
+        return int(f.attrs["final_iteration"]), float(np.sum(f[f"iteration{f.attrs['final_iteration']}"]
+                                                           .attrs["loglikelihood"]))
+
+
+# ---- the output-folder policy ------------------------------------------------------------------
+
+def test_output_folder_swaps_in_only_complete_runs(tmp_path):
+    target = tmp_path / "out"
+    with OutputFolder(target) as out:
+        (out.work / "a.txt").write_text("first")
+        assert not target.exists() and out.work.parent == tmp_path
+    assert (target / "a.txt").read_text() == "first"
+    header = (target / "run.log").read_text()
+    assert "# command:" in header and "# version cosi-imaging-plugin: " + __version__ in header
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        OutputFolder(target).__enter__()
+    # a failed or interrupted rerun leaves the old products untouched and no temporary folder
+    for error in (RuntimeError("failed"), Interrupted(signal.SIGTERM)):
+        with pytest.raises(type(error)):
+            with OutputFolder(target, overwrite=True) as out:
+                (out.work / "b.txt").write_text("second")
+                raise error
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+        assert sorted(p.name for p in target.iterdir()) == ["a.txt", "report.html", "run.log"]
+    # unless the run keeps a resumable state
+    with pytest.raises(KeyboardInterrupt):
+        with OutputFolder(target, overwrite=True) as out:
+            (out.work / "state.txt").write_text("resumable")
+            out.keep_on_interrupt = True
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in target.iterdir()) == ["report.html", "run.log", "state.txt"]
+
+
+def test_output_folder_refuses_unusable_folders(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("not a product")
+    with pytest.raises(OutputExistsError, match="not made by cosi-imaging"):
+        OutputFolder(mine, overwrite=True).__enter__()
+    assert (mine / "thesis.tex").is_file()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CosiFileError, match="cannot create the output folder"):
+        OutputFolder(blocker / "out").__enter__()
+    with pytest.raises(CosiFileError, match="is a file"):
+        OutputFolder(blocker).__enter__()
+
+
+def test_read_only_output_folder_is_refused_before_any_work(tmp_path, cli_dataset):
+    if os.geteuid() == 0:
+        pytest.skip("permissions do not bind the superuser")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    try:
+        for output in (readonly, readonly / "rl"):
+            assert main(["deconvolve", "--data", str(cli_dataset), "-o", str(output), "-q"]) == 2
+        assert list(readonly.iterdir()) == []
+    finally:
+        readonly.chmod(0o755)
+
+
+def test_checksums_of_the_inputs_in_run_log(tmp_path):
+    source = tmp_path / "input.bin"
+    source.write_bytes(b"cosi")
+    with OutputFolder(tmp_path / "out", command="cosi-imaging test") as out:
+        checksums = out.record_inputs({"data": source})
+    digest = hashlib.sha256(b"cosi").hexdigest()
+    assert checksums == {str(source.resolve()): digest}
+    text = (tmp_path / "out" / "run.log").read_text()
+    assert "# command: cosi-imaging test" in text and f"sha256 {digest}" in text
+
+
+# ---- simulate: a second run, SIGTERM -----------------------------------------------------------
+
+def test_simulate_refuses_its_folder_and_cleans_up_on_sigterm(cli_dataset, cosi_imaging, tmp_path):
+    config = cli_dataset.parent / "tiny.yaml"
+    again = subprocess.run([*cosi_imaging, "simulate", str(config), "-o", str(cli_dataset)], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 2
+    assert "not empty" in again.stderr and "--overwrite" in again.stderr and "overwrite=True)" in again.stderr
+    status, _, err = interrupt_when([*cosi_imaging, "-v", "simulate", str(config), "-o", "sim"],
+                                    "generating synthetic response", signal.SIGTERM, tmp_path)
+    assert status == 128 + signal.SIGTERM, err
+    assert "interrupted" in err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its hidden temporary sibling
+
+
+# ---- deconvolve: SIGINT (Ctrl-C), the saved state, --resume -------------------------------------
+
+@pytest.fixture(scope="module")
+def interrupted_deconvolution(cli_dataset, cosi_imaging, tmp_path_factory):
+    root = tmp_path_factory.mktemp("deconvolve")
+    status, out, err = interrupt_when([*cosi_imaging, "deconvolve", "--data", str(cli_dataset), "-o", "rl", "-vv",
+                                       *LONG_RUN], r"RL iteration 6/", signal.SIGINT, root)
+    return root, status, err
+
+
+def test_interrupted_deconvolution_saves_its_last_iteration(interrupted_deconvolution):
+    root, status, err = interrupted_deconvolution
+    assert status == 128 + signal.SIGINT, err
+    iteration, _ = final_loglikelihood(root / "rl")
+    assert 5 <= iteration < 60
+    record = json.loads((root / "rl" / "deconvolve.json").read_text())
+    assert record["complete"] is False and record["iterations"] == iteration
+    assert f"iteration {iteration} saved in rl; resume with: cosi-imaging deconvolve --resume rl" in err
+    report = (root / "rl" / "report.html").read_text()
+    assert "<h2>Convergence</h2>" in report and "interrupted (resume with --resume)" in report
+    assert sorted(p.name for p in root.iterdir()) == ["rl"]
+
+
+def test_resumed_deconvolution_equals_an_uninterrupted_one(interrupted_deconvolution, cli_dataset, cosi_imaging,
+                                                           tmp_path):
+    root, _, _ = interrupted_deconvolution
+    resumed = subprocess.run([*cosi_imaging, "deconvolve", "--resume", "rl", "-q"], cwd=root, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "60 iterations" in resumed.stdout
+    assert "%|" not in resumed.stderr  # -q: no progress bars
+    reference = deconvolve_main(None, cli_dataset, tmp_path / "reference", progress=False,
+                                overrides=[LONG_RUN[1], LONG_RUN[3]])
+    iteration, loglikelihood = final_loglikelihood(root / "rl")
+    assert iteration == reference["iterations"] == 60
+    # the resumed run repeats the same arithmetic: equal up to the summation order of threaded sums
+    assert loglikelihood == pytest.approx(reference["loglikelihood"], rel=1e-12)
+    assert json.loads((root / "rl" / "deconvolve.json").read_text())["complete"] is True
+    described = subprocess.run([*cosi_imaging, "info", "rl"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert described.returncode == 0, described.stderr
+    assert "deconvolution results (RL), final iteration 60" in described.stdout
+    assert "finished at iteration 60" in described.stdout and "run log; command: cosi-imaging" in described.stdout
+
+
+# ---- configurations checked in full before any work ---------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["fit"].update(minimiser="minuit"), "fit.minimiser': unknown key (did you mean 'minimizer'?)"),
+    (lambda c: c["model"].update(initialise_from_rl=True), "did you mean 'initialize_from_rl'?"),
+    (lambda c: c["backgrounds"]["albedo"].update(bonds=[0, 2]), "backgrounds.albedo.bonds': unknown key "
+                                                                "(did you mean 'bounds'?)"),
+    (lambda c: c["backgrounds"].update(albdo={"bounds": [0, 2]}), "did you mean 'albedo'?"),
+    (lambda c: c["model"]["sources"][0]["spatial"].update(sigmaa={"value": 5.0}), "did you mean 'sigma'?"),
+    (lambda c: c["deconvolution"]["overrides"].append("deconvolution:parameter:iteration_mx = 3"),
+     "did you mean 'iteration_max'?"),
+])
+def test_fit_configuration_errors_come_before_any_work(tmp_path, cli_dataset, change, message):
+    config = fit_config({"manifest": str(cli_dataset / "manifest.yaml")})
+    config["backgrounds"] = {"albedo": {"bounds": [0.0, 10.0]}}
+    change(config)
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CosiInputError, match=re.escape(message)):
+        check_fit_config(read_fit_config(path))
+    assert main(["fit", str(path), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.yaml"]
+
+
+def test_missing_file_and_unknown_builtin_are_told_apart(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "nonexistent.yaml"), "-o", str(tmp_path / "out")]) == 2
+    assert "fit configuration file" in capsys.readouterr().err
+    assert main(["fit", "demo_mini_511kev", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no built-in fit configuration 'demo_mini_511kev' (did you mean 'demo_mini_511keV'?)" in err
+    assert main(["info", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# ---- the console -------------------------------------------------------------------------------
+
+def test_global_options_after_the_subcommand_and_version(cosi_imaging):
+    parser = build_parser()
+    assert parser.parse_args(["info", "x", "-vv"]).verbose == 2
+    assert parser.parse_args(["-v", "info", "x"]).verbose == 1
+    assert parser.parse_args(["info", "x", "-q"]).quiet is True
+    assert parser.parse_args(["info", "x"]).verbose == 0
+    version = subprocess.run([*cosi_imaging, "--version"], capture_output=True, text=True, timeout=300)
+    assert version.stdout.strip() == f"cosi-imaging {__version__}"
+
+
+def test_info_on_a_dataset_and_the_current_folder(cli_dataset, capsys, monkeypatch):
+    assert main(["info", str(cli_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "dataset 'tiny'" in out and "backgrounds: albedo (bkg_albedo.hdf5)" in out
+    monkeypatch.chdir(cli_dataset.parent)
+    assert main(["info", "."]) == 0
+    assert "tiny/: dataset 'tiny'" in capsys.readouterr().out
+
+
+def test_no_bound_warnings_from_the_package_set_up():
+    """Setting a parameter and bounds that exclude astromodels' default value warns of nothing."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    target = logging.getLogger("astromodels.core.parameter")
+    target.addHandler(handler)
+    try:
+        config = read_fit_config("demo_mini_511keV")
+        model = _model(config)
+    finally:
+        target.removeHandler(handler)
+    assert model.bulge_511.spectrum.main.Gaussian.F.value == 5.0e-4
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+
+
+def test_non_integer_counts_are_refused_naming_the_bin(cli_dataset, tmp_path, capsys):
+    dataset = tmp_path / "edited"
+    shutil.copytree(cli_dataset, dataset)
+    data = read_histogram(dataset / "data_scatt.hdf5")
+    contents = data.contents.todense() if hasattr(data.contents, "todense") else np.asarray(data.contents)
+    contents = contents.astype(float)
+    contents[3, 0, 2, 5] = 2.5
+    write_histogram(Histogram(data.axes, contents=contents), dataset / "data_scatt.hdf5")
+    assert main(["deconvolve", "--data", str(dataset), "-o", str(tmp_path / "rl"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "data_scatt.hdf5 [hist]: binned data has 1 non-integer bin(s), first at bin (3, 0, 2, 5) (value 2.5)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]
