@@ -43,7 +43,7 @@ from ._atomic import atomic_path
 from .datasets import COSIDataset
 from .deconvolution import ImageDeconvolution
 from .deconvolution.parameters import save_options
-from .detection import SourceDetector, TSMapEstimator
+from .detection import BackgroundEstimator, SourceDetector, TSMapEstimator
 from .errors import CosiFileError, CosiInputError
 from .io.describe import describe_path
 from .io.manifest import read_manifest
@@ -253,13 +253,29 @@ def _detection_inputs(args):
     return dataset, parse_spectrum(args.spectrum, ei_edges), channels
 
 
+def _fitted_backgrounds(args, dataset, spectrum, channels, out):
+    """Background norms fitted with an exclusion mask when ``--mask-radius`` is given (else None), and a line."""
+    if args.mask_radius is None:
+        return None, []
+    estimator = BackgroundEstimator(spectrum, radius=args.mask_radius, threshold=args.mask_threshold,
+                                    em_channels=channels)
+    background = estimator.run(dataset, progress=not args.quiet)
+    background.write(out.work / "background.h5")
+    save_figure(plot_sky_map(background.sky_mask, title="exclusion mask", unit="excluded"),
+                out.work / "exclusion_mask.png")
+    norms = ", ".join(f"{key} {value:.4g} +- {background.value_errors[key]:.2g}"
+                      for key, value in background.values.items())
+    return background.norms, [f"backgrounds fitted clear of {len(background.history) - 1} masked peak(s): {norms}"]
+
+
 def _tsmap(args, out):
     dataset, spectrum, channels = _detection_inputs(args)
     out.record_inputs({"data": args.data})
+    norms, lines = _fitted_backgrounds(args, dataset, spectrum, channels, out)
     estimator = TSMapEstimator(spectrum, kernel=args.kernel, width=args.width,
                                nside=args.nside or dataset.model_axes[0].nside, em_channels=channels,
                                selection_optional="all")
-    result = estimator.run(dataset, progress=not args.quiet)
+    result = estimator.run(dataset, background_norms=norms, progress=not args.quiet)
     result.write(out.work / "ts_map.h5")
     result.write_fits(out.work / "ts_map.fits")
     pixel, ts = result.peak("ts")
@@ -267,16 +283,17 @@ def _tsmap(args, out):
     title = f"sqrt(TS), {args.kernel} kernel" + (f" of {args.width:g} deg" if args.width else "")
     save_figure(plot_sky_map(result["sqrt_ts"], title=title, markers=[(lon, lat)], unit="sqrt(TS)"),
                 out.work / "sqrt_ts.png")
-    return [f"peak TS {ts:.1f} at (l, b) = ({lon:.2f}, {lat:.2f})"]
+    return lines + [f"peak TS {ts:.1f} at (l, b) = ({lon:.2f}, {lat:.2f})"]
 
 
 def _detect(args, out):
     dataset, spectrum, channels = _detection_inputs(args)
     out.record_inputs({"data": args.data})
+    norms, background_lines = _fitted_backgrounds(args, dataset, spectrum, channels, out)
     scales = [float(s) for s in args.scales.split(",")]
     detector = SourceDetector(spectrum, scales=scales, threshold=args.threshold, em_channels=channels,
                               max_iterations=args.max_sources)
-    table = detector.run(dataset, progress=not args.quiet)
+    table = detector.run(dataset, background_norms=norms, progress=not args.quiet)
     with atomic_path(out.work / "detections.ecsv") as tmp:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
     if len(table):
@@ -284,7 +301,8 @@ def _detect(args, out):
         with atomic_path(out.work / "detections_model.yml") as tmp:
             model.save(str(tmp), overwrite=True)
     residual = TSMapEstimator(spectrum, nside=dataset.model_axes[0].nside, em_channels=channels).run(
-        dataset, null_model=table.to_model() if len(table) else None, progress=not args.quiet)
+        dataset, null_model=table.to_model() if len(table) else None, background_norms=norms,
+        progress=not args.quiet)
     residual.write(out.work / "residual_ts_map.h5")
     markers = [(float(r["l"]), float(r["b"])) for r in table]
     save_figure(plot_sky_map(residual["sqrt_ts"], title=f"residual sqrt(TS) after {len(table)} detection(s)",
@@ -292,7 +310,7 @@ def _detect(args, out):
     lines = [f"{row['name']}: (l, b) = ({row['l']:.2f}, {row['b']:.2f}), scale {row['scale']:g} deg, "
              f"sqrt(TS) {row['sqrt_ts']:.1f}, flux {row['flux']:.3g} +- {row['flux_err']:.2g} ph cm-2 s-1"
              for row in table]
-    return lines + [f"{len(table)} source(s) above sqrt(TS) {args.threshold:g}"]
+    return background_lines + lines + [f"{len(table)} source(s) above sqrt(TS) {args.threshold:g}"]
 
 
 def _add_detection_arguments(p):
@@ -303,6 +321,11 @@ def _add_detection_arguments(p):
                    help="test spectrum 'Name:par=value,...' (astromodels; default a power law of index -2 "
                         "with its pivot at the Ei range's centre)")
     p.add_argument("--em-channels", default=None, help="Em bins used, e.g. '0,1' (default all)")
+    p.add_argument("--mask-radius", type=float, default=None,
+                   help="fit the background norms first, clear of an exclusion mask of discs of this radius (deg) "
+                        "around the significant peaks (default: norms of 1)")
+    p.add_argument("--mask-threshold", type=float, default=5.0,
+                   help="sqrt(TS) of a peak the exclusion mask covers (default 5)")
 
 
 def _demo(args):

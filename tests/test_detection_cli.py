@@ -26,6 +26,16 @@ def test_tsmap_writes_maps_and_a_figure(dataset_dir, tmp_path):
     assert np.nanmax(ts.contents) > 25  # the bulge
 
 
+def test_tsmap_fits_the_backgrounds_clear_of_an_exclusion_mask(dataset_dir, tmp_path, capsys):
+    out = tmp_path / "masked"
+    assert main(["tsmap", "--data", str(dataset_dir), "--mask-radius", "25", "--mask-threshold", "10",
+                 "-o", str(out)]) == 0
+    assert "backgrounds fitted clear of" in capsys.readouterr().out
+    mask = Histogram.open(out / "background.h5", name="sky_mask")
+    assert 0 < np.count_nonzero(mask.contents) < mask.axes[0].npix
+    assert (out / "exclusion_mask.png").stat().st_size > 0
+
+
 def test_detect_writes_a_table_a_model_and_a_figure(dataset_dir, tmp_path):
     out = tmp_path / "detect"
     assert main(["-q", "detect", "--data", str(dataset_dir), "--scales", "0,10", "--max-sources", "2",

@@ -182,8 +182,9 @@ class BackgroundResult:
     ----------
     norms, errors : dict
         The final background normalizations (as the engine takes them) and their errors.
-    values : dict
-        The final normalizations keyed as the plugin's background parameters (:class:`BackgroundFit`).
+    values, value_errors : dict
+        The final normalizations keyed as the plugin's background parameters, and their errors
+        (:class:`BackgroundFit`).
     sky_mask : histpy.Histogram
         The excluded model-grid pixels (1 excluded, 0 kept).
     excluded : ExcludedBins
@@ -199,6 +200,7 @@ class BackgroundResult:
     norms: dict
     errors: dict
     values: dict
+    value_errors: dict
     sky_mask: Histogram
     excluded: ExcludedBins
     history: list
@@ -324,7 +326,7 @@ class BackgroundEstimator:
             logger.warning("the exclusion mask still grew after %d iterations: raise max_iterations or the "
                            "threshold", self.max_iterations)
         mask = Histogram([model_axis], contents=excluded.sky_mask.astype(np.float64))
-        return BackgroundResult(fit.norms, fit.errors, fit.values, mask, excluded, history, converged)
+        return BackgroundResult(fit.norms, fit.errors, fit.values, fit.value_errors, mask, excluded, history, converged)
 
     @staticmethod
     def _entry(dataset, iteration, fit, excluded, lon, lat, sqrt_ts):
