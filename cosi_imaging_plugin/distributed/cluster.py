@@ -1,0 +1,102 @@
+"""Connecting to a Dask cluster and checking it before any shard is built.
+
+Each problem is reported before the run, naming the address or the worker:
+an unreachable scheduler, workers whose packages differ from the client's, and
+workers with too little memory for their shard.
+"""
+import importlib.metadata
+import logging
+
+from ..errors import CosiInputError
+
+logger = logging.getLogger(__name__)
+
+#: Packages whose versions must agree between the client and the workers: a shard is built and
+#: folded by the workers' copies, and its results must be those of the client's.
+CHECKED_PACKAGES = ("cosi-imaging-plugin", "numpy", "numba", "histpy", "scipy", "sparse", "dask", "distributed")
+
+
+def _require_distributed():
+    try:
+        import distributed
+    except ImportError as err:  # the optional extra
+        raise CosiInputError("running the engine on a Dask cluster needs the 'distributed' extra: "
+                             "pip install 'cosi-imaging-plugin[distributed]'") from err
+    return distributed
+
+
+def connect(client=None, timeout=10):
+    """A ``distributed.Client`` from a client, a scheduler address or a cluster object.
+
+    Parameters
+    ----------
+    client : distributed.Client, str or cluster
+        A client (used as it is), a scheduler address (``tcp://host:8786``), or a
+        cluster object with a ``scheduler_address`` (``LocalCluster``, ``SLURMCluster``).
+    timeout : float
+        Seconds to wait for the scheduler.
+
+    Raises
+    ------
+    CosiInputError
+        The scheduler cannot be reached (the message names its address).
+    """
+    distributed = _require_distributed()
+    if isinstance(client, distributed.Client):
+        return client
+    address = getattr(client, "scheduler_address", client)
+    if not isinstance(address, str) or not address:
+        raise CosiInputError(f"scheduler must be a distributed.Client, a cluster or an address such as "
+                             f"'tcp://host:8786', got {client!r}")
+    try:
+        out = distributed.Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as err:
+        raise CosiInputError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {err}") from err
+    logger.info("connected to the Dask scheduler at %s (%d workers)", address, len(workers_of(out)))
+    return out
+
+
+def workers_of(client):
+    """{address: info} of the workers attached to the scheduler, in address order."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return dict(sorted(info.items()))
+
+
+def package_versions():
+    """Versions of :data:`CHECKED_PACKAGES` in this process (None for a package not installed)."""
+    out = {}
+    for name in CHECKED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def check_versions(client, local=None):
+    """Raise if a worker's packages differ from the client's (names the worker and the package)."""
+    local = package_versions() if local is None else local
+    remote = client.run(package_versions)
+    for worker, versions in sorted(remote.items()):
+        different = {name: (local.get(name), versions.get(name)) for name in local
+                     if versions.get(name) != local.get(name)}
+        if different:
+            listing = ", ".join(f"{name} {mine} here, {theirs} there" for name, (mine, theirs) in different.items())
+            raise CosiInputError(f"Dask worker {worker} runs other package versions than this client: {listing}")
+
+
+def check_memory(client, needs):
+    """Raise if a worker has a memory limit below what its shards need.
+
+    Parameters
+    ----------
+    needs : dict of str to int
+        Bytes each worker (address) will hold.
+    """
+    workers = workers_of(client)
+    for worker, need in needs.items():
+        limit = workers[worker].get("memory_limit") or 0
+        if limit and need > limit:
+            raise CosiInputError(f"Dask worker {worker} has a memory limit of {limit / 1e6:.0f} MB but its shard "
+                                 f"of the response needs at least {need / 1e6:.0f} MB: give the workers more "
+                                 f"memory or use more workers")
