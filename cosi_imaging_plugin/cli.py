@@ -29,6 +29,7 @@ from .datasets import COSIDataset
 from .deconvolution import ImageDeconvolution
 from .deconvolution.parameters import save_options
 from .detection import SourceDetector, TSMapEstimator
+from .distributed import use_scheduler
 from .errors import CosiFileError, CosiInputError
 from .io.describe import describe_file
 from .io.manifest import read_manifest
@@ -267,6 +268,8 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="count", default=1, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                        help="shard the engine over the workers of this Dask scheduler (e.g. tcp://host:8786)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the main job on the built-in mini_511keV dataset")
@@ -324,7 +327,8 @@ def main(argv=None):
         args.verbose = 0
     _configure_logging(args.verbose)
     try:
-        return args.run(args)
+        with use_scheduler(args.scheduler):
+            return args.run(args)
     except (CosiInputError, FileNotFoundError, FileExistsError) as exc:
         logger.error("%s", exc)
         return 2

@@ -37,7 +37,7 @@ from .threeml.rl_initializer import NORMALIZATION_PARAMETERS, initialize_from_im
 
 logger = logging.getLogger(__name__)
 
-FIT_KEYS = {"name", "data", "response_rtol", "deconvolution", "model", "backgrounds", "fit"}
+FIT_KEYS = {"name", "data", "response_rtol", "deconvolution", "model", "backgrounds", "fit", "scheduler"}
 DATA_KEYS = {"simulate", "manifest", "files"}
 STAGES = ["data", "engine", "deconvolution", "fit", "products"]
 
@@ -103,11 +103,11 @@ def _dataset(config, output_dir, progress):
     return manifest, files
 
 
-def _analysis_dataset(files, rtol, progress):
-    """The COSIDataset of the configured files."""
+def _analysis_dataset(files, rtol, progress, scheduler=None):
+    """The COSIDataset of the configured files (its engine sharded over `scheduler`'s workers when given)."""
     roles = ("response", "data", "backgrounds", "ccm", "orientation", "exposure_table")
     return COSIDataset.from_files(**{role: files[role] for role in roles if files.get(role)}, rtol=rtol,
-                                  progress=progress)
+                                  progress=progress, client=scheduler)
 
 
 def _deconvolve(config, dataset, files, output_dir, progress):
@@ -225,7 +225,8 @@ def run_pipeline(config, output_dir, progress=True):
         manifest, files = _dataset(config, output_dir, progress)
         bar.update()
         stage("engine")
-        dataset = _analysis_dataset(files, float(config.get("response_rtol", DEFAULT_RTOL)), progress)
+        dataset = _analysis_dataset(files, float(config.get("response_rtol", DEFAULT_RTOL)), progress,
+                                    config.get("scheduler"))
         bar.update()
         stage("deconvolution")
         deconvolution = _deconvolve(config, dataset, files, output_dir, progress)

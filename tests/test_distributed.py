@@ -6,6 +6,7 @@ transpose products, the exposure) are added in another order (float64, ~1e-16).
 """
 import os
 import signal
+import tracemalloc
 import warnings
 
 import distributed
@@ -14,12 +15,22 @@ import pytest
 from astromodels import ExtendedSource, Gaussian_on_sphere, Model, Powerlaw
 from threeML import DataList, JointLikelihood
 
+from cosi_imaging_plugin.cli import main
 from cosi_imaging_plugin.datasets import COSIDataset
 from cosi_imaging_plugin.deconvolution import RichardsonLucy
-from cosi_imaging_plugin.distributed import ShardedEngine, check_memory, check_versions, connect, plan_columns
-from cosi_imaging_plugin.engine import ColumnResponse
+from cosi_imaging_plugin.distributed import (
+    ShardedEngine,
+    check_memory,
+    check_versions,
+    connect,
+    out_of_core_engine,
+    plan_columns,
+    use_scheduler,
+)
+from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
 from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.io import write_response
+from cosi_imaging_plugin.pipeline import read_fit_config
 from cosi_imaging_plugin.sky.rasterize import Rasterizer
 from cosi_imaging_plugin.sky.spectra import integrate_spectrum
 from cosi_imaging_plugin.threeml import COSIImagingLike
@@ -286,3 +297,58 @@ def test_worker_killed_mid_run_gives_the_same_images(tmp_path):
                 np.testing.assert_array_equal(a["model"], b["model"])
     finally:
         cluster.close()
+
+
+def test_out_of_core_engine_within_a_memory_bound_smaller_than_the_response(tmp_path):
+    """Shards of at most a third of the response, streamed from disk: the single engine's results."""
+    generated = generated_response()
+    path = write_response(tmp_path / "response.h5", generated.axes, generated.contents, dtype=np.float64)
+    _, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=9)
+    single = COSIDataset.from_histograms(local.counts, {"instrumental": template}, path, ccm, dtype=np.float64,
+                                         rtol=1e-3).engine
+    total = single.response.nbytes + single.response.tiled_blocks().nbytes
+    bound = total // 3
+    engine = out_of_core_engine(path, CCMMapping(ccm), bound, data=local.counts,
+                                backgrounds={"instrumental": template}, directory=tmp_path / "shards", rtol=1e-3,
+                                dtype=np.float64, progress=False)
+    facts = engine.shard_facts()
+    assert len(facts) >= 3
+    assert all(f["response_bytes"] < bound for f in facts), [f["response_bytes"] for f in facts]
+    assert sum(f["blocks"] for f in facts) == single.response.n_blocks
+    image = sky_image()
+    tracemalloc.start()
+    eps = engine.expectation_at_bins(image)
+    product = engine.transpose_product(local.engine.data.counts / eps)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # one shard at work at a time, besides the bins' and the images' arrays of the client
+    assert peak < bound + 8 * image.nbytes + 16 * eps.nbytes, (peak, bound)
+    close(single.expectation_at_bins(image), eps)
+    close(single.transpose_product(local.engine.data.counts / eps), product)
+    rl_single = RichardsonLucy(COSIDataset(single, counts=local.counts), iterations=3).run()
+    rl_disk = RichardsonLucy(COSIDataset(engine, counts=local.counts), iterations=3).run()
+    close(rl_single[-1]["model"], rl_disk[-1]["model"])
+
+
+def test_scheduler_block_shards_datasets_built_inside_it(client):
+    response, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=10)
+    with use_scheduler(client):
+        inside = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
+                                             dtype=np.float64)
+    outside = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm, dtype=np.float64)
+    assert isinstance(inside.engine, ShardedEngine) and not isinstance(outside.engine, ShardedEngine)
+    assert inside.log_likelihood(sky_image()) == pytest.approx(outside.log_likelihood(sky_image()), rel=RTOL)
+
+
+def test_command_line_names_an_unreachable_scheduler(caplog):
+    code = main(["--scheduler", "tcp://127.0.0.1:9", "info", "no_such_file.h5"])
+    assert code == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in caplog.text
+
+
+def test_fit_configuration_accepts_a_scheduler():
+    config = read_fit_config({"data": {"manifest": "x"}, "model": {"sources": [{"name": "s"}]},
+                              "scheduler": "tcp://127.0.0.1:8786"})
+    assert config["scheduler"] == "tcp://127.0.0.1:8786"

@@ -25,7 +25,7 @@ import numpy as np
 from histpy import Axes, Histogram
 
 from ..binning import frame_name
-from ..distributed import connect, sharded_engine
+from ..distributed import connect, current_scheduler, sharded_engine
 from ..engine import CCMMapping, ColumnResponse, PixelMapping, ResponseEngine, RotatedResponse, galactic_response
 from ..errors import CosiInputError
 from ..exposure import AttitudeBins, ExposureTable, Orientation, coordsys_conversion_matrix, matching_attitude_bins
@@ -155,6 +155,8 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         address or a cluster object; :mod:`cosi_imaging_plugin.distributed`). A response
         file is then read by the workers, each its own columns; a Galactic-frame response
         made here by rotation is rotated in this process and its shards sent out.
+        By default, the client of an enclosing
+        :func:`~cosi_imaging_plugin.distributed.use_scheduler` block (none: one process).
 
     Returns
     -------
@@ -166,7 +168,7 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
     """
     data = as_histogram(data, "data", counts=True)
     backgrounds = {str(k): as_histogram(v, f"background '{k}'") for k, v in (backgrounds or {}).items()}
-    client = None if client is None else connect(client)
+    client = current_scheduler() if client is None else connect(client)
     # on a cluster a response file stays a path: the workers read it
     lazy = client is not None and not isinstance(response, ColumnResponse)
     column_response = response if lazy else load_response(response, rtol=rtol, dtype=dtype, progress=progress)

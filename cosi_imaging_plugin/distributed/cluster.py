@@ -4,6 +4,8 @@ Each problem is reported before the run, naming the address or the worker:
 an unreachable scheduler, workers whose packages differ from the client's, and
 workers with too little memory for their shard.
 """
+import contextlib
+import contextvars
 import importlib.metadata
 import logging
 
@@ -54,6 +56,42 @@ def connect(client=None, timeout=10):
         raise CosiInputError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {err}") from err
     logger.info("connected to the Dask scheduler at %s (%d workers)", address, len(workers_of(out)))
     return out
+
+
+_CURRENT = contextvars.ContextVar("cosi_imaging_scheduler", default=None)
+
+
+@contextlib.contextmanager
+def use_scheduler(scheduler, timeout=10):
+    """Within the block, datasets built without a ``client`` are sharded over this scheduler's workers.
+
+    Parameters
+    ----------
+    scheduler : distributed.Client, str, cluster or None
+        As for :func:`connect`; None leaves the single-process engine.
+    timeout : float
+        Seconds to wait for the scheduler.
+
+    Yields
+    ------
+    distributed.Client or None
+    """
+    if scheduler is None:
+        yield None
+        return
+    client = connect(scheduler, timeout=timeout)
+    token = _CURRENT.set(client)
+    try:
+        yield client
+    finally:
+        _CURRENT.reset(token)
+        if client is not scheduler:  # a client opened here is closed here
+            client.close()
+
+
+def current_scheduler():
+    """The client set by the enclosing :func:`use_scheduler` block, or None."""
+    return _CURRENT.get()
 
 
 def workers_of(client):

@@ -40,10 +40,6 @@ from .cluster import check_memory, check_versions, connect, workers_of
 
 logger = logging.getLogger(__name__)
 
-#: Bytes per stored entry in a shard: the value twice (column-major and tile-major copies).
-COPIES = 2
-
-
 class ShardedResponse:
     """What the client knows of a response held in shards: axes, numbering, effective area.
 
@@ -119,6 +115,11 @@ class _Shards:
         futures = [self.client.submit(func, shard, *a, pure=False) for shard, a in zip(self.futures, args)]
         return _Shards(self.client, futures, self.columns)
 
+    def where(self):
+        """The worker holding each shard now."""
+        held = self.client.who_has(self.futures)
+        return [(held.get(future.key) or ["?"])[0] for future in self.futures]
+
 
 class ShardedEngine(ResponseEngine):
     """A :class:`~cosi_imaging_plugin.engine.ResponseEngine` whose response and non-empty bins live in shards.
@@ -135,7 +136,7 @@ class ShardedEngine(ResponseEngine):
 
     @property
     def client(self):
-        """The ``distributed.Client`` the shards are held through."""
+        """The ``distributed.Client`` the shards are held through (None for shards on disk)."""
         return self._base_shards.client
 
     @property
@@ -179,12 +180,12 @@ class ShardedEngine(ResponseEngine):
         return _ordered_sum(parts)
 
     def shard_facts(self):
-        """Per shard: its worker, columns, stored bytes (both copies of the blocks), blocks and non-empty bins."""
+        """Per shard: its worker (or file), columns, stored bytes (both copies of the blocks), blocks and
+        non-empty bins."""
         shards = self._shards or self._base_shards
         facts = shards.map(ops.shard_facts, [()] * len(shards))
-        where = self.client.who_has(shards.futures)
-        for fact, future, columns in zip(facts, shards.futures, shards.columns):
-            fact["worker"] = (where.get(future.key) or ["?"])[0]
+        for fact, where, columns in zip(facts, shards.where(), shards.columns):
+            fact["worker"] = where
             fact["columns"] = columns
         return facts
 
@@ -245,21 +246,23 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
     itemsize = np.dtype(dtype).itemsize
     if isinstance(source, ColumnResponse):
         weights = np.diff(source.col_ptr)
-        bytes_per_weight = COPIES * BLOCK * itemsize  # whole blocks
     else:
-        weights = _entries_per_column(client, source, rtol, axes[0].nbins, len(workers))
-        bytes_per_weight = COPIES * itemsize  # at least: blocks hold the entries and some zeros
+        weights = _blocks_per_column(client, source, rtol, axes[0].nbins, axes[1].nbins, len(workers))
+    per_block, fixed = ops.shard_bytes(weights.size, -(-axes[0].nbins * axes[1].nbins // BLOCK) * BLOCK, itemsize,
+                                       mapping.n_rows)
     n_shards = len(workers) if n_shards is None else int(n_shards)
     columns = ops.plan_columns(weights, n_shards)
     placement = [workers[i % len(workers)] for i in range(n_shards)]
     needs = {}
     for (lo, hi), worker in zip(columns, placement):
-        needs[worker] = needs.get(worker, 0) + int(weights[lo:hi].sum()) * bytes_per_weight
+        needs[worker] = needs.get(worker, 0) + int(weights[lo:hi].sum()) * per_block + fixed
     if check:
         check_memory(client, needs)
     specs = [ops.ShardSpec(i, (lo, hi), source.column_slice(lo, hi) if isinstance(source, ColumnResponse) else source,
                            mapping, model_axes, float(rtol), np.dtype(dtype).str)
              for i, (lo, hi) in enumerate(columns)]
+    logger.info("response cut into %d column ranges, %.1f MB at most each", n_shards,
+                (max(int(weights[lo:hi].sum()) for lo, hi in columns) * per_block + fixed) / 1e6)
     with warnings.catch_warnings():
         # a slice in memory travels inside its task, so the scheduler can rebuild the shard from it
         warnings.filterwarnings("ignore", message="Sending large graph")
@@ -276,9 +279,8 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
                          dtype=dtype)
 
 
-def _entries_per_column(client, path, rtol, n_pix, n_workers):
-    """Entries kept in each CDS column, counted by the workers over disjoint pixel ranges of the file."""
-    edges = np.linspace(0, n_pix, min(n_pix, 2 * n_workers) + 1).astype(int)
-    tasks = [client.submit(ops.entries_per_column, path, rtol, slice(int(a), int(b)), pure=False)
-             for a, b in zip(edges[:-1], edges[1:])]
+def _blocks_per_column(client, path, rtol, n_pix, n_ei, n_workers):
+    """Blocks stored in each CDS column, counted by the workers over disjoint pixel ranges of the file."""
+    tasks = [client.submit(ops.blocks_per_column, path, rtol, a, b, pure=False)
+             for a, b in ops.aligned_ranges(n_pix, n_ei, 2 * n_workers)]
     return np.sum(client.gather(tasks), axis=0)

@@ -13,6 +13,7 @@ alone (a file path, or a slice already in memory), so a lost shard is rebuilt
 from its spec wherever the scheduler puts it.
 """
 import copy
+import math
 from dataclasses import dataclass
 
 import numba
@@ -21,7 +22,9 @@ import sparse
 from histpy import Histogram
 
 from ..engine import ColumnResponse, ResponseEngine
-from ..engine.column_response import _row_keep_mask
+from ..engine.block_ops import BLOCK
+from ..engine.column_response import _row_keep_mask, source_order
+from ..engine.kernel_layout import TILE_BLOCKS
 from ..errors import CosiInputError
 from ..io.response import FullDetectorResponse
 
@@ -126,20 +129,53 @@ def shard_facts(engine):
             "nnz": 0 if engine.data is None else int(engine.data.nnz)}
 
 
-def entries_per_column(path, rtol, pixels):
-    """Entries kept by the truncation in each CDS column, over the NuLambda pixels ``pixels`` (a slice).
+#: Copies of every stored block in a shard: column-major (dense folds) and tile-major (sparse-data kernels).
+COPIES = 2
 
-    The counts of disjoint pixel ranges add up, so workers count a response
-    together without any of them holding it.
+
+def shard_bytes(n_columns, n_padded, itemsize, n_rows=0):
+    """(bytes per stored block, fixed bytes) of a shard at work.
+
+    Per block: its values and block number, twice. Fixed: the column pointers of both
+    layouts and the kernels' task tables, which span every column whatever the
+    shard's width, and the kernels' model-row buffers (forward and transpose, float64
+    at most) for `n_rows` ScAtt/Time rows.
+    """
+    n_tiles = -(-(n_padded // BLOCK) // TILE_BLOCKS)
+    pointers = 8 * (n_columns + 1) * (1 + 2 * n_tiles)
+    return COPIES * (BLOCK * itemsize + 4), pointers + 2 * 8 * n_rows * n_padded
+
+
+def aligned_ranges(n_pix, n_ei, n_ranges):
+    """Cut the source pixels (internal order) into about `n_ranges` ranges whose entries fill whole blocks."""
+    align = BLOCK // math.gcd(BLOCK, n_ei)  # pixels per whole number of blocks
+    n_units = -(-n_pix // align)
+    edges = np.unique(np.linspace(0, n_units, max(1, min(n_ranges, n_units)) + 1).astype(int) * align)
+    edges[-1] = n_pix
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def blocks_per_column(path, rtol, start, stop):
+    """Blocks the compressed response stores in each CDS column, for the source pixels ``start:stop``.
+
+    The pixels are counted in the internal (NESTED) order and the range fills whole
+    blocks (:func:`aligned_ranges`), so the counts of disjoint ranges add up: workers
+    size a response together without any of them holding it.
     """
     with FullDetectorResponse.open(path) as response:
+        axes = response.axes
+        n_ei = axes[1].nbins
         n_columns = int(np.prod(response.shape[2:]))
+        n_blocks = -(-axes[0].nbins * n_ei // BLOCK)
+        pixels = source_order(axes[0], n_ei).reshape(-1, n_ei)[:, 0] // n_ei
         out = np.zeros(n_columns, dtype=np.int64)
-        step = max(1, int(64e6 // (8 * int(np.prod(response.shape[1:])))))
-        for start in range(pixels.start, pixels.stop, step):
-            block = response.read_pixels(slice(start, min(start + step, pixels.stop)))
-            rows = np.asarray(block).reshape(-1, n_columns)
-            out += np.count_nonzero(_row_keep_mask(rows, rtol), axis=0)
+        step = BLOCK * max(1, int(16e6 // (8 * BLOCK * int(np.prod(response.shape[1:])))))
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
+            rows = np.asarray(response.read_pixels(pixels[lo:hi])).reshape(-1, n_columns)
+            r, c = np.nonzero(_row_keep_mask(rows, rtol))
+            keys = np.unique(c.astype(np.int64) * n_blocks + (lo * n_ei + r) // BLOCK)
+            out += np.bincount(keys // n_blocks, minlength=n_columns)
     return out
 
 
