@@ -75,6 +75,18 @@ class ShardedResponse:
         parts = self._shards.map(ops.area_over, [(columns,)] * len(self._shards))
         return _ordered_sum(parts)
 
+    def _on_the_workers(self, name):
+        raise CosiInputError(f"the stored blocks of a sharded response are on the workers ({name} is not here): "
+                             "this analysis reads them directly (TS maps do) and needs the single-process engine")
+
+    col_ptr = property(lambda self: self._on_the_workers("col_ptr"))
+    block = property(lambda self: self._on_the_workers("block"))
+    values = property(lambda self: self._on_the_workers("values"))
+
+    def tiled_blocks(self):
+        """Not here: the tile-major blocks live with the shards."""
+        self._on_the_workers("tiled_blocks")
+
     def internal_rows(self, rows, dtype=None):
         """Source rows in the internal numbering (as :meth:`ColumnResponse.internal_rows`)."""
         rows = np.asarray(rows)
