@@ -18,6 +18,7 @@ from threeML import DataList, JointLikelihood
 from cosi_imaging_plugin.cli import main
 from cosi_imaging_plugin.datasets import COSIDataset
 from cosi_imaging_plugin.deconvolution import RichardsonLucy
+from cosi_imaging_plugin.detection import TSMapEstimator
 from cosi_imaging_plugin.distributed import (
     ShardedEngine,
     check_memory,
@@ -352,3 +353,15 @@ def test_fit_configuration_accepts_a_scheduler():
     config = read_fit_config({"data": {"manifest": "x"}, "model": {"sources": [{"name": "s"}]},
                               "scheduler": "tcp://127.0.0.1:8786"})
     assert config["scheduler"] == "tcp://127.0.0.1:8786"
+
+
+def test_ts_map_equals_single_process(pair):
+    """TS, norm and its error at every position (the shards' sums added in shard order)."""
+    local, sharded, _ = pair
+    estimator = TSMapEstimator(Powerlaw(K=1.0, index=-2.0, piv=500.0), nside=NSIDE_MODEL)
+    a = estimator.run(local, progress=False)
+    b = estimator.run(sharded, progress=False)
+    assert np.nanmax(a["ts"]) > 25  # a bright blob: the map is not all noise
+    np.testing.assert_array_equal(a["niter"], b["niter"])
+    for name in ("ts", "norm", "norm_err"):
+        close(a[name], b[name])

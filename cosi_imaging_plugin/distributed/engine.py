@@ -191,6 +191,24 @@ class ShardedEngine(ResponseEngine):
         parts = self._shards.map(ops.transpose, [(weights[a:b],) for a, b in self._bounds])
         return _ordered_sum(parts)
 
+    @property
+    def shard_bins(self):
+        """The non-empty bins ``(start, stop)`` of each shard, in the engine's order."""
+        self._require_data()
+        return list(self._bounds)
+
+    def derive_shards(self, func, args):
+        """Objects ``func(shard, *args[i])`` made and kept where each shard (with its data) lives.
+
+        For work that needs the stored blocks themselves (the TS map's sums): the result's
+        ``map(func, args)`` runs ``func(object, *args[i])`` there and returns the results in
+        shard order.
+        """
+        self._require_data()
+        if self._shards.client is None:
+            raise CosiInputError("shards read from disk serve the folds and transpose products only")
+        return self._shards.derive(func, args)
+
     def shard_facts(self):
         """Per shard: its worker (or file), columns, stored bytes (both copies of the blocks), blocks and
         non-empty bins."""
