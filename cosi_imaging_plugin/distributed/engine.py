@@ -77,7 +77,8 @@ class ShardedResponse:
 
     def _on_the_workers(self, name):
         raise CosiInputError(f"the stored blocks of a sharded response are on the workers ({name} is not here): "
-                             "this analysis reads them directly (TS maps do) and needs the single-process engine")
+                             "this analysis reads them directly and needs the single-process engine (or, on a "
+                             "cluster, ShardedEngine.derive_shards)")
 
     col_ptr = property(lambda self: self._on_the_workers("col_ptr"))
     block = property(lambda self: self._on_the_workers("block"))
