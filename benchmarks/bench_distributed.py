@@ -19,9 +19,10 @@ The last printed line is one JSON object: ``workers``, ``iter_s_1``, ``iter_s_2`
 less the single-process iteration, in ms), ``overhead_fraction``, ``shard_mb``
 (largest shard with two workers), ``total_response_mb`` (both copies of the stored
 blocks), ``worker_rss_mb`` (largest growth of a worker's resident memory when its
-shard was built), ``worker_limit_mb`` (when ``--worker-memory`` is given) and
+shard was built, freed heap pages handed back), ``worker_limit_mb`` (when ``--worker-memory`` is given) and
 ``max_rel_diff``.
 """
+import ctypes
 import logging
 import sys
 import time
@@ -61,6 +62,15 @@ def rss():
     return psutil.Process().memory_info().rss
 
 
+def trimmed_rss():
+    """Resident memory after handing freed heap pages back to the system (glibc keeps them otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+    return rss()
+
+
 def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats, memory_limit):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -72,7 +82,8 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
         engine = sharded_engine(client, response, dc2.mapping, data=data, backgrounds={"activation": background},
                                 dtype=np.float32)
         built_s = time.perf_counter() - start
-        growth = max(after - before[w] for w, after in client.run(rss).items())
+        # the pickled slices received are freed once unpacked: count what the shards hold
+        growth = max(after - before[w] for w, after in client.run(trimmed_rss).items())
         iter_s, product = seconds_per_iteration(engine, image, norms, repeats)
         facts = engine.shard_facts()
         logger.info("%d workers: %.3f s per iteration, shards %s MB, built in %.1f s", n_workers, iter_s,

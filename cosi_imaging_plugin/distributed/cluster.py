@@ -124,17 +124,27 @@ def check_versions(client, local=None):
 
 
 def check_memory(client, needs):
-    """Raise if a worker has a memory limit below what its shards need.
+    """Raise if a worker's memory limit cannot hold its shards besides what it already uses.
+
+    A worker is given at most Dask's pause fraction of its limit
+    (``distributed.worker.memory.pause``, 0.8 by default): above it the worker stops
+    taking work, and at 0.95 its nanny restarts it.
 
     Parameters
     ----------
     needs : dict of str to int
         Bytes each worker (address) will hold.
     """
+    import dask
+
+    pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 1.0
     workers = workers_of(client)
     for worker, need in needs.items():
-        limit = workers[worker].get("memory_limit") or 0
-        if limit and need > limit:
+        info = workers[worker]
+        limit = info.get("memory_limit") or 0
+        used = (info.get("metrics") or {}).get("memory") or 0
+        if limit and used + need > pause * limit:
             raise CosiInputError(f"Dask worker {worker} has a memory limit of {limit / 1e6:.0f} MB but its shard "
-                                 f"of the response needs at least {need / 1e6:.0f} MB: give the workers more "
-                                 f"memory or use more workers")
+                                 f"of the response needs at least {need / 1e6:.0f} MB besides the "
+                                 f"{used / 1e6:.0f} MB it uses, more than the {pause:.0%} it may fill: give the "
+                                 f"workers more memory or use more workers")

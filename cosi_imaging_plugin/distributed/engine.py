@@ -118,15 +118,19 @@ class _Shards:
     def __len__(self):
         return len(self.futures)
 
+    def _submit(self, func, args):
+        with warnings.catch_warnings():
+            # the bins' slices travel inside their tasks, so the scheduler can rerun them after a loss
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            return [self.client.submit(func, shard, *a, pure=False) for shard, a in zip(self.futures, args)]
+
     def map(self, func, args):
         """``func(shard, *args[i])`` on every shard, where it lives; the results in shard order."""
-        tasks = [self.client.submit(func, shard, *a, pure=False) for shard, a in zip(self.futures, args)]
-        return self.client.gather(tasks)
+        return self.client.gather(self._submit(func, args))
 
     def derive(self, func, args):
         """New shards ``func(shard, *args[i])``, left on the workers."""
-        futures = [self.client.submit(func, shard, *a, pure=False) for shard, a in zip(self.futures, args)]
-        return _Shards(self.client, futures, self.columns)
+        return _Shards(self.client, self._submit(func, args), self.columns)
 
     def where(self):
         """The worker holding each shard now."""
