@@ -147,33 +147,35 @@ class ShardedEngine(ResponseEngine):
     """
 
     def __init__(self, shards, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32):
-        self._base_shards = shards
-        self._shards = None
+        self._shards = shards  # without data; replaced by the shards holding the data in set_data
         super().__init__(response, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes, dtype=dtype)
 
     @property
     def client(self):
         """The ``distributed.Client`` the shards are held through (None for shards on disk)."""
-        return self._base_shards.client
+        return self._shards.client
 
     @property
     def n_shards(self):
         """Number of shards (column ranges)."""
-        return len(self._base_shards)
+        return len(self._shards)
 
     @property
     def shard_columns(self):
         """The CDS column range ``(lo, hi)`` of each shard."""
-        return list(self._base_shards.columns)
+        return list(self._shards.columns)
 
     def set_data(self, data, backgrounds=None):
         """Register counts and templates (as :meth:`ResponseEngine.set_data`) and send each shard its bins."""
         super().set_data(data, backgrounds)
         ptr = self.data.data_ptr
         args = [(self.data.flat_index[ptr[lo]:ptr[hi]], self.data.counts[ptr[lo]:ptr[hi]], self.data_axes)
-                for lo, hi in self._base_shards.columns]
-        self._shards = self._base_shards.derive(ops.with_data, args)
-        self._bounds = [(int(ptr[lo]), int(ptr[hi])) for lo, hi in self._base_shards.columns]
+                for lo, hi in self._shards.columns]
+        # one shard per column range is held: the data shards replace those they come from (which the
+        # scheduler can still rebuild them from), so a worker holds its response columns once
+        self._shards = self._shards.derive(ops.with_data, args)
+        self.response._shards = self._shards
+        self._bounds = [(int(ptr[lo]), int(ptr[hi])) for lo, hi in self._shards.columns]
 
     def _add_sky_at_bins(self, out, image=None, rows=None, dtype=None):
         dtype = np.dtype(dtype or self.dtype).str
@@ -217,7 +219,7 @@ class ShardedEngine(ResponseEngine):
     def shard_facts(self):
         """Per shard: its worker (or file), columns, stored bytes (both copies of the blocks), blocks and
         non-empty bins."""
-        shards = self._shards or self._base_shards
+        shards = self._shards
         facts = shards.map(ops.shard_facts, [()] * len(shards))
         for fact, where, columns in zip(facts, shards.where(), shards.columns):
             fact["worker"] = where

@@ -60,6 +60,24 @@ class ShardSpec:
     dtype: str
 
 
+def engine_nbytes(engine):
+    """Bytes a shard holds: the response's blocks (both copies once built) and the non-empty bins."""
+    response = engine.response
+    out = response.nbytes + (response._tiled.nbytes if getattr(response, "_tiled", None) is not None else 0)
+    if engine.data is not None:
+        data = engine.data
+        out += sum(a.nbytes for a in (data.counts, data.row, data.column, data.flat_index, data.data_ptr))
+    return int(out)
+
+
+try:  # Dask weighs shards by their size: its scheduler then never moves a task, and so a shard, to save time
+    from dask.sizeof import sizeof as _sizeof
+
+    _sizeof.register(ResponseEngine)(engine_nbytes)
+except ImportError:  # the optional extra is not installed: shards are only kept on disk
+    pass
+
+
 def use_worker_threads():
     """Run the kernels on as many threads as this worker has (numba's count is per calling thread)."""
     try:
