@@ -20,7 +20,9 @@ less the single-process iteration, in ms), ``overhead_fraction``, ``shard_mb``
 (largest shard with two workers), ``total_response_mb`` (both copies of the stored
 blocks), ``worker_rss_mb`` (largest growth of a worker's resident memory when its
 shard was built, freed heap pages handed back), ``worker_limit_mb`` (when ``--worker-memory`` is given) and
-``max_rel_diff``.
+``max_rel_diff``; ``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
+busiest worker's tasks, from Dask's task stream: the split of the work, free of the load that
+other processes put on a shared machine) and ``compute_scaling_efficiency`` from them.
 """
 import ctypes
 import logging
@@ -32,7 +34,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import psutil
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cosi_imaging_plugin.distributed import sharded_engine  # noqa: E402
@@ -62,6 +64,10 @@ def rss():
     return psutil.Process().memory_info().rss
 
 
+def _import_package():
+    import cosi_imaging_plugin.distributed.shards  # noqa: F401
+
+
 def trimmed_rss():
     """Resident memory after handing freed heap pages back to the system (glibc keeps them otherwise)."""
     try:
@@ -77,18 +83,30 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                memory_limit=memory_limit)
     with cluster, Client(cluster) as client:
-        before = client.run(rss)
+        client.run(_import_package)  # the package's own memory is not the shard's
+        before = client.run(trimmed_rss)
         start = time.perf_counter()
         engine = sharded_engine(client, response, dc2.mapping, data=data, backgrounds={"activation": background},
                                 dtype=np.float32)
         built_s = time.perf_counter() - start
         # the pickled slices received are freed once unpacked: count what the shards hold
         growth = max(after - before[w] for w, after in client.run(trimmed_rss).items())
-        iter_s, product = seconds_per_iteration(engine, image, norms, repeats)
+        rl_step(engine, image, norms)  # warm
+        with get_task_stream(client) as stream:
+            iter_s, product = seconds_per_iteration(engine, image, norms, repeats)
+        busy = {}
+        for task in stream.data:  # the kernels' time on each worker, free of the client's and the machine's load
+            for part in task["startstops"]:
+                if part["action"] == "compute":
+                    busy[task["worker"]] = busy.get(task["worker"], 0.0) + part["stop"] - part["start"]
+        compute_s = max(busy.values()) / (repeats + 1)
+        logger.info("seconds per iteration in each worker's tasks: %s",
+                    [round(b / (repeats + 1), 3) for b in busy.values()])
         facts = engine.shard_facts()
-        logger.info("%d workers: %.3f s per iteration, shards %s MB, built in %.1f s", n_workers, iter_s,
-                    [round(f["response_bytes"] / 1e6) for f in facts], built_s)
-        return iter_s, product, facts, growth
+        logger.info("%d workers: %.3f s per iteration (%.3f s in the busiest worker's tasks), shards %s MB, "
+                    "built in %.1f s", n_workers, iter_s, compute_s, [round(f["response_bytes"] / 1e6) for f in facts],
+                    built_s)
+        return iter_s, product, facts, growth, compute_s
 
 
 def main():
@@ -117,15 +135,15 @@ def main():
     limit = args.worker_memory
     figures = {}
     try:
-        iter_s_1, product_1, _, _ = on_cluster(1, response, dc2, data, background, image, norms, args.repeats,
-                                               limit)
+        iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
+                                                          args.repeats, limit)
     except CosiInputError as err:  # one worker may not hold the whole response: measured without the limit
         logger.info("one worker refused, as it should: %s", err)
         figures["one_worker_refused"] = True
-        iter_s_1, product_1, _, _ = on_cluster(1, response, dc2, data, background, image, norms, args.repeats,
-                                               "auto")
-    iter_s_2, product_2, facts, growth = on_cluster(2, response, dc2, data, background, image, norms,
-                                                    args.repeats, limit)
+        iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
+                                                          args.repeats, "auto")
+    iter_s_2, product_2, facts, growth, compute_2 = on_cluster(2, response, dc2, data, background, image, norms,
+                                                               args.repeats, limit)
     diff = max(float(np.max(np.abs(p - expected)) / np.max(np.abs(expected))) for p in (product_1, product_2))
     overhead_s = iter_s_1 - single_s
     figures = {
@@ -136,6 +154,9 @@ def main():
         "overhead_ms": round(1e3 * overhead_s, 1),
         "overhead_fraction": round(overhead_s / iter_s_1, 3),
         "single_process_iter_s": round(single_s, 3),
+        "worker_compute_s_1": round(compute_1, 3),
+        "worker_compute_s_2": round(compute_2, 3),
+        "compute_scaling_efficiency": round(compute_1 / (2 * compute_2), 2),
         "shard_mb": round(max(f["response_bytes"] for f in facts) / 1e6, 1),
         "total_response_mb": round(total / 1e6, 1),
         "worker_rss_mb": round(growth / 1e6, 1),
