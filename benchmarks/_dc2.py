@@ -88,14 +88,16 @@ class DC2:
                               backgrounds={"activation": background}, dtype=np.float32)
 
 
-def build(args, seed=1, image=None):
+def build(args, seed=1, image=None, binning=None):
     """Generate the DC2-scale inputs described in the module docstring.
 
-    `image` (ph cm-2 s-1 sr-1, [n_pix, 1]) replaces the bulge + disk sky.
+    `image` (ph cm-2 s-1 sr-1, [n_pix, n_ei]) replaces the bulge + disk sky (the same in every Ei bin);
+    `binning` updates the instrument's binning (e.g. ``ei_edges_kev`` and ``em_edges_kev`` of a continuum).
     """
     rng = np.random.default_rng(seed)
     config = InstrumentConfig.default().updated(
-        {"binning": {"nside": args.nside, "phi_edges_deg": {"start": 0.0, "stop": 180.0, "bins": args.phi_bins}}})
+        {"binning": {"nside": args.nside, "phi_edges_deg": {"start": 0.0, "stop": 180.0, "bins": args.phi_bins},
+                     **(binning or {})}})
     logger.info("generating the response")
     generated = generate_response(config, dtype=np.float32)
     axes = generated.axes
@@ -108,7 +110,8 @@ def build(args, seed=1, image=None):
                                      use_averaged_pointing=True)
     mapping = CCMMapping(ccm)
     logger.info("%d ScAtt bins, %d CDS bins per row", mapping.n_rows, matrix.shape[1])
-    image = bulge_disk_image(args.nside) if image is None else image
+    if image is None:
+        image = np.repeat(bulge_disk_image(args.nside), axes[1].nbins, axis=1)
     sky = mapping.forward(image, dtype=np.float32) @ matrix
     # instrument-frame background: isotropic in the spacecraft frame, proportional to each bin's exposure
     shape = matrix.sum(axis=0, dtype=np.float64)

@@ -44,6 +44,7 @@ from .datasets import COSIDataset
 from .deconvolution import ImageDeconvolution
 from .deconvolution.parameters import save_options
 from .detection import BackgroundEstimator, SourceDetector, TSMapEstimator
+from .distributed import use_scheduler
 from .errors import CosiFileError, CosiInputError
 from .io.describe import describe_path
 from .io.manifest import read_manifest
@@ -389,6 +390,8 @@ def _global_options(parser, suppress):
                         **(default or {"default": 0}))
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings and results only",
                         **default)
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="shard the engine over the workers of this Dask "
+                        "scheduler (e.g. tcp://host:8786)", **(default or {"default": None}))
 
 
 def _output_options(p, default):
@@ -492,7 +495,8 @@ def main(argv=None):
     matplotlib.use("Agg")  # the command line never needs a display
     configure_console(args.verbose, args.quiet)
     try:
-        with interrupts_from_signals(), logging_redirect_tqdm(loggers=[logger]):
+        with use_scheduler(args.scheduler), interrupts_from_signals(), \
+                logging_redirect_tqdm(loggers=[logger]):
             lines = _run(args)
         sys.stdout.write("".join(f"{line}\n" for line in lines or []))
         output = getattr(args, "output", None) or getattr(args, "resume", None)

@@ -64,6 +64,7 @@ SCHEMA = {
     "model": {"sources": None, "initialize_from_rl": None},
     "backgrounds": None,  # per template: BACKGROUND_KEYS
     "fit": {"minimizer": None},
+    "scheduler": None,  # a Dask scheduler address: the engine sharded over its workers
 }
 BACKGROUND_KEYS = ("bounds", "prior", "free")
 DATA_KEYS = set(SCHEMA["data"])
@@ -242,11 +243,11 @@ def _input_files(files):
     return flat
 
 
-def _analysis_dataset(files, rtol, progress):
-    """The COSIDataset of the configured files."""
+def _analysis_dataset(files, rtol, progress, scheduler=None):
+    """The COSIDataset of the configured files (its engine sharded over a Dask scheduler's workers if given)."""
     roles = ("response", "data", "backgrounds", "ccm", "orientation", "exposure_table")
     return COSIDataset.from_files(**{role: files[role] for role in roles if files.get(role)}, rtol=rtol,
-                                  progress=progress)
+                                  progress=progress, client=scheduler)
 
 
 def _rl_fingerprint(config, checksums):
@@ -463,7 +464,8 @@ def _run_stages(config, out, progress, start):
         checksums = out.record_inputs(_input_files(files))
         bar.update()
         stage("engine")
-        dataset = _analysis_dataset(files, float(config.get("response_rtol", DEFAULT_RTOL)), progress)
+        dataset = _analysis_dataset(files, float(config.get("response_rtol", DEFAULT_RTOL)), progress,
+                                    config.get("scheduler"))
         bar.update()
         stage("deconvolution")
         rl_image = _rl_stage(config, dataset, files, out, _rl_fingerprint(config, checksums), progress)

@@ -25,7 +25,8 @@ import numpy as np
 from histpy import Axes, Histogram
 
 from ..binning import frame_name
-from ..engine import ColumnResponse, ResponseEngine, RotatedResponse, galactic_response
+from ..distributed import connect, current_scheduler, sharded_engine
+from ..engine import CCMMapping, ColumnResponse, PixelMapping, ResponseEngine, RotatedResponse, galactic_response
 from ..errors import CosiInputError
 from ..exposure import AttitudeBins, ExposureTable, Orientation, coordsys_conversion_matrix, matching_attitude_bins
 from ..io.histograms import read_ccm, read_histogram
@@ -142,7 +143,7 @@ def _as_table(table):
 
 def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, exposure_table=None,
                  galactic_response_given=False, rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None,
-                 progress=True):
+                 progress=True, client=None):
     """Engine for binned data in either frame (see module docstring).
 
     Parameters
@@ -171,6 +172,13 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         NSIDE of the sky model grid when a CCM is computed here (default: the response's).
     progress : bool
         Show progress bars while compressing or rotating.
+    client : distributed.Client, str or cluster, optional
+        Shard the engine over the workers of a Dask cluster (a client, a scheduler
+        address or a cluster object; :mod:`cosi_imaging_plugin.distributed`). A response
+        file is then read by the workers, each its own columns; a Galactic-frame response
+        made here by rotation is rotated in this process and its shards sent out.
+        By default, the client of an enclosing
+        :func:`~cosi_imaging_plugin.distributed.use_scheduler` block (none: one process).
 
     Returns
     -------
@@ -186,15 +194,19 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         orientation = _as_orientation(orientation)
         check_time_overlap(data.axes["Time"], orientation, name)
     backgrounds = {str(k): as_histogram(v, f"background '{k}'") for k, v in (backgrounds or {}).items()}
-    column_response = load_response(response, rtol=rtol, dtype=dtype, progress=progress)
+    client = current_scheduler() if client is None else connect(client)
+    # on a cluster a response file stays a path: the workers read it
+    lazy = client is not None and not isinstance(response, ColumnResponse)
+    column_response = response if lazy else load_response(response, rtol=rtol, dtype=dtype, progress=progress)
+    response_axes = _response_axes(column_response)
     if galactic_response_given:
         if ccm is not None:
             raise CosiInputError("a Galactic-frame response is folded as it is: give no CCM with it")
-        engine = ResponseEngine.from_galactic_response(column_response, data=data, backgrounds=backgrounds,
-                                                       dtype=dtype)
+        engine = _make_engine(column_response, PixelMapping(response_axes[0].nbins), data, backgrounds, rtol, dtype,
+                              client)
         return BuiltEngine(engine, data, backgrounds)
     frame = psichi_frame(data)
-    nside_rsp = column_response.axes[0].nside
+    nside_rsp = response_axes[0].nside
     keep_rows = frame == "spacecraftframe" and ccm is not None
     data = reduce_axes(data, keep_rows, "data")
     backgrounds = {k: reduce_axes(v, keep_rows, f"background '{k}'") for k, v in backgrounds.items()}
@@ -213,15 +225,32 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         else:
             ccm = _as_ccm(ccm)
             attitudes = _ccm_attitudes(ccm, exposure_table, orientation)
-        engine = ResponseEngine.from_ccm(column_response, ccm, data=data, backgrounds=backgrounds, dtype=dtype)
+        engine = _make_engine(column_response, CCMMapping(ccm), data, backgrounds, rtol, dtype, client)
         return BuiltEngine(engine, data, backgrounds, attitudes)
     ccm, table = _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model or nside_rsp, nside_rsp)
     psichi = data.axes["PsiChi"]
+    if lazy:  # the rotation reads every column
+        column_response = load_response(response, rtol=rtol, dtype=dtype, progress=progress)
     rotated = RotatedResponse(column_response, table.mean_attitudes(), psichi.nside, str(psichi.scheme).lower())
     gal = galactic_response(column_response, ccm, table.mean_attitudes(), rtol=rtol, dtype=dtype, progress=progress,
                             rotated=rotated)
-    engine = ResponseEngine.from_galactic_response(gal, data=data, backgrounds=backgrounds, dtype=dtype)
+    engine = _make_engine(gal, PixelMapping(gal.axes[0].nbins), data, backgrounds, rtol, dtype, client)
     return BuiltEngine(engine, data, backgrounds, matching_attitude_bins(table, ccm), rotated)
+
+
+def _response_axes(response):
+    """Axes of a ColumnResponse, an open FullDetectorResponse or a response file (read lazily)."""
+    if isinstance(response, (ColumnResponse, FullDetectorResponse)):
+        return response.axes
+    with FullDetectorResponse.open(response) as opened:
+        return opened.axes
+
+
+def _make_engine(response, mapping, data, backgrounds, rtol, dtype, client):
+    """The single-process engine, or with a client the engine sharded over its workers."""
+    if client is None:
+        return ResponseEngine(response, mapping, data=data, backgrounds=backgrounds, dtype=dtype)
+    return sharded_engine(client, response, mapping, data=data, backgrounds=backgrounds, rtol=rtol, dtype=dtype)
 
 
 def _ccm_attitudes(ccm, exposure_table, orientation):

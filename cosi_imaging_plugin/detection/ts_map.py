@@ -34,12 +34,14 @@ from tqdm.auto import tqdm
 from .._atomic import atomic_path
 from ..binning import check_nside, normalize_scheme
 from ..datasets import COSIDataset
+from ..distributed import ShardedEngine
 from ..errors import CosiInputError
 from ..sky.spectra import integrate_spectrum
 from ..threeml import COSIImagingLike
 from .exclusion import ExcludedBins
 from .kernel_mapping import check_kernel, kernel_mapping
 from .norm_kernels import INFORMATION, LOG_RATIO, SCORE, chunk_bounds, norm_sums
+from .sharded_terms import ShardedTerms
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,13 @@ class _Terms:
     exposure: np.ndarray
     n_chunks: int
     along_path: bool
+
+    def sums(self, norms, with_log):
+        """(score, information, log ratio) summed over the bins for trial norms [n_trials, n_pos], and min b/s."""
+        sums = np.empty((self.n_chunks, norms.shape[0], 3, norms.shape[1]))
+        ratio_min = np.empty((self.n_chunks, norms.shape[1]))
+        norm_sums(*self.arrays, self.n_nu, norms, with_log, sums, ratio_min)
+        return sums.sum(axis=0), ratio_min.min(axis=0)
 
 
 class TSMapEstimator:
@@ -251,6 +260,9 @@ class TSMapEstimator:
         exposure = np.asarray(mapping.T @ per_row).ravel()
         nu_of, e_of = np.divmod(response.order, response.axes[1].nbins)
         n_chunks = 8 * numba.get_num_threads()
+        if isinstance(engine, ShardedEngine):  # the stored blocks are on the workers: so are the sums
+            return ShardedTerms(engine, bins, null, nu_of, e_of, fluxes.astype(np.float64), mapping, exposure,
+                                along_path)
         arrays = (bins, chunk_bounds(bins.size, n_chunks), data.row.astype(np.int64),
                   data.column.astype(np.int64), data.counts.astype(np.float64), null, response.col_ptr,
                   response.block.astype(np.int64), response.values, response.block_size, nu_of, e_of,
@@ -283,11 +295,9 @@ class TSMapEstimator:
         total = np.zeros((n_trials, 3, n_pos))
         low = np.full(n_pos, np.inf)
         for t in terms:
-            sums = np.empty((t.n_chunks, n_trials, 3, n_pos))
-            ratio_min = np.empty((t.n_chunks, n_pos))
-            norm_sums(*t.arrays, t.n_nu, np.ascontiguousarray(norms), with_log, sums, ratio_min)
-            total += sums.sum(axis=0)
-            low = np.minimum(low, ratio_min.min(axis=0))
+            sums, ratio_min = t.sums(np.ascontiguousarray(norms), with_log)
+            total += sums
+            low = np.minimum(low, ratio_min)
         exposure = sum(t.exposure for t in terms)
         total[:, SCORE] -= exposure
         total[:, LOG_RATIO] -= norms * exposure
@@ -489,13 +499,30 @@ class TSMapResult:
 
 
 def _restricted(terms, positions):
-    """A dataset's terms for some test positions only (columns of its test mapping, renumbered)."""
+    """A dataset's terms for some test positions only: columns of its test mapping, renumbered (a sharded
+    dataset's terms, whose mapping is on the workers, sum every position and keep these)."""
+    if not isinstance(terms, _Terms):
+        return _PositionSubset(terms, positions)
     arrays = list(terms.arrays)
     indptr, indices, data = arrays[13], arrays[14], arrays[15]
     mapping = sparse.csr_matrix((data, indices, indptr), shape=(indptr.size - 1, terms.exposure.size))
     chosen = mapping[:, positions].tocsr()
     arrays[13:16] = (chosen.indptr.astype(np.int64), chosen.indices.astype(np.int64), chosen.data)
     return dataclasses.replace(terms, arrays=tuple(arrays), exposure=terms.exposure[positions])
+
+
+class _PositionSubset:
+    """Some positions of terms that always sum all of theirs: the others at norm 0, then these picked."""
+
+    def __init__(self, terms, positions):
+        self.terms, self.positions = terms, positions
+        self.exposure = terms.exposure[positions]
+
+    def sums(self, norms, with_log):
+        full = np.zeros((norms.shape[0], self.terms.exposure.size))
+        full[:, self.positions] = norms
+        sums, ratio_min = self.terms.sums(full, with_log)
+        return sums[:, :, self.positions], ratio_min[self.positions]
 
 
 _UNITS = {"flux": "cm-2 s-1", "flux_err": "cm-2 s-1", "flux_ul": "cm-2 s-1"}

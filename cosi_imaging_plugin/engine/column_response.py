@@ -174,7 +174,7 @@ class ColumnResponse:
         return cls.from_chunks(chunks, axes, unit, rtol=rtol, dtype=dtype)
 
     @classmethod
-    def from_file(cls, response, rtol=0.0, dtype=np.float32, pixels_per_chunk=None, progress=True):
+    def from_file(cls, response, rtol=0.0, dtype=np.float32, pixels_per_chunk=None, progress=True, columns=None):
         """Compress a :class:`~cosi_imaging_plugin.io.response.FullDetectorResponse`, chunk by chunk.
 
         Parameters
@@ -189,20 +189,22 @@ class ColumnResponse:
             NuLambda pixels read at once; by default about 64 MB per chunk.
         progress : bool
             Show a progress bar.
+        columns : (int, int), optional
+            Keep only the CDS columns ``lo <= c < hi`` (a shard, see :meth:`from_chunks`).
         """
         if not isinstance(response, FullDetectorResponse):
             with FullDetectorResponse.open(response) as opened:
-                return cls.from_file(opened, rtol, dtype, pixels_per_chunk, progress)
+                return cls.from_file(opened, rtol, dtype, pixels_per_chunk, progress, columns)
         row_bytes = 8 * int(np.prod(response.shape[1:]))
         if pixels_per_chunk is None:
             pixels_per_chunk = max(1, int(64e6 // row_bytes))
         chunks = response.iter_chunks(pixels_per_chunk)
         n_chunks = -(-response.shape[0] // pixels_per_chunk)
         chunks = tqdm(chunks, total=n_chunks, desc="compressing response", unit="chunk", disable=not progress)
-        return cls.from_chunks(chunks, response.axes, response.unit, rtol=rtol, dtype=dtype)
+        return cls.from_chunks(chunks, response.axes, response.unit, rtol=rtol, dtype=dtype, columns=columns)
 
     @classmethod
-    def from_chunks(cls, chunks, axes, unit, rtol=0.0, dtype=np.float32):
+    def from_chunks(cls, chunks, axes, unit, rtol=0.0, dtype=np.float32, columns=None):
         """Compress a response given as consecutive (pixel_slice, block) pairs.
 
         Parameters
@@ -217,6 +219,10 @@ class ColumnResponse:
             Truncation tolerance (module docstring).
         dtype : numpy dtype
             Storage type of the values.
+        columns : (int, int), optional
+            Keep only the CDS columns ``lo <= c < hi``: a shard of the response. The
+            truncation still sees whole rows, so a shard holds exactly the blocks that
+            the full response holds in those columns; the other columns are empty.
         """
         if not 0 <= rtol < 1:
             raise CosiInputError(f"truncation tolerance rtol must be in [0, 1), got {rtol}")
@@ -247,6 +253,9 @@ class ColumnResponse:
                                      f"{start}..{start + block.shape[0] - 1}")
             rows = block.reshape(-1, n_columns)
             r, c = np.nonzero(_row_keep_mask(rows, rtol))
+            if columns is not None:
+                inside = (c >= columns[0]) & (c < columns[1])
+                r, c = r[inside], c[inside]
             internal = internal_of[r + start * n_ei]
             keys.append(c.astype(np.int64) * n_blocks_per_column + internal // block_size)
             lanes.append((internal % block_size).astype(np.int8))
@@ -265,6 +274,18 @@ class ColumnResponse:
                     out.n_blocks, block_size, 100 * out.nnz / (n_source * n_columns), n_source * n_columns,
                     out.nbytes / 1e6, rtol)
         return out
+
+    def column_slice(self, lo, hi):
+        """The response restricted to the CDS columns ``lo <= c < hi`` (the others empty): a shard.
+
+        The arrays are copies, so the shard does not keep the full response alive.
+        """
+        if not 0 <= lo <= hi <= self.n_columns:
+            raise CosiInputError(f"column range {lo}..{hi} outside the response's {self.n_columns} CDS columns")
+        b0, b1 = int(self.col_ptr[lo]), int(self.col_ptr[hi])
+        col_ptr = np.clip(self.col_ptr, b0, b1) - b0
+        return type(self)(col_ptr, self.block[b0:b1].copy(), self.values[b0:b1].copy(), self.order, self.axes,
+                          self.unit, rtol=self.rtol)
 
     # ---- properties ---------------------------------------------------------------------------
     @property

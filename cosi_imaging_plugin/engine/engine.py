@@ -113,8 +113,7 @@ class ResponseEngine:
         """
         self.data_axes = self._data_axes_of(data, "data")
         self.data = SparseData(data, self.n_rows, self.n_columns, what="data")
-        # two chunks per thread: the columns' work is spread unevenly over the sky
-        self._chunks = column_chunks(self.data, self.response.col_ptr, 2 * numba.get_num_threads())
+        self._chunks = None  # the forward kernel's tasks, made at its first call
         self._tile_groups = None  # the transpose kernel's tasks, made at its first call
         self.background_names = list((backgrounds or {}).keys())
         self._bkg_at_bins = {}
@@ -217,6 +216,9 @@ class ResponseEngine:
                                                self._row_buffer("rows", tiles, dtype))
         else:
             tiled = tiled_rows(self.response, tiles, rows, dtype)
+        if self._chunks is None:
+            # two chunks per thread: the columns' work is spread unevenly over the sky
+            self._chunks = column_chunks(self.data, self.response.col_ptr, 2 * numba.get_num_threads())
         forward_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols, self._chunks,
                         self.data.data_ptr, self.data.row, tiled, out)
         return out

@@ -1,0 +1,179 @@
+"""The engine sharded over a Dask LocalCluster: seconds per RL iteration on one and on two workers.
+
+The DC2-scale inputs of ``_dc2.py`` (``--em-bins`` > 1 makes a continuum response with
+that many Ei/Em bins, for a response larger than one worker may hold). In the same
+process:
+
+- the single-process engine on one kernel thread (the baseline of ``overhead_ms``);
+- the engine sharded over a LocalCluster of one worker of one thread (``iter_s_1``);
+- the same over two workers of one thread each (``iter_s_2``).
+
+An iteration is the RL step of the engine: expectations at the non-empty bins, the
+ratio to the data and the transpose product. Results of the sharded runs are
+checked against the single-process ones. The compressed response is cut by this
+process and sent to the workers (at this scale, writing the dense response file
+for the workers to read would take 2 GB of disk per Em bin).
+
+The last printed line is one JSON object: ``workers``, ``iter_s_1``, ``iter_s_2``,
+``scaling_efficiency`` (``iter_s_1 / (2 iter_s_2)``), ``overhead_ms`` (``iter_s_1``
+less the single-process iteration, in ms), ``overhead_fraction``, ``shard_mb``
+(largest shard with two workers), ``total_response_mb`` (both copies of the stored
+blocks), ``worker_rss_mb`` (largest growth of a worker's resident memory when its
+shard was built, freed heap pages handed back), ``worker_limit_mb`` (when ``--worker-memory`` is given) and
+``max_rel_diff``; ``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
+busiest worker's tasks, from Dask's task stream: the split of the work, free of the load that
+other processes put on a shared machine) and ``compute_scaling_efficiency`` from them.
+"""
+import ctypes
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numba
+import numpy as np
+import psutil
+from distributed import Client, LocalCluster, get_task_stream
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cosi_imaging_plugin.distributed import sharded_engine  # noqa: E402
+from cosi_imaging_plugin.errors import CosiInputError  # noqa: E402
+
+import _dc2  # noqa: E402
+from _common import report  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+
+def rl_step(engine, image, norms):
+    """One RL step on the engine: expectation, ratio, transpose product (the per-iteration engine work)."""
+    eps = engine.expectation_at_bins(image, norms)
+    return engine.transpose_product(engine.data.counts / eps)
+
+
+def seconds_per_iteration(engine, image, norms, repeats):
+    rl_step(engine, image, norms)  # compile / warm the kernels and buffers
+    start = time.perf_counter()
+    for _ in range(repeats):
+        product = rl_step(engine, image, norms)
+    return (time.perf_counter() - start) / repeats, product
+
+
+def rss():
+    return psutil.Process().memory_info().rss
+
+
+def _import_package():
+    import cosi_imaging_plugin.distributed.shards  # noqa: F401
+
+
+def trimmed_rss():
+    """Resident memory after handing freed heap pages back to the system (glibc keeps them otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+    return rss()
+
+
+def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats, memory_limit):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               memory_limit=memory_limit)
+    with cluster, Client(cluster) as client:
+        client.run(_import_package)  # the package's own memory is not the shard's
+        before = client.run(trimmed_rss)
+        start = time.perf_counter()
+        engine = sharded_engine(client, response, dc2.mapping, data=data, backgrounds={"activation": background},
+                                dtype=np.float32)
+        built_s = time.perf_counter() - start
+        # the pickled slices received are freed once unpacked: count what the shards hold
+        growth = max(after - before[w] for w, after in client.run(trimmed_rss).items())
+        rl_step(engine, image, norms)  # warm
+        with get_task_stream(client) as stream:
+            iter_s, product = seconds_per_iteration(engine, image, norms, repeats)
+        busy = {}
+        for task in stream.data:  # the kernels' time on each worker, free of the client's and the machine's load
+            for part in task["startstops"]:
+                if part["action"] == "compute":
+                    busy[task["worker"]] = busy.get(task["worker"], 0.0) + part["stop"] - part["start"]
+        compute_s = max(busy.values()) / (repeats + 1)
+        logger.info("seconds per iteration in each worker's tasks: %s",
+                    [round(b / (repeats + 1), 3) for b in busy.values()])
+        facts = engine.shard_facts()
+        logger.info("%d workers: %.3f s per iteration (%.3f s in the busiest worker's tasks), shards %s MB, "
+                    "built in %.1f s", n_workers, iter_s, compute_s, [round(f["response_bytes"] / 1e6) for f in facts],
+                    built_s)
+        return iter_s, product, facts, growth, compute_s
+
+
+def main():
+    parser = _dc2.parser(__doc__)
+    parser.add_argument("--em-bins", type=int, default=1, help="Ei/Em bins (1: the 511 keV line bin)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations per engine")
+    parser.add_argument("--worker-memory", default="auto", help="memory limit of each worker (e.g. '1.5GB')")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if args.em_bins > 1:
+        edges = np.geomspace(200.0, 2000.0, args.em_bins + 1).tolist()
+        dc2 = _dc2.build(args, binning={"ei_edges_kev": edges, "em_edges_kev": edges})
+    else:
+        dc2 = _dc2.build(args)
+    response = dc2.compressed_response(args.rtol)
+    data, background = dc2.histograms()
+    image = dc2.image
+    norms = {"activation": 1.0}
+    numba.set_num_threads(1)
+    single = dc2.engine(args.rtol)
+    single_s, expected = seconds_per_iteration(single, image, norms, args.repeats)
+    total = response.nbytes + response.tiled_blocks().nbytes
+    logger.info("single process, one thread: %.3f s per iteration; response %.0f MB", single_s, total / 1e6)
+    del single
+    limit = args.worker_memory
+    figures = {}
+    try:
+        iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
+                                                          args.repeats, limit)
+    except CosiInputError as err:  # one worker may not hold the whole response: measured without the limit
+        logger.info("one worker refused, as it should: %s", err)
+        figures["one_worker_refused"] = True
+        iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
+                                                          args.repeats, "auto")
+    iter_s_2, product_2, facts, growth, compute_2 = on_cluster(2, response, dc2, data, background, image, norms,
+                                                               args.repeats, limit)
+    diff = max(float(np.max(np.abs(p - expected)) / np.max(np.abs(expected))) for p in (product_1, product_2))
+    overhead_s = iter_s_1 - single_s
+    figures = {
+        "workers": 2,
+        "iter_s_1": round(iter_s_1, 3),
+        "iter_s_2": round(iter_s_2, 3),
+        "scaling_efficiency": round(iter_s_1 / (2 * iter_s_2), 2),
+        "overhead_ms": round(1e3 * overhead_s, 1),
+        "overhead_fraction": round(overhead_s / iter_s_1, 3),
+        "single_process_iter_s": round(single_s, 3),
+        "worker_compute_s_1": round(compute_1, 3),
+        "worker_compute_s_2": round(compute_2, 3),
+        "compute_scaling_efficiency": round(compute_1 / (2 * compute_2), 2),
+        "shard_mb": round(max(f["response_bytes"] for f in facts) / 1e6, 1),
+        "total_response_mb": round(total / 1e6, 1),
+        "worker_rss_mb": round(growth / 1e6, 1),
+        **({"worker_limit_mb": round(_bytes(limit) / 1e6)} if limit != "auto" else {}),
+        **figures,
+        "em_bins": args.em_bins,
+        "nnz": int(data.contents.nnz),
+        "max_rel_diff": float(f"{diff:.3g}"),
+    }
+    report(figures)
+
+
+def _bytes(text):
+    from dask.utils import parse_bytes
+
+    return parse_bytes(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""The response engine sharded over the workers of a Dask cluster.
+
+The cut: contiguous ranges of CDS columns (Em, Phi, PsiChi raveled), balanced by
+the response entries they store. A column's expected counts need only that
+column's stored blocks, so each worker holds about 1/N of the response and the
+non-empty bins of its columns. (Blocks of ScAtt/Time rows would give every
+worker the whole response, since all rows share it; measured-energy bins leave
+nothing to cut in a one-bin line analysis.)
+
+Per call:
+
+- out to every worker: the sky image [n_pix, n_ei] (each applies the CCM itself)
+  or the source rows, and for a transpose product its slice of the weights;
+- back: the expectations at its non-empty bins (the bins of consecutive shards,
+  concatenated, are the dataset's bins in the engine's order) and its partial
+  sky [n_pix, n_ei], summed in shard order, so results do not depend on which
+  worker ran which shard.
+
+Backgrounds, totals and the likelihood stay with the client, where the
+single-process engine computes them, so :class:`ShardedEngine` offers the
+interface of :class:`~cosi_imaging_plugin.engine.ResponseEngine` to datasets,
+RL and the 3ML plugin unchanged.
+
+Shards are Dask futures computed from a :class:`~.shards.ShardSpec`. If a worker
+is lost, the scheduler rebuilds its shards on another worker from their specs
+(the files) and reruns the lost work; the result is the same.
+"""
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import ColumnResponse, ResponseEngine
+from ..engine.block_ops import BLOCK
+from ..errors import CosiInputError
+from ..io.response import FullDetectorResponse
+from . import shards as ops
+from .cluster import check_memory, check_versions, connect, workers_of
+
+logger = logging.getLogger(__name__)
+
+class ShardedResponse:
+    """What the client knows of a response held in shards: axes, numbering, effective area.
+
+    The stored blocks stay on the workers; :meth:`fold` and :meth:`area_over` are
+    computed there and assembled here.
+    """
+
+    def __init__(self, engine_shards, axes, unit, rtol, order, effective_area, nbytes):
+        self._shards = engine_shards
+        self.axes = axes
+        self.unit = unit
+        self.rtol = float(rtol)
+        self.order = np.asarray(order, dtype=np.int64)
+        self.inverse_order = np.argsort(self.order)
+        self.n_source = axes[0].nbins * axes[1].nbins
+        self.block_size = BLOCK
+        self.n_padded = -(-self.n_source // BLOCK) * BLOCK
+        self.cds_shape = tuple(int(a.nbins) for a in axes[2:])
+        self.n_columns = int(np.prod(self.cds_shape))
+        self.effective_area = effective_area
+        self.nbytes = int(nbytes)
+
+    def fold(self, rows):
+        """Expected counts ``rows @ R`` in every CDS bin, [n_rows, n_columns] (columns gathered from the shards)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != self.n_source:
+            raise CosiInputError(f"source rows of shape {rows.shape}, expected (n, {self.n_source})")
+        parts = self._shards.map(ops.fold_columns, [(rows,)] * len(self._shards))
+        return np.concatenate(parts, axis=1)
+
+    def area_over(self, columns=None):
+        """The response summed over some CDS columns, [n_pix, n_ei] (summed over the shards in order)."""
+        parts = self._shards.map(ops.area_over, [(columns,)] * len(self._shards))
+        return _ordered_sum(parts)
+
+    def _on_the_workers(self, name):
+        raise CosiInputError(f"the stored blocks of a sharded response are on the workers ({name} is not here): "
+                             "this analysis reads them directly and needs the single-process engine (or, on a "
+                             "cluster, ShardedEngine.derive_shards)")
+
+    col_ptr = property(lambda self: self._on_the_workers("col_ptr"))
+    block = property(lambda self: self._on_the_workers("block"))
+    values = property(lambda self: self._on_the_workers("values"))
+
+    def tiled_blocks(self):
+        """Not here: the tile-major blocks live with the shards."""
+        self._on_the_workers("tiled_blocks")
+
+    def internal_rows(self, rows, dtype=None):
+        """Source rows in the internal numbering (as :meth:`ColumnResponse.internal_rows`)."""
+        rows = np.asarray(rows)
+        out = np.zeros((rows.shape[0], self.n_padded), dtype=dtype or rows.dtype)
+        out[:, :self.n_source] = rows[:, self.order]
+        return out
+
+    def __repr__(self):
+        return (f"ShardedResponse(source={self.axes[0].label}[{self.axes[0].nbins}] x Ei[{self.axes[1].nbins}], "
+                f"cds={self.cds_shape}, {len(self._shards)} shards, {self.nbytes / 1e6:.1f} MB)")
+
+
+def _ordered_sum(parts):
+    out = np.array(parts[0], dtype=np.float64)
+    for part in parts[1:]:
+        out += part
+    return out
+
+
+class _Shards:
+    """Futures of shard engines on the cluster, one per column range, in column order."""
+
+    def __init__(self, client, futures, columns):
+        self.client = client
+        self.futures = futures
+        self.columns = columns
+
+    def __len__(self):
+        return len(self.futures)
+
+    def _submit(self, func, args):
+        with warnings.catch_warnings():
+            # the bins' slices travel inside their tasks, so the scheduler can rerun them after a loss
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            return [self.client.submit(func, shard, *a, pure=False) for shard, a in zip(self.futures, args)]
+
+    def map(self, func, args):
+        """``func(shard, *args[i])`` on every shard, where it lives; the results in shard order."""
+        return self.client.gather(self._submit(func, args))
+
+    def derive(self, func, args):
+        """New shards ``func(shard, *args[i])``, left on the workers."""
+        return _Shards(self.client, self._submit(func, args), self.columns)
+
+    def where(self):
+        """The worker holding each shard now."""
+        held = self.client.who_has(self.futures)
+        return [(held.get(future.key) or ["?"])[0] for future in self.futures]
+
+
+class ShardedEngine(ResponseEngine):
+    """A :class:`~cosi_imaging_plugin.engine.ResponseEngine` whose response and non-empty bins live in shards.
+
+    Build it with :func:`sharded_engine`. It answers every call of the
+    single-process engine: the folds and transpose products run on the workers,
+    the rest (backgrounds, totals, likelihood) here.
+    """
+
+    def __init__(self, shards, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32):
+        self._shards = shards  # without data; replaced by the shards holding the data in set_data
+        super().__init__(response, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes, dtype=dtype)
+
+    @property
+    def client(self):
+        """The ``distributed.Client`` the shards are held through (None for shards on disk)."""
+        return self._shards.client
+
+    @property
+    def n_shards(self):
+        """Number of shards (column ranges)."""
+        return len(self._shards)
+
+    @property
+    def shard_columns(self):
+        """The CDS column range ``(lo, hi)`` of each shard."""
+        return list(self._shards.columns)
+
+    def set_data(self, data, backgrounds=None):
+        """Register counts and templates (as :meth:`ResponseEngine.set_data`) and send each shard its bins."""
+        super().set_data(data, backgrounds)
+        ptr = self.data.data_ptr
+        args = [(self.data.flat_index[ptr[lo]:ptr[hi]], self.data.counts[ptr[lo]:ptr[hi]], self.data_axes)
+                for lo, hi in self._shards.columns]
+        # one shard per column range is held: the data shards replace those they come from (which the
+        # scheduler can still rebuild them from), so a worker holds its response columns once
+        self._shards = self._shards.derive(ops.with_data, args)
+        self.response._shards = self._shards
+        self._bounds = [(int(ptr[lo]), int(ptr[hi])) for lo, hi in self._shards.columns]
+
+    def _add_sky_at_bins(self, out, image=None, rows=None, dtype=None):
+        dtype = np.dtype(dtype or self.dtype).str
+        values = None if rows is not None else self.image_values(image)
+        if rows is not None:
+            rows = np.asarray(rows)
+            if rows.shape != (self.n_rows, self.response.n_source):
+                raise CosiInputError(f"source rows of shape {rows.shape}, expected ({self.n_rows}, "
+                                     f"{self.response.n_source})")
+        parts = self._shards.map(ops.sky_at_bins, [(values, rows, dtype)] * len(self._shards))
+        out += np.concatenate(parts)
+        return out
+
+    def transpose_product(self, weights):
+        """``sum_i R_ij w_i`` over the non-empty bins, [n_pix, n_ei]: partial skies summed in shard order."""
+        self._require_data()
+        weights = np.ascontiguousarray(weights, dtype=self.dtype)
+        if weights.shape != (self.data.nnz,):
+            raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
+        parts = self._shards.map(ops.transpose, [(weights[a:b],) for a, b in self._bounds])
+        return _ordered_sum(parts)
+
+    @property
+    def shard_bins(self):
+        """The non-empty bins ``(start, stop)`` of each shard, in the engine's order."""
+        self._require_data()
+        return list(self._bounds)
+
+    def derive_shards(self, func, args):
+        """Objects ``func(shard, *args[i])`` made and kept where each shard (with its data) lives.
+
+        For work that needs the stored blocks themselves (the TS map's sums): the result's
+        ``map(func, args)`` runs ``func(object, *args[i])`` there and returns the results in
+        shard order.
+        """
+        self._require_data()
+        if self._shards.client is None:
+            raise CosiInputError("shards read from disk serve the folds and transpose products only")
+        return self._shards.derive(func, args)
+
+    def shard_facts(self):
+        """Per shard: its worker (or file), columns, stored bytes (both copies of the blocks), blocks and
+        non-empty bins."""
+        shards = self._shards
+        facts = shards.map(ops.shard_facts, [()] * len(shards))
+        for fact, where, columns in zip(facts, shards.where(), shards.columns):
+            fact["worker"] = where
+            fact["columns"] = columns
+        return facts
+
+
+def _response_source(response, rtol, dtype):
+    """(path or ColumnResponse, axes, unit, order) of a response given as a path, an open file or compressed."""
+    from ..engine.column_response import source_order
+
+    if isinstance(response, ColumnResponse):
+        return response, response.axes, response.unit, response.order
+    if isinstance(response, FullDetectorResponse):
+        response = response.filename
+    if not isinstance(response, (str, Path)):
+        raise CosiInputError(f"response must be a ColumnResponse, a FullDetectorResponse or a file path, "
+                             f"got {type(response).__name__}")
+    path = str(Path(response).resolve())
+    with FullDetectorResponse.open(path) as opened:
+        axes, unit = opened.axes, opened.unit
+    return path, axes, unit, source_order(axes[0], axes[1].nbins)
+
+
+def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_shards=None, rtol=0.0,
+                   dtype=np.float32, model_axes=None, check=True):
+    """A :class:`ShardedEngine`: the response cut into column shards built on the workers.
+
+    Parameters
+    ----------
+    client : distributed.Client, str or cluster
+        Where the shards live (see :func:`~.cluster.connect`).
+    response : str, pathlib.Path, FullDetectorResponse or ColumnResponse
+        A response file is read by the workers, each its own columns, chunk by chunk
+        (it never passes through this process). A ColumnResponse in memory is cut here
+        and each slice sent to its worker.
+    mapping : CCMMapping or PixelMapping
+        Sky image -> source rows.
+    data, backgrounds, model_axes, dtype
+        As for :class:`~cosi_imaging_plugin.engine.ResponseEngine`.
+    n_shards : int, optional
+        Number of column ranges (default: one per worker).
+    rtol : float
+        Truncation tolerance when compressing a file (as :meth:`ColumnResponse.from_file`).
+    check : bool
+        Check the workers' package versions and memory before building.
+
+    Raises
+    ------
+    CosiInputError
+        Unreachable scheduler, no workers, different package versions, or a worker with
+        too little memory for its shard (before anything is built).
+    """
+    client = connect(client)
+    workers = list(workers_of(client))
+    if not workers:
+        raise CosiInputError(f"the Dask scheduler at {client.scheduler.address} has no workers")
+    if check:
+        check_versions(client)
+    source, axes, unit, order = _response_source(response, rtol, dtype)
+    itemsize = np.dtype(dtype).itemsize
+    if isinstance(source, ColumnResponse):
+        weights = np.diff(source.col_ptr)
+    else:
+        weights = _blocks_per_column(client, source, rtol, axes[0].nbins, axes[1].nbins, len(workers))
+    per_block, fixed = ops.shard_bytes(weights.size, -(-axes[0].nbins * axes[1].nbins // BLOCK) * BLOCK, itemsize,
+                                       mapping.n_rows)
+    n_shards = len(workers) if n_shards is None else int(n_shards)
+    columns = ops.plan_columns(weights, n_shards)
+    placement = [workers[i % len(workers)] for i in range(n_shards)]
+    needs = {}
+    for (lo, hi), worker in zip(columns, placement):
+        needs[worker] = needs.get(worker, 0) + int(weights[lo:hi].sum()) * per_block + fixed
+    if check:
+        check_memory(client, needs)
+    specs = [ops.ShardSpec(i, (lo, hi), source.column_slice(lo, hi) if isinstance(source, ColumnResponse) else source,
+                           mapping, model_axes, float(rtol), np.dtype(dtype).str)
+             for i, (lo, hi) in enumerate(columns)]
+    logger.info("response cut into %d column ranges, %.1f MB at most each", n_shards,
+                (max(int(weights[lo:hi].sum()) for lo, hi in columns) * per_block + fixed) / 1e6)
+    with warnings.catch_warnings():
+        # a slice in memory travels inside its task, so the scheduler can rebuild the shard from it
+        warnings.filterwarnings("ignore", message="Sending large graph")
+        futures = [client.submit(ops.build_shard, spec, workers=[worker], allow_other_workers=True, pure=False)
+                   for spec, worker in zip(specs, placement)]
+    shards = _Shards(client, futures, columns)
+    areas = shards.map(ops.area_over, [(None,)] * n_shards)
+    facts = shards.map(ops.shard_facts, [()] * n_shards)
+    nbytes = sum(f["response_bytes"] for f in facts)
+    logger.info("engine sharded over %d workers: %d column ranges, %.1f MB of response in all", len(workers),
+                n_shards, nbytes / 1e6)
+    summary = ShardedResponse(shards, axes, unit, rtol, order, _ordered_sum(areas), nbytes)
+    return ShardedEngine(shards, summary, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes,
+                         dtype=dtype)
+
+
+def _blocks_per_column(client, path, rtol, n_pix, n_ei, n_workers):
+    """Blocks stored in each CDS column, counted by the workers over disjoint pixel ranges of the file."""
+    tasks = [client.submit(ops.blocks_per_column, path, rtol, a, b, pure=False)
+             for a, b in ops.aligned_ranges(n_pix, n_ei, 2 * n_workers)]
+    return np.sum(client.gather(tasks), axis=0)

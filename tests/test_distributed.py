@@ -1,0 +1,367 @@
+"""The engine sharded over a Dask LocalCluster (2 workers of 1 thread) against the single-process engine.
+
+Every product is compared at 1e-10 relative: the shards compute each non-empty
+bin exactly as the single engine does, and only the sums over shards (the
+transpose products, the exposure) are added in another order (float64, ~1e-16).
+"""
+import os
+import signal
+import tracemalloc
+import warnings
+
+import distributed
+import numpy as np
+import pytest
+from astromodels import ExtendedSource, Gaussian_on_sphere, Model, Powerlaw
+from threeML import DataList, JointLikelihood
+
+from cosi_imaging_plugin.cli import main
+from cosi_imaging_plugin.datasets import COSIDataset
+from cosi_imaging_plugin.deconvolution import RichardsonLucy
+from cosi_imaging_plugin.detection import TSMapEstimator
+from cosi_imaging_plugin.distributed import (
+    ShardedEngine,
+    check_memory,
+    check_versions,
+    connect,
+    out_of_core_engine,
+    plan_columns,
+    use_scheduler,
+)
+from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
+from cosi_imaging_plugin.errors import CosiInputError
+from cosi_imaging_plugin.io import write_response
+from cosi_imaging_plugin.pipeline import read_fit_config
+from cosi_imaging_plugin.sky.rasterize import Rasterizer
+from cosi_imaging_plugin.sky.spectra import integrate_spectrum
+from cosi_imaging_plugin.threeml import COSIImagingLike
+
+from small_setup import EI_EDGES, NSIDE_MODEL, dataset_for, generated_response, instrument
+
+RTOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One LocalCluster of 2 single-thread worker processes for the module (a start costs seconds)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, memory_limit="2GB")
+    client = distributed.Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def sky_image():
+    """A smooth positive sky on the model grid: a Gaussian blob on a faint floor, three Ei bins."""
+    response, ccm, _, _ = instrument()
+    n_pix = ccm.axes[1].nbins
+    rng = np.random.default_rng(3)
+    image = 2e-5 * (1 + rng.uniform(0, 0.1, (n_pix, 3)))
+    image[: n_pix // 8] *= 20.0
+    return image
+
+
+@pytest.fixture(scope="module")
+def pair(client):
+    """(single-process dataset, the same data on the sharded engine, sky image)."""
+    image = sky_image()
+    local, _ = dataset_for(image, background_norm=1.0, seed=4)
+    response, ccm, _, template = instrument()
+    sharded = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
+                                          dtype=np.float64, client=client)
+    return local, sharded, image
+
+
+def close(a, b, rtol=RTOL):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape
+    scale = np.max(np.abs(a))
+    assert np.max(np.abs(a - b)) <= rtol * scale, np.max(np.abs(a - b)) / scale
+
+
+def test_sharded_engine_equals_single_process_engine(pair):
+    local, sharded, image = pair
+    le, se = local.engine, sharded.engine
+    assert isinstance(se, ShardedEngine) and se.n_shards == 2
+    # the shards' bins, one after the other, are the dataset's bins in the engine's order
+    np.testing.assert_array_equal(le.data.flat_index, se.data.flat_index)
+    norms = {"instrumental": 1.3}
+    close(le.exposure_map, se.exposure_map)
+    close(le.sky_expectation_at_bins(image), se.sky_expectation_at_bins(image))
+    close(le.expectation_at_bins(image, norms), se.expectation_at_bins(image, norms))
+    weights = le.data.counts / le.expectation_at_bins(image, norms)
+    close(le.transpose_product(weights), se.transpose_product(weights))
+    assert le.background_products(weights) == pytest.approx(se.background_products(weights), rel=RTOL)
+    assert se.log_likelihood(image, norms) == pytest.approx(le.log_likelihood(image, norms), rel=RTOL)
+    close(le.expectation(image, norms).contents, se.expectation(image, norms).contents)
+    close(le.expectation_cds(image, norms), se.expectation_cds(image, norms))
+    rows = le.source_rows(image, dtype=np.float64)
+    close(le.sky_expectation_at_bins(rows=rows, dtype=np.float64),
+          se.sky_expectation_at_bins(rows=rows, dtype=np.float64))
+
+
+def test_rl_images_equal_after_several_iterations(pair):
+    local, sharded, _ = pair
+    options = {"iterations": 6, "acceleration": True, "alpha_max": 10.0, "response_weighting": True,
+               "smoothing_fwhm": 30.0, "fit_backgrounds": True}
+    a = RichardsonLucy(local, **options).run()
+    b = RichardsonLucy(sharded, **options).run()
+    assert len(a) == len(b) == 6
+    for ra, rb in zip(a, b):
+        close(ra["model"], rb["model"])
+        assert rb["background_normalization"] == pytest.approx(ra["background_normalization"], rel=RTOL)
+
+
+def blob(sigma=12.0, K=1e-3, index=-2.0, lon0=266.4, lat0=-28.9):
+    return ExtendedSource("blob", spatial_shape=Gaussian_on_sphere(lon0=lon0, lat0=lat0, sigma=sigma),
+                          spectral_shape=Powerlaw(K=K, index=index, piv=500.0))
+
+
+@pytest.fixture(scope="module")
+def blob_pair(client):
+    """(single-process dataset, sharded dataset) of data drawn from :func:`blob` and the background."""
+    source = blob()
+    image = Rasterizer(NSIDE_MODEL)(source.spatial_shape)[:, None] * integrate_spectrum(
+        source.spectrum.main.shape, EI_EDGES)[None, :]
+    local, _ = dataset_for(image, background_norm=1.0, seed=5)
+    response, ccm, _, template = instrument()
+    sharded = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
+                                          dtype=np.float64, client=client)
+    return local, sharded
+
+
+def fit_setup(dataset):
+    model = Model(blob(sigma=8.0, K=5e-4, index=-2.3, lon0=262.0, lat0=-25.0))
+    shape = model.blob.spatial_shape
+    for name in ("lon0", "lat0", "sigma"):
+        shape.parameters[name].free = True
+    shape.lon0.bounds, shape.lat0.bounds, shape.sigma.bounds = (240, 290), (-50, -5), (2, 30)
+    model.blob.spectrum.main.Powerlaw.K.bounds = (1e-6, 1e-1)
+    plugin = COSIImagingLike("cosi", dataset)
+    plugin.set_model(model)
+    return model, plugin
+
+
+def test_plugin_log_likelihood_and_3ml_fit_equal(blob_pair):
+    """Equal log-likelihoods anywhere; equal fits up to the minimizer's path.
+
+    The exposure is summed over the shards in another order (~1e-16 relative), which
+    may move minuit's steps: the best fits then agree to its convergence, far below
+    their errors, and the likelihoods at any one point to 1e-10.
+    """
+    fits = []
+    for dataset in blob_pair:
+        model, plugin = fit_setup(dataset)
+        start = plugin.get_log_like()
+        jl = JointLikelihood(model, DataList(plugin), verbose=False)
+        jl.fit(quiet=True)
+        free = jl.results.optimized_model.free_parameters
+        # offsets in the space minuit fits in (log10 K), where its covariance is
+        values = np.array([p.transformation.forward(p.value) if p.has_transformation() else p.value
+                           for p in free.values()])
+        errors = np.sqrt(np.diag(np.asarray(jl.results.covariance_matrix)))
+        fits.append((start, values, errors, plugin.get_log_like(), model, plugin))
+    (start_a, values_a, errors_a, best_a, model_a, plugin_a), (start_b, values_b, _, best_b, model_b, plugin_b) = fits
+    assert start_b == pytest.approx(start_a, rel=RTOL)
+    assert best_b == pytest.approx(best_a, rel=RTOL)
+    # the single-process likelihood at the sharded optimum is the sharded one
+    for name, par in model_b.free_parameters.items():
+        model_a[name].value = par.value
+    assert plugin_b.get_log_like() == pytest.approx(plugin_a.get_log_like(), rel=RTOL)
+    pulls = np.abs(values_b - values_a) / errors_a
+    assert np.all(pulls < 1e-4), pulls
+
+
+def test_each_worker_holds_about_half_the_response(pair):
+    _, sharded, _ = pair
+    response = instrument()[0]
+    facts = sharded.engine.shard_facts()
+    assert len({f["worker"] for f in facts}) == 2  # one shard per worker
+    # the shards partition the stored blocks and the non-empty bins
+    assert sum(f["blocks"] for f in facts) == response.n_blocks
+    assert sum(f["nnz"] for f in facts) == sharded.engine.data.nnz
+    total = response.nbytes + response.tiled_blocks().nbytes
+    for fact in facts:
+        assert 0.8 * total / 2 < fact["response_bytes"] < 1.2 * total / 2, fact
+
+
+def test_shards_read_the_file_on_the_workers(client, tmp_path, monkeypatch):
+    """A response file is compressed by the workers, each its columns: never in this process."""
+    generated = generated_response()
+    path = write_response(tmp_path / "response.h5", generated.axes, generated.contents, dtype=np.float64)
+    response, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=6)
+    single = COSIDataset.from_histograms(local.counts, {"instrumental": template}, path, ccm, dtype=np.float64,
+                                         rtol=1e-3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the client compressed the response")
+
+    monkeypatch.setattr(ColumnResponse, "from_file", refuse)
+    monkeypatch.setattr(ColumnResponse, "from_chunks", refuse)
+    sharded = COSIDataset.from_histograms(local.counts, {"instrumental": template}, path, ccm, dtype=np.float64,
+                                          rtol=1e-3, client=client)
+    facts = sharded.engine.shard_facts()
+    assert sum(f["blocks"] for f in facts) == single.engine.response.n_blocks
+    image = sky_image()
+    close(single.engine.expectation_at_bins(image), sharded.engine.expectation_at_bins(image))
+    weights = single.engine.data.counts / single.engine.expectation_at_bins(image)
+    close(single.engine.transpose_product(weights), sharded.engine.transpose_product(weights))
+
+
+def test_column_plan_balances_and_covers():
+    weights = np.r_[np.zeros(10), np.ones(100), 50 * np.ones(10), np.zeros(5)]
+    ranges = plan_columns(weights, 3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == weights.size
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    sums = [weights[lo:hi].sum() for lo, hi in ranges]
+    assert max(sums) - min(sums) <= 2 * weights.max()
+    assert plan_columns(np.zeros(4), 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    with pytest.raises(CosiInputError, match="3 CDS columns into 4 shards"):
+        plan_columns(np.ones(3), 4)
+
+
+def test_unreachable_scheduler_is_named():
+    with pytest.raises(CosiInputError, match="tcp://127.0.0.1:9 "):
+        connect("tcp://127.0.0.1:9", timeout=1)
+
+
+def test_worker_with_too_little_memory_is_named_before_the_run(client):
+    worker = sorted(client.scheduler_info()["workers"])[1]
+    with pytest.raises(CosiInputError, match=f"Dask worker {worker} has a memory limit of 2000 MB"):
+        check_memory(client, {worker: 5_000_000_000})
+    response, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=6)
+    small = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                                     memory_limit="20MB")
+    try:
+        with pytest.raises(CosiInputError, match="has a memory limit of 20 MB but its shard"):
+            COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm, dtype=np.float64,
+                                        client=small)
+    finally:
+        small.close()
+
+
+def test_package_version_mismatch_is_named(client):
+    from cosi_imaging_plugin.distributed.cluster import package_versions
+
+    local = {**package_versions(), "numpy": "0.0.1"}
+    with pytest.raises(CosiInputError, match=r"Dask worker tcp://\S+ runs other package versions.*numpy 0.0.1 here"):
+        check_versions(client, local)
+    check_versions(client)  # the same environment: no error
+
+
+def test_worker_killed_mid_run_gives_the_same_images(tmp_path):
+    """A worker killed in the middle of an RL iteration: its shard is rebuilt from the file elsewhere.
+
+    The kill comes between the forward fold and the transpose product of the third
+    iteration; the run goes on without any action and every image equals the
+    undisturbed run's exactly (the partial skies are summed in shard order).
+    """
+    generated = generated_response()
+    path = write_response(tmp_path / "response.h5", generated.axes, generated.contents, dtype=np.float64)
+    _, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=8)
+    options = {"iterations": 5, "acceleration": True, "alpha_max": 10.0, "fit_backgrounds": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+    try:
+        with distributed.Client(cluster, set_as_default=False) as client:
+            def dataset():
+                return COSIDataset.from_histograms(local.counts, {"instrumental": template}, path, ccm,
+                                                   dtype=np.float64, rtol=1e-3, client=client)
+
+            undisturbed = RichardsonLucy(dataset(), **options).run()
+            disturbed = dataset()
+            engine = disturbed.engine
+            victim = engine.shard_facts()[1]["worker"]
+            calls = []
+            transpose = engine.transpose_product
+
+            def transpose_after_kill(weights):
+                calls.append(1)
+                if len(calls) == 3:
+                    pid = client.run(os.getpid, workers=[victim])[victim]
+                    os.kill(pid, signal.SIGKILL)
+                return transpose(weights)
+
+            engine.transpose_product = transpose_after_kill
+            images = RichardsonLucy(disturbed, **options).run()
+            assert len(calls) >= 5
+            assert victim not in client.scheduler_info()["workers"]  # the run went on without it
+            for a, b in zip(undisturbed, images):
+                np.testing.assert_array_equal(a["model"], b["model"])
+    finally:
+        cluster.close()
+
+
+def test_out_of_core_engine_within_a_memory_bound_smaller_than_the_response(tmp_path):
+    """Shards of at most a third of the response, streamed from disk: the single engine's results."""
+    generated = generated_response()
+    path = write_response(tmp_path / "response.h5", generated.axes, generated.contents, dtype=np.float64)
+    _, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=9)
+    single = COSIDataset.from_histograms(local.counts, {"instrumental": template}, path, ccm, dtype=np.float64,
+                                         rtol=1e-3).engine
+    total = single.response.nbytes + single.response.tiled_blocks().nbytes
+    bound = total // 3
+    engine = out_of_core_engine(path, CCMMapping(ccm), bound, data=local.counts,
+                                backgrounds={"instrumental": template}, directory=tmp_path / "shards", rtol=1e-3,
+                                dtype=np.float64, progress=False)
+    facts = engine.shard_facts()
+    assert len(facts) >= 3
+    assert all(f["response_bytes"] < bound for f in facts), [f["response_bytes"] for f in facts]
+    assert sum(f["blocks"] for f in facts) == single.response.n_blocks
+    image = sky_image()
+    tracemalloc.start()
+    eps = engine.expectation_at_bins(image)
+    product = engine.transpose_product(local.engine.data.counts / eps)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # one shard at work at a time, besides the bins' and the images' arrays of the client
+    assert peak < bound + 8 * image.nbytes + 16 * eps.nbytes, (peak, bound)
+    close(single.expectation_at_bins(image), eps)
+    close(single.transpose_product(local.engine.data.counts / eps), product)
+    rl_single = RichardsonLucy(COSIDataset(single, counts=local.counts), iterations=3).run()
+    rl_disk = RichardsonLucy(COSIDataset(engine, counts=local.counts), iterations=3).run()
+    close(rl_single[-1]["model"], rl_disk[-1]["model"])
+
+
+def test_scheduler_block_shards_datasets_built_inside_it(client):
+    response, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=10)
+    with use_scheduler(client):
+        inside = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
+                                             dtype=np.float64)
+    outside = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm, dtype=np.float64)
+    assert isinstance(inside.engine, ShardedEngine) and not isinstance(outside.engine, ShardedEngine)
+    assert inside.log_likelihood(sky_image()) == pytest.approx(outside.log_likelihood(sky_image()), rel=RTOL)
+
+
+def test_command_line_names_an_unreachable_scheduler(caplog):
+    code = main(["--scheduler", "tcp://127.0.0.1:9", "info", "no_such_file.h5"])
+    assert code == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in caplog.text
+
+
+def test_fit_configuration_accepts_a_scheduler():
+    config = read_fit_config({"data": {"manifest": "x"}, "model": {"sources": [{"name": "s"}]},
+                              "scheduler": "tcp://127.0.0.1:8786"})
+    assert config["scheduler"] == "tcp://127.0.0.1:8786"
+
+
+def test_ts_map_equals_single_process(pair):
+    """TS, norm and its error at every position (the shards' sums added in shard order)."""
+    local, sharded, _ = pair
+    estimator = TSMapEstimator(Powerlaw(K=1.0, index=-2.0, piv=500.0), nside=NSIDE_MODEL)
+    a = estimator.run(local, progress=False)
+    b = estimator.run(sharded, progress=False)
+    assert np.nanmax(a["ts"]) > 25  # a bright blob: the map is not all noise
+    np.testing.assert_array_equal(a["niter"], b["niter"])
+    for name in ("ts", "norm", "norm_err"):
+        close(a[name], b[name])
