@@ -4,6 +4,7 @@ An interrupted run therefore never leaves a half-written result under the final 
 """
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,4 +46,36 @@ def atomic_path(path, overwrite=True):
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path, overwrite=False):
+    """Yield a temporary directory beside `path`; rename it to `path` on success.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Final directory.
+    overwrite : bool
+        Replace an existing directory at `path` (it is removed only after success).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

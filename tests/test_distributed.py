@@ -343,14 +343,19 @@ def test_scheduler_block_shards_datasets_built_inside_it(client):
     assert inside.log_likelihood(sky_image()) == pytest.approx(outside.log_likelihood(sky_image()), rel=RTOL)
 
 
-def test_command_line_names_an_unreachable_scheduler(caplog):
+def test_command_line_names_an_unreachable_scheduler(capsys):
     code = main(["--scheduler", "tcp://127.0.0.1:9", "info", "no_such_file.h5"])
     assert code == 2
-    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in caplog.text
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+    # a global option, after the subcommand too
+    assert main(["info", "no_such_file.h5", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
 
 
 def test_fit_configuration_accepts_a_scheduler():
-    config = read_fit_config({"data": {"manifest": "x"}, "model": {"sources": [{"name": "s"}]},
+    source = {"name": "s", "type": "point", "l": 0.0, "b": 0.0,
+              "spectrum": {"function": "Powerlaw", "K": 1e-3, "piv": 100.0, "index": -2.0}}
+    config = read_fit_config({"data": {"manifest": "x"}, "model": {"sources": [source]},
                               "scheduler": "tcp://127.0.0.1:8786"})
     assert config["scheduler"] == "tcp://127.0.0.1:8786"
 
