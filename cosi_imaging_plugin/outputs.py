@@ -88,10 +88,24 @@ def interrupts_from_signals():
     def handler(signum, frame):
         raise Interrupted(signum)
 
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info):
+        if isinstance(info.exc_value, Interrupted):
+            # raised while a finalizer or weakref callback ran, where Python ignores exceptions: deliver the
+            # signal again a moment later, once the callback has returned
+            again = threading.Timer(0.01, os.kill, (os.getpid(), info.exc_value.signum))
+            again.daemon = True
+            again.start()
+            return
+        previous_hook(info)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, old in previous.items():
             signal.signal(sig, old)
 

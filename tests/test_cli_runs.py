@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 
 import h5py
 import numpy as np
@@ -22,7 +23,7 @@ from cosi_imaging_plugin import __version__
 from cosi_imaging_plugin.cli import build_parser, deconvolve_main, main
 from cosi_imaging_plugin.errors import CosiFileError, CosiInputError
 from cosi_imaging_plugin.io.histograms import read_histogram, write_histogram
-from cosi_imaging_plugin.outputs import Interrupted, OutputExistsError, OutputFolder
+from cosi_imaging_plugin.outputs import Interrupted, OutputExistsError, OutputFolder, interrupts_from_signals
 from cosi_imaging_plugin.pipeline import _model, check_fit_config, read_fit_config
 
 # long enough that a signal always arrives while iterating (no stopping before iteration_max)
@@ -260,3 +261,18 @@ def test_non_integer_counts_are_refused_naming_the_bin(cli_dataset, tmp_path, ca
     err = capsys.readouterr().err
     assert "data_scatt.hdf5 [hist]: binned data has 1 non-integer bin(s), first at bin (3, 0, 2, 5) (value 2.5)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited"]
+
+
+def test_a_signal_handled_inside_a_finalizer_still_interrupts_the_run():
+    """Python ignores an exception raised while a finalizer runs: the signal is delivered again after it."""
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the finalizer
+                pass
+
+    with pytest.raises(Interrupted) as caught:
+        with interrupts_from_signals():
+            Finalized()
+            time.sleep(2.0)  # the signal, delivered again, ends the wait
+    assert caught.value.exit_status == 128 + signal.SIGTERM
