@@ -5,7 +5,8 @@ Subcommands:
 - ``demo [-o DIR]``: the main job on the built-in ``mini_511keV`` dataset
   (simulate once, RL image, RL-initialized 3ML fit of a bulge + disk, products);
 - ``simulate CONFIG -o DIR``: build a synthetic dataset (built-in name or YAML);
-- ``deconvolve PARFILE --data DIR [-o OUT]``: image deconvolution of a dataset;
+- ``deconvolve PARFILE --data DIR [-o OUT]``: image deconvolution of a dataset (``--algorithm LIRA``:
+  Bayesian multiscale deconvolution with error maps, PARFILE then a YAML file with a ``lira`` section);
 - ``fit CONFIG [-o OUT]``: the demo pipeline on any dataset and model in YAML;
 - ``tsmap --data DIR [-o OUT]``: a TS map of a test source (maps in HDF5 and FITS, a PNG);
 - ``detect --data DIR [-o OUT]``: multiscale detection (a source table, its astromodels
@@ -35,6 +36,7 @@ from .io.manifest import read_manifest
 from .pipeline import run_pipeline
 from .plots import plot_sky_map, save_figure, save_plots
 from .simulate import SimulationConfig, builtin_config, builtin_config_names, simulate_dataset
+from .uncertainty import lira_main
 
 logger = logging.getLogger("cosi_imaging_plugin")
 
@@ -243,6 +245,11 @@ def _simulate(args):
 
 
 def _deconvolve(args):
+    if args.algorithm == "LIRA":
+        summary = lira_main(args.data, args.output, parameters=args.parfile, progress=not args.quiet)
+        logger.warning("LIRA: %d chains x %d draws, %.1f%% of pixels with R-hat <= 1.01; results in %s",
+                       summary["n_chains"], summary["n_samples"], 100 * summary["pixels_converged"], args.output)
+        return 0
     summary = deconvolve_main(args.parfile, args.data, args.output, overrides=args.override, rtol=args.rtol,
                               progress=not args.quiet)
     logger.warning("%d iterations, log-likelihood %.6g; results in %s", summary["iterations"],
@@ -286,6 +293,9 @@ def build_parser():
     p.add_argument("--override", action="append", default=[], metavar="'a:b:c = value'",
                    help="override a parameter (repeatable)")
     p.add_argument("--rtol", type=float, default=None, help="response truncation tolerance (default 1e-3)")
+    p.add_argument("--algorithm", choices=["RL", "LIRA"], default="RL",
+                   help="RL: the parameter file's Richardson-Lucy; LIRA: Bayesian multiscale deconvolution "
+                        "(parfile: a YAML file with a 'lira' section, optional)")
     p.set_defaults(run=_deconvolve)
 
     p = sub.add_parser("fit", help="RL image + RL-initialized 3ML fit described in YAML")

@@ -2,6 +2,8 @@
 
 - :class:`LIRA`: several exact Gibbs chains on a dataset (``LIRA(dataset, n_chains=4).run()``),
   checkpointed and resumable;
+- :class:`LIRAMode`: LIRA's mode-finding (EM) variant, a regularised point estimate;
+- :func:`lira_main` (:mod:`.run`): a run on a dataset directory from a parameter file;
 - :class:`LIRAResult`: posterior mean, std, quantile and significance maps (histpy
   histograms, HEALPix FITS), traces, split-R-hat and ESS, region fluxes with credible
   intervals;
@@ -10,19 +12,23 @@
 """
 from .diagnostics import ess, rhat
 from .lira import LIRA
+from .mode import LIRAMode
 from .regions import FluxSummary, region_mask
 from .results import QUANTILES, LIRAResult
+from .run import lira_main
 from .tree import DEFAULT_DELTA, DEFAULT_TOTAL_PRIOR, MultiscaleTree
 
 __all__ = [
     "DEFAULT_DELTA",
     "DEFAULT_TOTAL_PRIOR",
     "LIRA",
+    "LIRAMode",
     "QUANTILES",
     "FluxSummary",
     "LIRAResult",
     "MultiscaleTree",
     "ess",
+    "lira_main",
     "region_mask",
     "rhat",
 ]

@@ -198,9 +198,10 @@ class Allocator:
         engine._require_data()
         self.engine = engine
         data = engine.data
-        if np.any(data.counts != np.round(data.counts)):
-            raise CosiInputError("data: counts must be whole numbers for the Bayesian deconvolution "
-                                 f"(first non-integer at {engine.describe_bin(int(np.argmax(data.counts != np.round(data.counts))))})")
+        fractional = data.counts != np.round(data.counts)
+        if np.any(fractional):
+            raise CosiInputError("data: counts must be whole numbers for the Bayesian deconvolution (first "
+                                 f"non-integer at {engine.describe_bin(int(np.argmax(fractional)))})")
         self.n_tasks = int(n_tasks or 2 * numba.get_num_threads())
         response = engine.response
         cols = data.active_cols

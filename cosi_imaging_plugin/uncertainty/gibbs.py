@@ -7,10 +7,10 @@ templates times their norms ``b``); ``x`` of every Ei bin under the multiscale p
 1. the allocation of the counts to sky pixels and backgrounds given ``(x, b)``
    (:mod:`.allocation`), completed by the counts that a uniform exposure ``Xmax`` would
    have added, ``Poisson(x_p (Xmax - X_p))`` (LIRA's exposure augmentation);
-2. the total and the multiscale splits of every Ei bin given the complete counts and the
-   smoothing parameters;
-3. the smoothing parameter of every level given its splits (slice sampling);
-4. the background norms given their counts: ``b_k ~ Gamma(alpha_k + n_k, beta_k + sum_i B_k,i)``.
+2. the smoothing parameter of every level given the complete counts, the splits integrated
+   out (slice sampling), then the total and the multiscale splits of every Ei bin given the
+   complete counts and the smoothing (a blocked step);
+3. the background norms given their counts: ``b_k ~ Gamma(alpha_k + n_k, beta_k + sum_i B_k,i)``.
 
 Every step draws from an exact conditional, so the chain's stationary law is the posterior.
 """
@@ -71,7 +71,7 @@ class GibbsSampler:
     def __init__(self, engine, delta, total_prior, background_priors=None, fit_backgrounds=True):
         self.engine = engine
         axis = engine.model_axes[0]
-        self.n_pix, self.n_ei = engine.model_axes.nbins
+        self.n_pix, self.n_ei = (int(n) for n in engine.model_axes.nbins)
         self.tree = MultiscaleTree(self.n_pix, delta, total_prior)
         nside = getattr(axis, "nside", None)
         if nside is None:
@@ -132,7 +132,9 @@ class GibbsSampler:
     def _bkg_log_prior(self, norms):
         shape, rate = self.bkg_prior.T
         norms = np.asarray(norms, dtype=np.float64)
-        return float(np.sum((shape - 1.0) * np.log(norms) - rate * norms))
+        with np.errstate(divide="ignore"):
+            log_norms = np.where(shape == 1.0, 0.0, np.log(norms))  # a flat prior is flat at zero too
+        return float(np.sum((shape - 1.0) * log_norms - rate * norms))
 
     def log_likelihood(self, data_term, state):
         """Poisson log-likelihood from the data term ``sum d ln eps`` of the allocation."""
@@ -161,8 +163,8 @@ class GibbsSampler:
             # LIRA's exposure augmentation: the counts a uniform exposure Xmax would have added
             extra = rng.poisson(image[:, e] * np.maximum(self.exposure_max[e] - self.exposure[:, e], 0.0))
             complete = sky[:, e] + extra
-            log_x, log_total, lf = self.tree.draw(complete, self.exposure_max[e], smoothing[:, e], rng)
-            smoothing[:, e] = self.tree.draw_smoothing(lf, smoothing[:, e], rng)
+            log_x, log_total, lf, smoothing[:, e] = self.tree.draw(complete, self.exposure_max[e], smoothing[:, e],
+                                                                   rng)
             log_prior += self.tree.log_prior(log_total, lf, smoothing[:, e], self.exposure_max[e])
             # a floor far below any counted flux: an underflowed pixel would never be allocated a count again
             new_image[:, e] = np.exp(np.maximum(log_x, log_total - 600.0))
@@ -182,8 +184,8 @@ class GibbsSampler:
 
         The flat image gives the sky the counts the backgrounds at their norms leave over
         (at least a tenth of the data). Every pixel is multiplied by a Gamma(2, 2) factor and
-        the total by a log-normal one of width 0.5; the norms by log-normal factors of width
-        0.3; the smoothing by log-normal factors of width 1.
+        the total by a log-normal one of width 0.5; the norms (when sampled) by log-normal factors
+        of width 0.3; the smoothing by log-normal factors of width 1.
         """
         norms = np.ones(len(self.names)) if norms is None else np.asarray(norms, dtype=np.float64)
         if image is None:
@@ -194,7 +196,8 @@ class GibbsSampler:
         image = np.maximum(np.asarray(image, dtype=np.float64).reshape(self.n_pix, self.n_ei), 0.0)
         floor = 1e-3 * image.mean(axis=0, keepdims=True)
         image = (image + floor) * rng.gamma(2.0, 0.5, image.shape) * math.exp(0.5 * rng.standard_normal())
-        norms = norms * np.exp(0.3 * rng.standard_normal(norms.shape))
+        if self.fit_backgrounds:
+            norms = norms * np.exp(0.3 * rng.standard_normal(norms.shape))
         smoothing = np.broadcast_to(np.asarray(smoothing, dtype=np.float64),
                                     (self.tree.levels + 1, self.n_ei))
         smoothing = smoothing * np.exp(rng.standard_normal(smoothing.shape))

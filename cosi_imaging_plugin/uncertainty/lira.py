@@ -39,7 +39,8 @@ class LIRA:
     delta : float
         Hyperprior of the smoothing parameters, ``p(a) ~ exp(-delta a^3 / 3)`` (LIRA's 1000).
     total_prior : (float, float)
-        Gamma (shape, rate) prior on the expected total counts of the sky (LIRA's (1, 0.05)).
+        Gamma (shape, rate) prior on the expected total complete counts of the sky; flat (1, 0) by default
+        (LIRA's (1, 0.05) makes the images 5 % too faint).
     initial_smoothing : float
         Smoothing parameter around which the starts are dispersed.
     initial_image : histpy.Histogram or ndarray, optional
