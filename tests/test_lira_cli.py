@@ -17,8 +17,11 @@ PARAMETERS = {"lira": {"n_chains": 2, "n_samples": 10, "burn_in": 10, "seed": 3,
 def dataset_dir(tmp_path_factory):
     from cosi_imaging_plugin.simulate import builtin_config, simulate_dataset
 
+    config = builtin_config("mini_511keV").to_dict()
+    config["orbit"]["duration_s"] = 86400.0  # one day: the command's outputs, not the sky, are tested here
+    config["galactic"] = False
     out = tmp_path_factory.mktemp("data") / "mini"
-    simulate_dataset(builtin_config("mini_511keV"), out, progress=False)
+    simulate_dataset(config, out, progress=False)
     return out
 
 

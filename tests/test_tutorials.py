@@ -24,6 +24,7 @@ EXPECTED = {
     "02_extended_source_3ml_fit.ipynb",
     "03_point_source_spectral_fit.ipynb",
     "04_cosi_team_files.ipynb",
+    "05_lira_error_maps.ipynb",
 }
 NEEDS_FIXTURES = {"04_cosi_team_files.ipynb"}
 # generous per cell: a slow CI machine; the four notebooks take a few minutes in all
