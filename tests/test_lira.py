@@ -15,7 +15,7 @@ import pytest
 from scipy import integrate
 
 from cosi_imaging_plugin.errors import CosiInputError, InvalidValueError
-from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, rhat
+from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat
 from cosi_imaging_plugin.uncertainty.allocation import Allocator
 from cosi_imaging_plugin.uncertainty.tree import (
     MultiscaleTree,
@@ -197,6 +197,15 @@ def test_region_fluxes_add_up(blob_result):
     assert low < summary.intervals[0.68][0] < summary.median < summary.intervals[0.68][1] < high
     empty = blob_result.region_flux(disc=(240.0, -50.0, 15.0))
     assert empty.mean < 0.05 * summary.mean
+
+
+def test_region_significance_of_a_bright_disc(blob_result, blob_dataset):
+    """The disc removed from the sky (the null model), no simulated dataset reaches its flux: p = 1 / (n + 1)."""
+    found = region_significance(blob_result, blob_dataset, disc=(120.0, 40.0, 15.0), n_simulations=4, seed=3,
+                                progress=False, n_samples=20, burn_in=20, fit_backgrounds=False)
+    assert found.null.shape == (4,) and np.all(found.null < found.observed)
+    assert found.p_value == pytest.approx(1 / 5)
+    assert found.significance == pytest.approx(0.8416, abs=1e-3)
 
 
 def test_mode_finding_never_decreases_the_log_posterior(blob_dataset):

@@ -6,7 +6,8 @@
 - :func:`lira_main` (:mod:`.run`): a run on a dataset directory from a parameter file;
 - :class:`LIRAResult`: posterior mean, std, quantile and significance maps (histpy
   histograms, HEALPix FITS), traces, split-R-hat and ESS, region fluxes with credible
-  intervals;
+  intervals; :func:`region_significance`: a region's flux against a null model without the
+  feature, by posterior predictive simulation;
 - :mod:`.allocation`, :mod:`.tree`, :mod:`.gibbs`: the data augmentation, the multiscale
   prior and the sweep; :mod:`.diagnostics`: R-hat and ESS.
 """
@@ -16,6 +17,7 @@ from .mode import LIRAMode
 from .regions import FluxSummary, region_mask
 from .results import QUANTILES, LIRAResult
 from .run import lira_main
+from .significance import RegionSignificance, region_significance
 from .tree import DEFAULT_DELTA, DEFAULT_TOTAL_PRIOR, MultiscaleTree
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "FluxSummary",
     "LIRAResult",
     "MultiscaleTree",
+    "RegionSignificance",
     "ess",
     "lira_main",
     "region_mask",
+    "region_significance",
     "rhat",
 ]
