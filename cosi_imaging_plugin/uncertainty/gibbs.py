@@ -156,12 +156,13 @@ class GibbsSampler:
         log_like = self.log_likelihood(data_term, state)
         sky = self.nested(sky)
         image = self.nested(state.image)
+        exposure = self.nested(self.exposure)
         new_image = np.empty_like(image)
         smoothing = state.smoothing.copy()
         log_prior = 0.0
         for e in range(self.n_ei):
             # LIRA's exposure augmentation: the counts a uniform exposure Xmax would have added
-            extra = rng.poisson(image[:, e] * np.maximum(self.exposure_max[e] - self.exposure[:, e], 0.0))
+            extra = rng.poisson(image[:, e] * np.maximum(self.exposure_max[e] - exposure[:, e], 0.0))
             complete = sky[:, e] + extra
             log_x, log_total, lf, smoothing[:, e] = self.tree.draw(complete, self.exposure_max[e], smoothing[:, e],
                                                                    rng)
