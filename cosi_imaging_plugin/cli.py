@@ -5,7 +5,8 @@ Subcommands:
 - ``demo [-o DIR]``: the main job on the built-in ``mini_511keV`` dataset
   (simulate once, RL image, RL-initialized 3ML fit of a bulge + disk, products);
 - ``simulate CONFIG -o DIR``: build a synthetic dataset (built-in name or YAML);
-- ``deconvolve PARFILE --data DIR [-o OUT]``: image deconvolution of a dataset;
+- ``deconvolve PARFILE --data DIR [-o OUT]``: image deconvolution of a dataset (``--algorithm LIRA``:
+  Bayesian multiscale deconvolution with error maps, PARFILE then a YAML file with a ``lira`` section);
 - ``fit CONFIG [-o OUT]``: the demo pipeline on any dataset and model in YAML;
 - ``tsmap --data DIR [-o OUT]``: a TS map of a test source (maps in HDF5 and FITS, a PNG);
 - ``detect --data DIR [-o OUT]``: multiscale detection (a source table, its astromodels
@@ -28,6 +29,7 @@ import argparse
 import json
 import logging
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -52,6 +54,7 @@ from .outputs import Interrupted, OutputFolder, interrupts_from_signals
 from .pipeline import run_pipeline
 from .plots import plot_sky_map, save_figure, save_plots
 from .simulate import SimulationConfig, builtin_config, builtin_config_names, simulate_dataset
+from .uncertainty import lira_main
 
 logger = logging.getLogger("cosi_imaging_plugin")
 
@@ -344,6 +347,8 @@ def _simulate(args):
 def _deconvolve(args):
     if args.resume is None and args.data is None:
         raise CosiInputError("deconvolve needs --data DIR (a dataset), or --resume DIR (an earlier output folder)")
+    if args.algorithm == "LIRA":
+        return _lira(args)
     output = args.output if args.output is not None or args.resume is not None else Path("deconvolution_output")
     summary = deconvolve_main(args.parfile, args.data, output, overrides=args.override, rtol=args.rtol,
                               progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
@@ -352,6 +357,21 @@ def _deconvolve(args):
     lines += [f"background {name}: norm {float(np.ravel(value)[0]):.4g}" for name, value in (norms or {}).items()
               if np.size(value) == 1]
     return lines
+
+
+def _lira(args):
+    """LIRA into a new folder, or on into the folder of an earlier run (--resume: from its checkpoint)."""
+    output = args.resume or args.output or Path("deconvolution_output")
+    if args.resume is None and output.exists() and any(output.iterdir()) and not args.overwrite:
+        raise CosiInputError(f"output folder {output} is not empty: give --overwrite to replace it, or "
+                             f"--resume {output} to continue its LIRA run")
+    if args.resume is None and args.overwrite and output.exists():
+        shutil.rmtree(output)
+    if args.data is None:
+        raise CosiInputError("LIRA needs --data DIR, also with --resume")
+    summary = lira_main(args.data, output, parameters=args.parfile, progress=not args.quiet)
+    return [f"LIRA: {summary['n_chains']} chains x {summary['n_samples']} draws, "
+            f"{100 * summary['pixels_converged']:.1f}% of pixels with R-hat <= 1.01; results in {output}"]
 
 
 def _fit(args, config=None):
@@ -434,6 +454,10 @@ def build_parser():
     p.add_argument("--override", action="append", default=[], metavar="'a:b:c = value'",
                    help="override a parameter (repeatable)")
     p.add_argument("--rtol", type=float, default=None, help="response truncation tolerance (default 1e-3)")
+    p.add_argument("--algorithm", choices=["RL", "LIRA"], default="RL",
+                   help="RL: the parameter file's Richardson-Lucy; LIRA: Bayesian multiscale deconvolution "
+                        "(parfile: a YAML file with a 'lira' section, optional; --resume continues from its "
+                        "checkpoint)")
 
     p = command("fit", _fit, "RL image + RL-initialized 3ML fit described in YAML")
     p.add_argument("config", help="fit configuration (YAML) or a built-in name")

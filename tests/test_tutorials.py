@@ -25,6 +25,7 @@ EXPECTED = {
     "03_point_source_spectral_fit.ipynb",
     "04_cosi_team_files.ipynb",
     "05_source_detection.ipynb",
+    "06_lira_error_maps.ipynb",
 }
 NEEDS_FIXTURES = {"04_cosi_team_files.ipynb"}
 # generous per cell: a slow CI machine; the notebooks take a few minutes in all

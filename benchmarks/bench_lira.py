@@ -1,0 +1,81 @@
+"""LIRA benchmark at the data-challenge scale: one Gibbs sweep against one RL iteration, ESS per minute, quality.
+
+On the DC2-scale inputs of ``_dc2.py`` (bulge + disk 511 keV sky, ~1000 ScAtt bins, an
+instrumental background), in one process: the seconds of one RL iteration (the 511 keV parameter
+file of ``bench_rl.py``), then LIRA's chains (``--chains`` x (``--burn-in`` + ``--samples``) sweeps),
+timed per sweep, with the median bulk ESS over the pixels per minute of sampling and the split-R-hat.
+Quality: the L2 error over pixels of the posterior mean and of the RL image against the injected
+sky (relative to the sky's norm). The last printed line is one JSON object with ``sweep_s``,
+``rl_iter_s``, ``sweep_over_rl``, ``ess_per_min``, ``peak_mb`` and the diagnostics.
+"""
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_rl import seconds_per_iteration  # noqa: E402
+
+from cosi_imaging_plugin.datasets import COSIDataset  # noqa: E402
+from cosi_imaging_plugin.uncertainty import LIRA  # noqa: E402
+
+import _dc2  # noqa: E402
+from _common import PeakRSS, report  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+
+def relative_l2(image, truth):
+    """``||image - truth|| / ||truth||`` over pixels and Ei bins."""
+    return float(np.linalg.norm(image - truth) / np.linalg.norm(truth))
+
+
+def main():
+    parser = _dc2.parser(__doc__)
+    parser.add_argument("--rl-iterations", type=int, default=20, help="RL iterations (timed, and the RL image)")
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--burn-in", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=100)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    dc2 = _dc2.build(args)
+    engine = dc2.engine(args.rtol)
+    dataset = COSIDataset(engine, name="dc2")
+    seconds_per_iteration(engine, args.nside, 1)  # compile the kernels
+    rl_iter_s, rl_results = seconds_per_iteration(engine, args.nside, args.rl_iterations)
+    rl_image = np.asarray(rl_results[-1]["model"].contents)
+    lira = LIRA(dataset, n_chains=args.chains, n_samples=args.samples, burn_in=args.burn_in, progress=False)
+    lira.sampler.sweep(lira.sampler.dispersed_start(np.random.default_rng(0)), np.random.default_rng(0))  # compile
+    with PeakRSS() as memory:
+        start = time.perf_counter()
+        result = lira.run()
+        elapsed = time.perf_counter() - start
+    sweep_s = elapsed / (lira.n_sweeps * args.chains)
+    diagnostics = result.diagnostics(warn=False)
+    ess_pixels = float(np.median(diagnostics["ess"]["pixels"]))
+    truth = np.asarray(dc2.image, dtype=np.float64).reshape(rl_image.shape)
+    mean = np.asarray(result.mean().contents)
+    logger.info("sweep %.3f s, RL iteration %.3f s; L2 error: LIRA %.3f, RL %.3f", sweep_s, rl_iter_s,
+                relative_l2(mean, truth), relative_l2(rl_image, truth))
+    report({
+        "sweep_s": round(sweep_s, 3),
+        "rl_iter_s": round(rl_iter_s, 3),
+        "sweep_over_rl": round(sweep_s / rl_iter_s, 2),
+        "ess_per_min": round(ess_pixels / (elapsed / 60.0), 1),
+        "peak_mb": round(memory.peak_mb, 0),
+        "chains": args.chains, "burn_in": args.burn_in, "samples": args.samples,
+        "sampling_min": round(elapsed / 60.0, 2),
+        "rhat_pixels_median": round(float(np.median(diagnostics["rhat"]["pixels"])), 3),
+        "pixels_converged": round(diagnostics["pixels_converged"], 3),
+        "rhat_max_traced": {k: round(float(np.max(v)), 3) for k, v in diagnostics["rhat"].items() if k != "pixels"},
+        "l2_lira_mean": round(relative_l2(mean, truth), 4),
+        "l2_rl": round(relative_l2(rl_image, truth), 4),
+        "scatt_bins": engine.n_rows,
+        "nnz": engine.data.nnz,
+    })
+
+
+if __name__ == "__main__":
+    main()

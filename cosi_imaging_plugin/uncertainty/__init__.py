@@ -1,0 +1,38 @@
+"""Sky images with error bars: Bayesian multiscale deconvolution on the HEALPix quad-tree (LIRA on the sphere).
+
+- :class:`LIRA`: several exact Gibbs chains on a dataset (``LIRA(dataset, n_chains=4).run()``),
+  checkpointed and resumable;
+- :class:`LIRAMode`: LIRA's mode-finding (EM) variant, a regularised point estimate;
+- :func:`lira_main` (:mod:`.run`): a run on a dataset directory from a parameter file;
+- :class:`LIRAResult`: posterior mean, std, quantile and significance maps (histpy
+  histograms, HEALPix FITS), traces, split-R-hat and ESS, region fluxes with credible
+  intervals; :func:`region_significance`: a region's flux against a null model without the
+  feature, by posterior predictive simulation;
+- :mod:`.allocation`, :mod:`.tree`, :mod:`.gibbs`: the data augmentation, the multiscale
+  prior and the sweep; :mod:`.diagnostics`: R-hat and ESS.
+"""
+from .diagnostics import ess, rhat
+from .lira import LIRA
+from .mode import LIRAMode
+from .regions import FluxSummary, region_mask
+from .results import QUANTILES, LIRAResult
+from .run import lira_main
+from .significance import RegionSignificance, region_significance
+from .tree import DEFAULT_DELTA, DEFAULT_TOTAL_PRIOR, MultiscaleTree
+
+__all__ = [
+    "DEFAULT_DELTA",
+    "DEFAULT_TOTAL_PRIOR",
+    "LIRA",
+    "LIRAMode",
+    "QUANTILES",
+    "FluxSummary",
+    "LIRAResult",
+    "MultiscaleTree",
+    "RegionSignificance",
+    "ess",
+    "lira_main",
+    "region_mask",
+    "region_significance",
+    "rhat",
+]

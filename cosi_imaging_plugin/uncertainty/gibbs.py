@@ -1,0 +1,205 @@
+"""One exact Gibbs sweep of the Bayesian multiscale deconvolution.
+
+The model: counts ~ Poisson(engine expectation of the sky image ``x`` plus the background
+templates times their norms ``b``); ``x`` of every Ei bin under the multiscale prior of
+:mod:`.tree`; ``b_k`` under Gamma priors (flat by default). A sweep draws, in turn,
+
+1. the allocation of the counts to sky pixels and backgrounds given ``(x, b)``
+   (:mod:`.allocation`), completed by the counts that a uniform exposure ``Xmax`` would
+   have added, ``Poisson(x_p (Xmax - X_p))`` (LIRA's exposure augmentation);
+2. the smoothing parameter of every level given the complete counts, the splits integrated
+   out (slice sampling), then the total and the multiscale splits of every Ei bin given the
+   complete counts and the smoothing (a blocked step);
+3. the background norms given their counts: ``b_k ~ Gamma(alpha_k + n_k, beta_k + sum_i B_k,i)``.
+
+Every step draws from an exact conditional, so the chain's stationary law is the posterior.
+"""
+import logging
+import math
+from dataclasses import dataclass
+
+import healpy as hp
+import numpy as np
+
+from ..binning import is_nested
+from ..errors import CosiInputError
+from .allocation import Allocator
+from .tree import MultiscaleTree, fractions_of_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChainState:
+    """The state of one chain.
+
+    Attributes
+    ----------
+    image : ndarray, shape (n_pix, n_ei)
+        Sky image in the model grid's own pixel order (ph cm-2 s-1 sr-1).
+    smoothing : ndarray, shape (L + 1, n_ei)
+        Smoothing parameter of every tree level and Ei bin.
+    norms : ndarray, shape (n_bkg,)
+        Background normalizations.
+    log_prior : float
+        Log prior density of the state (tree parametrization).
+    """
+
+    image: np.ndarray
+    smoothing: np.ndarray
+    norms: np.ndarray
+    log_prior: float
+
+
+class GibbsSampler:
+    """The conditional draws of one dataset's posterior.
+
+    Parameters
+    ----------
+    engine : ResponseEngine
+        Engine with data; its model grid a full HEALPix sphere.
+    delta : float
+        Hyperprior of the smoothing parameters, ``p(a) ~ exp(-delta a^3 / 3)``.
+    total_prior : (float, float)
+        Gamma prior (shape, rate) on the expected total complete counts of each Ei bin.
+    background_priors : dict of str to (float, float), optional
+        Gamma priors (shape, rate) of the background norms; flat (1, 0) where not given.
+    fit_backgrounds : bool
+        Draw the background norms; if False they stay at their initial values.
+    """
+
+    def __init__(self, engine, delta, total_prior, background_priors=None, fit_backgrounds=True):
+        self.engine = engine
+        axis = engine.model_axes[0]
+        self.n_pix, self.n_ei = (int(n) for n in engine.model_axes.nbins)
+        self.tree = MultiscaleTree(self.n_pix, delta, total_prior)
+        nside = getattr(axis, "nside", None)
+        if nside is None:
+            raise CosiInputError(f"model axis '{axis.label}' is not a HEALPix axis: the multiscale prior needs "
+                                 "a full-sky HEALPix grid")
+        if getattr(axis, "scheme", None) is not None and not is_nested(axis):
+            logger.warning("model axis '%s' is RING: the quad-tree prior works on the NESTED order of the same "
+                           "pixels (converted internally; the outputs keep the RING order)", axis.label)
+            self.to_nested = hp.nest2ring(nside, np.arange(self.n_pix))  # nested p -> model pixel
+            self.to_model = hp.ring2nest(nside, np.arange(self.n_pix))  # model pixel -> nested p
+        else:
+            self.to_nested = self.to_model = None
+        self.exposure = np.asarray(engine.exposure_map, dtype=np.float64)
+        self.exposure_max = self.exposure.max(axis=0)
+        if np.any(self.exposure_max <= 0):
+            raise CosiInputError(f"Ei bins {np.flatnonzero(self.exposure_max <= 0).tolist()} have no exposure")
+        self.unexposed = self.exposure <= 0
+        if self.unexposed.any():
+            logger.warning("%d sky pixels have no exposure: the prior alone describes them (flagged in the "
+                           "outputs)", int(self.unexposed.any(axis=1).sum()))
+        self.names = list(engine.background_names)
+        priors = dict(background_priors or {})
+        unknown = set(priors) - set(self.names)
+        if unknown:
+            raise CosiInputError(f"background_priors: unknown background(s) {sorted(unknown)}; known: {self.names}")
+        self.bkg_prior = np.array([priors.get(n, (1.0, 0.0)) for n in self.names], dtype=np.float64).reshape(-1, 2)
+        self.bkg_totals = np.array([engine.background_total(n) for n in self.names], dtype=np.float64)
+        self.fit_backgrounds = bool(fit_backgrounds)
+        self.allocator = Allocator(engine)
+        self.solid_angle = 4 * np.pi / self.n_pix
+
+    # ---- pixel order -------------------------------------------------------------------------
+    def nested(self, values):
+        """Array in the model grid's order -> NESTED order."""
+        return values if self.to_nested is None else values[self.to_nested]
+
+    def model_order(self, values):
+        """Array in NESTED order -> the model grid's order."""
+        return values if self.to_model is None else values[self.to_model]
+
+    # ---- states ------------------------------------------------------------------------------
+    def state(self, image, smoothing, norms):
+        """A chain state from an image, smoothing parameters and norms (its log prior computed)."""
+        image = np.array(image, dtype=np.float64).reshape(self.n_pix, self.n_ei)
+        if np.any(image <= 0) or not np.all(np.isfinite(image)):
+            raise CosiInputError("initial image: every pixel must be positive and finite")
+        smoothing = np.array(smoothing, dtype=np.float64).reshape(self.tree.levels + 1, self.n_ei)
+        if np.any(smoothing <= 0):
+            raise CosiInputError(f"initial smoothing {smoothing.ravel().tolist()}: must be positive")
+        nested = self.nested(image)
+        log_prior = 0.0
+        for e in range(self.n_ei):
+            log_total, lf = fractions_of_image(nested[:, e], self.tree.levels)
+            log_prior += self.tree.log_prior(log_total, lf, smoothing[:, e], self.exposure_max[e])
+        return ChainState(image, smoothing, np.array(norms, dtype=np.float64).reshape(len(self.names)),
+                          log_prior + self._bkg_log_prior(norms))
+
+    def _bkg_log_prior(self, norms):
+        shape, rate = self.bkg_prior.T
+        norms = np.asarray(norms, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            log_norms = np.where(shape == 1.0, 0.0, np.log(norms))  # a flat prior is flat at zero too
+        return float(np.sum((shape - 1.0) * log_norms - rate * norms))
+
+    def log_likelihood(self, data_term, state):
+        """Poisson log-likelihood from the data term ``sum d ln eps`` of the allocation."""
+        total = self.engine.total_expected(state.image, dict(zip(self.names, state.norms)))
+        return data_term - total - self.engine.data.log_factorial
+
+    # ---- the sweep ---------------------------------------------------------------------------
+    def sweep(self, state, rng):
+        """One Gibbs sweep.
+
+        Returns
+        -------
+        ChainState
+            The new state.
+        float
+            Log-likelihood of the state the sweep started from.
+        """
+        sky, bkg_counts, data_term = self.allocator.draw(state.image, state.norms, rng)
+        log_like = self.log_likelihood(data_term, state)
+        sky = self.nested(sky)
+        image = self.nested(state.image)
+        exposure = self.nested(self.exposure)
+        new_image = np.empty_like(image)
+        smoothing = state.smoothing.copy()
+        log_prior = 0.0
+        for e in range(self.n_ei):
+            # LIRA's exposure augmentation: the counts a uniform exposure Xmax would have added
+            extra = rng.poisson(image[:, e] * np.maximum(self.exposure_max[e] - exposure[:, e], 0.0))
+            complete = sky[:, e] + extra
+            log_x, log_total, lf, smoothing[:, e] = self.tree.draw(complete, self.exposure_max[e], smoothing[:, e],
+                                                                   rng)
+            log_prior += self.tree.log_prior(log_total, lf, smoothing[:, e], self.exposure_max[e])
+            # a floor far below any counted flux: an underflowed pixel would never be allocated a count again
+            new_image[:, e] = np.exp(np.maximum(log_x, log_total - 600.0))
+        norms = state.norms
+        if self.fit_backgrounds and self.names:
+            shape, rate = self.bkg_prior.T
+            norms = rng.gamma(shape + bkg_counts) / (rate + self.bkg_totals)
+        log_prior += self._bkg_log_prior(norms)
+        return ChainState(self.model_order(new_image), smoothing, norms, log_prior), log_like
+
+    def total_flux(self, image):
+        """Flux ``sum_j x_j dOmega`` of an image, per Ei bin (ph cm-2 s-1)."""
+        return np.asarray(image).sum(axis=0) * self.solid_angle
+
+    def dispersed_start(self, rng, image=None, smoothing=1.0, norms=None):
+        """A dispersed initial state: the given (or flat) image and norms scattered at random.
+
+        The flat image gives the sky the counts the backgrounds at their norms leave over
+        (at least a tenth of the data). Every pixel is multiplied by a Gamma(2, 2) factor and
+        the total by a log-normal one of width 0.5; the norms (when sampled) by log-normal factors
+        of width 0.3; the smoothing by log-normal factors of width 1.
+        """
+        norms = np.ones(len(self.names)) if norms is None else np.asarray(norms, dtype=np.float64)
+        if image is None:
+            bkg = float(np.dot(norms, self.bkg_totals))
+            sky_counts = max(self.engine.data.total_counts - bkg, 0.1 * self.engine.data.total_counts, 1.0)
+            exposure = self.exposure.sum()
+            image = np.full((self.n_pix, self.n_ei), sky_counts / exposure)
+        image = np.maximum(np.asarray(image, dtype=np.float64).reshape(self.n_pix, self.n_ei), 0.0)
+        floor = 1e-3 * image.mean(axis=0, keepdims=True)
+        image = (image + floor) * rng.gamma(2.0, 0.5, image.shape) * math.exp(0.5 * rng.standard_normal())
+        if self.fit_backgrounds:
+            norms = norms * np.exp(0.3 * rng.standard_normal(norms.shape))
+        smoothing = np.broadcast_to(np.asarray(smoothing, dtype=np.float64),
+                                    (self.tree.levels + 1, self.n_ei))
+        smoothing = smoothing * np.exp(rng.standard_normal(smoothing.shape))
+        return self.state(image, smoothing, norms)

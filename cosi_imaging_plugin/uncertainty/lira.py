@@ -1,0 +1,219 @@
+"""LIRA on the sphere: several Gibbs chains, their draws, checkpoints and resumption."""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import validation
+from .._atomic import atomic_path
+from ..errors import CosiFileError, CosiInputError
+from .diagnostics import MIN_DRAWS
+from .gibbs import GibbsSampler
+from .results import LIRAResult
+from .tree import DEFAULT_DELTA, DEFAULT_TOTAL_PRIOR
+
+logger = logging.getLogger(__name__)
+
+_WHERE = "LIRA"
+
+
+class LIRA:
+    """Bayesian multiscale deconvolution on the HEALPix quad-tree, by exact Gibbs sampling.
+
+    The model and the sweep are described in :mod:`.gibbs`; the prior in :mod:`.tree`.
+
+    Parameters
+    ----------
+    dataset : COSIDataset
+        Counts (whole numbers), backgrounds and the engine; a full-sky HEALPix model grid.
+    n_chains : int
+        Chains, each from its own dispersed start.
+    n_samples : int
+        Draws kept per chain after the burn-in (after thinning).
+    burn_in : int
+        Sweeps discarded at the start of every chain.
+    thin : int
+        Keep one sweep in `thin`.
+    delta : float
+        Hyperprior of the smoothing parameters, ``p(a) ~ exp(-delta a^3 / 3)`` (LIRA's 1000).
+    total_prior : (float, float)
+        Gamma (shape, rate) prior on the expected total complete counts of the sky; flat (1, 0) by default
+        (LIRA's (1, 0.05) makes the images 5 % too faint).
+    initial_smoothing : float
+        Smoothing parameter around which the starts are dispersed.
+    initial_image : histpy.Histogram or ndarray, optional
+        Image around which the starts are dispersed (e.g. an RL image); by default flat.
+    background_priors : dict of str to (float, float), optional
+        Gamma (shape, rate) priors of background norms; flat where not given.
+    fit_backgrounds : bool
+        Sample the background norms (else they stay at `initial_norms`).
+    initial_norms : dict of str to float, optional
+        Starting background norms (1 where not given).
+    seed : int
+        Seed of every chain's generator (chain c uses ``(seed, c)``).
+    checkpoint : str or pathlib.Path, optional
+        File (``.npz``) where the run is saved every `checkpoint_every` sweeps and at the end,
+        atomically; a run finding it resumes from it.
+    checkpoint_every : int
+        Sweeps between checkpoints.
+    progress : bool
+        Show a progress bar.
+
+    Examples
+    --------
+    >>> result = LIRA(dataset, n_chains=4, n_samples=300, burn_in=300).run()   # doctest: +SKIP
+    >>> result.mean(), result.std(), result.region_flux(disc=(0, 0, 10))      # doctest: +SKIP
+    """
+
+    def __init__(self, dataset, *, n_chains=4, n_samples=200, burn_in=200, thin=1, delta=DEFAULT_DELTA,
+                 total_prior=DEFAULT_TOTAL_PRIOR, initial_smoothing=1.0, initial_image=None,
+                 background_priors=None, fit_backgrounds=True, initial_norms=None, seed=0, checkpoint=None,
+                 checkpoint_every=50, progress=True):
+        self.dataset = dataset
+        self.n_chains = validation.number(n_chains, "n_chains", _WHERE, low=1, integer=True)
+        self.n_samples = validation.number(n_samples, "n_samples", _WHERE, low=1, integer=True)
+        self.burn_in = validation.number(burn_in, "burn_in", _WHERE, low=0, integer=True)
+        self.thin = validation.number(thin, "thin", _WHERE, low=1, integer=True)
+        self.delta = validation.number(delta, "delta", _WHERE, low=0, low_open=True)
+        if np.ndim(total_prior) != 1 or len(total_prior) != 2:
+            validation.fail("total_prior", f"expected (shape, rate), got {total_prior!r}", _WHERE)
+        self.total_prior = (validation.number(total_prior[0], "total_prior shape", _WHERE, low=0, low_open=True),
+                            validation.number(total_prior[1], "total_prior rate", _WHERE, low=0))
+        self.initial_smoothing = validation.number(initial_smoothing, "initial_smoothing", _WHERE, low=0,
+                                                   low_open=True)
+        self.background_priors = {}
+        for name, prior in (background_priors or {}).items():
+            if np.ndim(prior) != 1 or len(prior) != 2:
+                validation.fail(f"background_priors.{name}", f"expected (shape, rate), got {prior!r}", _WHERE)
+            self.background_priors[name] = (
+                validation.number(prior[0], f"background_priors.{name} shape", _WHERE, low=0, low_open=True),
+                validation.number(prior[1], f"background_priors.{name} rate", _WHERE, low=0))
+        self.fit_backgrounds = validation.flag(fit_backgrounds, "fit_backgrounds", _WHERE)
+        self.seed = validation.number(seed, "seed", _WHERE, low=0, integer=True)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = validation.number(checkpoint_every, "checkpoint_every", _WHERE, low=1,
+                                                  integer=True)
+        self.progress = validation.flag(progress, "progress", _WHERE)
+        if self.n_chains < 2 or self.n_samples < MIN_DRAWS:
+            logger.warning("LIRA: %d chain(s) of %d draws: R-hat needs at least 2 chains of %d draws "
+                           "(n_chains, n_samples)", self.n_chains, self.n_samples, MIN_DRAWS)
+        self.sampler = GibbsSampler(dataset.engine, self.delta, self.total_prior, self.background_priors,
+                                    self.fit_backgrounds)
+        self.initial_image = None if initial_image is None else dataset.engine.image_values(initial_image)
+        norms = dict(initial_norms or {})
+        self.initial_norms = np.array([float(norms.get(n, 1.0)) for n in self.sampler.names])
+
+    @property
+    def n_sweeps(self):
+        """Sweeps per chain: the burn-in and the thinned draws."""
+        return self.burn_in + self.n_samples * self.thin
+
+    def _settings(self):
+        return {"n_chains": self.n_chains, "n_samples": self.n_samples, "burn_in": self.burn_in,
+                "thin": self.thin, "delta": self.delta, "total_prior": list(self.total_prior),
+                "seed": self.seed, "n_pix": self.sampler.n_pix, "n_ei": self.sampler.n_ei,
+                "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds}
+
+    def _start(self):
+        """Fresh chains: generators, dispersed states, empty traces and draws."""
+        s = self.sampler
+        rngs = [np.random.default_rng([self.seed, c]) for c in range(self.n_chains)]
+        states = [s.dispersed_start(rng, self.initial_image, self.initial_smoothing, self.initial_norms)
+                  for rng in rngs]
+        shape = (self.n_chains, self.n_sweeps)
+        traces = {"log_likelihood": np.full(shape, np.nan), "log_posterior": np.full(shape, np.nan),
+                  "smoothing": np.full(shape + (s.tree.levels + 1, s.n_ei), np.nan),
+                  "background_norms": np.full(shape + (len(s.names),), np.nan),
+                  "total_flux": np.full(shape + (s.n_ei,), np.nan)}
+        draws = np.zeros((self.n_chains, self.n_samples, s.n_pix, s.n_ei), dtype=np.float32)
+        return {"sweep": 0, "rngs": rngs, "states": states, "traces": traces, "draws": draws}
+
+    def run(self, max_sweeps=None):
+        """Run (or resume) the chains.
+
+        Parameters
+        ----------
+        max_sweeps : int, optional
+            Stop after this many sweeps of every chain (the run is checkpointed, if a
+            checkpoint file was given, and can be resumed).
+
+        Returns
+        -------
+        LIRAResult or None
+            The result once every chain has all its sweeps; None when stopped before.
+        """
+        run = self._load() if self.checkpoint is not None and self.checkpoint.exists() else self._start()
+        s = self.sampler
+        stop = self.n_sweeps if max_sweeps is None else min(self.n_sweeps, run["sweep"] + int(max_sweeps))
+        bar = tqdm(total=self.n_sweeps, initial=run["sweep"], desc="LIRA sweeps", unit="sweep",
+                   disable=not self.progress)
+        try:
+            while run["sweep"] < stop:
+                t = run["sweep"]
+                for c in range(self.n_chains):
+                    state = run["states"][c]
+                    new, log_like = s.sweep(state, run["rngs"][c])
+                    traces = run["traces"]
+                    # the traces describe the state each sweep starts from (its likelihood comes with the sweep)
+                    traces["log_likelihood"][c, t] = log_like
+                    traces["log_posterior"][c, t] = log_like + state.log_prior
+                    traces["smoothing"][c, t] = state.smoothing
+                    traces["background_norms"][c, t] = state.norms
+                    traces["total_flux"][c, t] = s.total_flux(state.image)
+                    run["states"][c] = new
+                    kept = t - self.burn_in
+                    if kept >= 0 and kept % self.thin == 0:
+                        run["draws"][c, kept // self.thin] = new.image
+                run["sweep"] += 1
+                bar.update()
+                if self.checkpoint is not None and run["sweep"] % self.checkpoint_every == 0:
+                    self._save(run)
+        finally:
+            bar.close()
+        if self.checkpoint is not None:
+            self._save(run)
+        if run["sweep"] < self.n_sweeps:
+            logger.info("LIRA stopped after %d of %d sweeps", run["sweep"], self.n_sweeps)
+            return None
+        return LIRAResult(run["draws"], run["traces"], self.dataset.engine, burn_in=self.burn_in,
+                          unexposed=s.unexposed, background_names=s.names)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _save(self, run):
+        arrays = {f"trace_{k}": v for k, v in run["traces"].items()}
+        for c, st in enumerate(run["states"]):
+            arrays[f"image_{c}"] = st.image
+            arrays[f"smoothing_{c}"] = st.smoothing
+            arrays[f"norms_{c}"] = st.norms
+            arrays[f"log_prior_{c}"] = np.array(st.log_prior)
+        rng_states = [rng.bit_generator.state for rng in run["rngs"]]
+        with atomic_path(self.checkpoint) as tmp, open(tmp, "wb") as f:
+            np.savez(f, draws=run["draws"], sweep=np.array(run["sweep"]),
+                     settings=np.array(json.dumps(self._settings())), rngs=np.array(json.dumps(rng_states)),
+                     **arrays)
+        logger.debug("LIRA checkpoint at sweep %d written to %s", run["sweep"], self.checkpoint)
+
+    def _load(self):
+        path = self.checkpoint
+        try:
+            with np.load(path) as f:
+                content = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as err:
+            raise CosiFileError(f"{path}: not a LIRA checkpoint ({err})") from err
+        settings = json.loads(str(content["settings"]))
+        if settings != json.loads(json.dumps(self._settings())):
+            raise CosiInputError(f"{path}: checkpoint of another run (settings {settings}); remove it or give "
+                                 "the same settings")
+        run = self._start()
+        run["sweep"] = int(content["sweep"])
+        run["draws"] = content["draws"]
+        run["traces"] = {k: content[f"trace_{k}"] for k in run["traces"]}
+        for c, state in enumerate(json.loads(str(content["rngs"]))):
+            run["rngs"][c].bit_generator.state = state
+            st = run["states"][c]
+            st.image, st.smoothing = content[f"image_{c}"], content[f"smoothing_{c}"]
+            st.norms, st.log_prior = content[f"norms_{c}"], float(content[f"log_prior_{c}"])
+        logger.info("LIRA resumed from %s at sweep %d of %d", path, run["sweep"], self.n_sweeps)
+        return run
