@@ -42,15 +42,19 @@ def test_lira_writes_maps_summary_and_figures(dataset_dir, tmp_path):
     for name in ("lira_mean_E0.png", "lira_std_E0.png", "lira_significance_E0.png", "lira_traces.png",
                  "lira_checkpoint.npz"):
         assert (out / name).stat().st_size > 0
-    # a rerun finds the finished checkpoint: no new sweeps, the same posterior
+    # the folder is not replaced by accident
+    assert main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA",
+                 "-o", str(out)]) == 2
+    # resumed, the run finds its finished checkpoint: no new sweeps, the same posterior
     with pytest.warns(RuntimeWarning, match="R-hat"):
-        main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA", "-o", str(out)])
+        assert main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA",
+                     "--resume", str(out)]) == 0
     assert json.loads((out / "lira_summary.json").read_text())["regions"] == summary["regions"]
 
 
-def test_lira_parameter_file_errors_name_the_key(dataset_dir, tmp_path, caplog):
+def test_lira_parameter_file_errors_name_the_key(dataset_dir, tmp_path, capsys):
     parfile = tmp_path / "bad.yaml"
     parfile.write_text(yaml.safe_dump({"lira": {"n_chain": 2}}))
     assert main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA",
                  "-o", str(tmp_path / "x")]) != 0
-    assert "lira.n_chain" in caplog.text
+    assert "lira.n_chain" in capsys.readouterr().err

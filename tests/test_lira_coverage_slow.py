@@ -21,7 +21,8 @@ from histpy import Histogram
 
 from cosi_imaging_plugin.datasets import COSIDataset
 from cosi_imaging_plugin.engine import ResponseEngine
-from cosi_imaging_plugin.uncertainty import LIRA, region_mask
+from cosi_imaging_plugin.uncertainty import LIRA, ess, region_mask
+from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler
 from cosi_imaging_plugin.uncertainty.tree import MultiscaleTree, image_from_tree, log_dirichlet_draw
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,3 +81,35 @@ def test_credible_intervals_cover_the_truth_at_their_nominal_rates():
     rate68, rate95 = np.mean(inside[0.68]), np.mean(inside[0.95])
     assert abs(rate68 - 0.68) < 3 * math.sqrt(0.68 * 0.32 / n), rate68
     assert rate95 > 0.95 - 3 * math.sqrt(0.95 * 0.05 / n), rate95
+
+
+@pytest.mark.slow
+def test_successive_conditional_simulation_keeps_the_prior():
+    """Geweke's test (2004, JASA 99, 799): alternating fresh data from the current state and one Gibbs sweep
+    leaves the prior invariant. The chain's means of the total counts and of the background norm stay at the
+    prior's within 4 standard errors (from the chain's effective sample size)."""
+    response, ccm, data_axes, template = instrument()
+    empty = Histogram(data_axes, contents=sparse.COO.from_numpy(np.ones(template.contents.shape)))
+    engine = COSIDataset.from_histograms(empty, {"instrumental": template}, response, ccm, dtype=np.float64).engine
+    n_pix, n_ei = engine.model_axes.nbins
+    tree = MultiscaleTree(n_pix)
+    exposure_max = engine.exposure_map.max(axis=0)
+    rng = np.random.default_rng(11)
+    sampler = GibbsSampler(engine, DELTA, TOTAL_PRIOR, {"instrumental": BACKGROUND_PRIOR})
+    nested, norm = prior_draw(tree, exposure_max, rng, n_ei)
+    state = sampler.state(sampler.model_order(nested), np.full((tree.levels + 1, n_ei), 0.7), [norm])
+    totals, norms = [], []
+    for _ in range(300):
+        expected = engine.expectation(state.image, {"instrumental": state.norms[0]}).contents
+        counts = Histogram(data_axes, contents=sparse.COO.from_numpy(rng.poisson(expected).astype(float)))
+        sampler = GibbsSampler(engine.with_data(counts), DELTA, TOTAL_PRIOR, {"instrumental": BACKGROUND_PRIOR})
+        state, _ = sampler.sweep(state, rng)
+        totals.append(state.image.sum(axis=0) * exposure_max)
+        norms.append(state.norms[0])
+    totals, norms = np.array(totals), np.array(norms)
+    prior_mean, prior_sd = TOTAL_PRIOR[0] / TOTAL_PRIOR[1], math.sqrt(TOTAL_PRIOR[0]) / TOTAL_PRIOR[1]
+    for e in range(n_ei):
+        n_eff = float(ess(totals[None, :, e]))
+        assert abs(totals[:, e].mean() - prior_mean) < 4 * prior_sd / math.sqrt(n_eff)
+    n_eff = float(ess(norms[None]))
+    assert abs(norms.mean() - 1.0) < 4 * math.sqrt(BACKGROUND_PRIOR[0]) / BACKGROUND_PRIOR[1] / math.sqrt(n_eff)
