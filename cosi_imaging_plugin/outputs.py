@@ -119,13 +119,14 @@ def file_checksum(path, algorithm="sha256", chunk=1 << 22):
     return digest.hexdigest()
 
 
-def _versions():
+def package_versions(names, missing=None):
+    """{name: installed version} of some packages, `missing` for one not installed."""
     versions = {}
-    for name in VERSIONED_PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+            versions[name] = missing
     return versions
 
 
@@ -208,7 +209,8 @@ class OutputFolder:
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         lines = [f"# command: {self.command}", f"# started: {now}", f"# working directory: {Path.cwd()}",
                  f"# python: {sys.version.split()[0]}"]
-        lines += [f"# version {name}: {version}" for name, version in _versions().items()]
+        lines += [f"# version {name}: {version}" for name, version in
+                  package_versions(VERSIONED_PACKAGES, missing="not installed").items()]
         log.write_text("\n".join(lines) + "\n")
         self._handler = logging.FileHandler(log)
         self._handler.setLevel(logging.DEBUG)

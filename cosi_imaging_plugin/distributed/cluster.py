@@ -6,10 +6,10 @@ workers with too little memory for their shard.
 """
 import contextlib
 import contextvars
-import importlib.metadata
 import logging
 
 from ..errors import CosiInputError
+from ..outputs import package_versions as installed_versions
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,7 @@ def workers_of(client):
 
 def package_versions():
     """Versions of :data:`CHECKED_PACKAGES` in this process (None for a package not installed)."""
-    out = {}
-    for name in CHECKED_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return installed_versions(CHECKED_PACKAGES)
 
 
 def check_versions(client, local=None):
