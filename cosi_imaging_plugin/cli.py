@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -360,16 +359,18 @@ def _deconvolve(args):
 
 
 def _lira(args):
-    """LIRA into a new folder, or on into the folder of an earlier run (--resume: from its checkpoint)."""
-    output = args.resume or args.output or Path("deconvolution_output")
-    if args.resume is None and output.exists() and any(output.iterdir()) and not args.overwrite:
-        raise CosiInputError(f"output folder {output} is not empty: give --overwrite to replace it, or "
-                             f"--resume {output} to continue its LIRA run")
-    if args.resume is None and args.overwrite and output.exists():
-        shutil.rmtree(output)
+    """LIRA into a new output folder, or on in the folder of an earlier run (--resume: from its checkpoint)."""
     if args.data is None:
         raise CosiInputError("LIRA needs --data DIR, also with --resume")
-    summary = lira_main(args.data, output, parameters=args.parfile, progress=not args.quiet)
+    if args.resume is not None:  # the checkpoint in the folder carries the run on
+        output = args.resume
+        summary = lira_main(args.data, output, parameters=args.parfile, progress=not args.quiet)
+    else:
+        output = args.output or Path("deconvolution_output")
+        with OutputFolder(output, overwrite=args.overwrite) as out:
+            out.keep_on_interrupt = True  # its checkpoint lets --resume go on
+            out.record_inputs({"data": args.data})
+            summary = lira_main(args.data, out.work, parameters=args.parfile, progress=not args.quiet)
     return [f"LIRA: {summary['n_chains']} chains x {summary['n_samples']} draws, "
             f"{100 * summary['pixels_converged']:.1f}% of pixels with R-hat <= 1.01; results in {output}"]
 

@@ -87,7 +87,7 @@ def lira_main(data_dir, output_dir, parameters=None, frame="spacecraft", progres
     files += [result.write_fits(output_dir / f"lira_maps_E{e}.fits", energy_index=e)
               for e in range(result.draws.shape[3])]
     files += save_result_plots(result, output_dir)
-    summary["files"] = [str(f) for f in files]
+    summary["files"] = [Path(f).name for f in files]  # within the output folder, wherever it ends up
     with atomic_path(output_dir / "lira_summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     logger.info("LIRA: %d chains x %d draws, %.1f%% of pixels with R-hat <= 1.01; outputs in %s", result.n_chains,
