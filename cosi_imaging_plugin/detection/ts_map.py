@@ -498,16 +498,21 @@ class TSMapResult:
         return path
 
 
+#: Where the test mapping (``t_indptr, t_position, t_weight`` of :func:`.norm_kernels.norm_sums`) sits in
+#: ``_Terms.arrays``: the arguments of that kernel, in its order.
+_TEST_MAPPING = slice(13, 16)
+
+
 def _restricted(terms, positions):
     """A dataset's terms for some test positions only: columns of its test mapping, renumbered (a sharded
     dataset's terms, whose mapping is on the workers, sum every position and keep these)."""
     if not isinstance(terms, _Terms):
         return _PositionSubset(terms, positions)
     arrays = list(terms.arrays)
-    indptr, indices, data = arrays[13], arrays[14], arrays[15]
+    indptr, indices, data = arrays[_TEST_MAPPING]
     mapping = sparse.csr_matrix((data, indices, indptr), shape=(indptr.size - 1, terms.exposure.size))
     chosen = mapping[:, positions].tocsr()
-    arrays[13:16] = (chosen.indptr.astype(np.int64), chosen.indices.astype(np.int64), chosen.data)
+    arrays[_TEST_MAPPING] = (chosen.indptr.astype(np.int64), chosen.indices.astype(np.int64), chosen.data)
     return dataclasses.replace(terms, arrays=tuple(arrays), exposure=terms.exposure[positions])
 
 
