@@ -9,7 +9,11 @@ normalizations. :func:`run_pipeline` writes into one output directory:
 - ``rl_image.png``, ``rl_image_log.png``: Mollweide images of the RL image;
 - ``fitted_model.png``: the fitted functions drawn at display resolution (NSIDE 64),
   ``fitted_model_grid.png``: the fitted model as the analysis grid samples it;
-- ``fit_results.fits`` (3ML's own results format) and ``fit_results.txt``;
+- ``fit_results.fits`` (3ML's own results format; it loads in any Python session: the
+  package's spatial shapes are HEALPix templates of their fitted form in
+  ``fit_results_templates/``), ``fit_results_full.fits`` (every fitted parameter, read
+  after ``import cosi_imaging_plugin.sky``; written when the model has such shapes) and
+  ``fit_results.txt``;
 - ``residuals_phi.png``, ``residuals_psichi.png``: data versus model in the CDS;
 - ``summary.json``: fitted versus injected parameters and fluxes, with units, the
   integration band and the definitions of its fields;
@@ -50,6 +54,7 @@ from .sky.source_images import sky_image
 from .sky.sources import build_sources, expand_presets
 from .sky.spectra import integrate_spectrum
 from .threeml import COSIImagingLike
+from .threeml.portable_results import write_portable_results
 from .threeml.rl_initializer import NORMALIZATION_PARAMETERS, initialize_from_image
 
 logger = logging.getLogger(__name__)
@@ -487,7 +492,9 @@ def _run_stages(config, out, progress, start):
         stage("products")
         work = out.work
         with _quiet_model_cloning():
-            jl.results.write_to(str(work / "fit_results.fits"), overwrite=True)
+            if write_portable_results(jl.results, work / "fit_results.fits", final_dir=out.path):
+                # every fitted parameter, the package's shapes included (read after import cosi_imaging_plugin.sky)
+                jl.results.write_to(str(work / "fit_results_full.fits"), overwrite=True)
         with atomic_path(work / "fit_results.txt") as tmp:
             tmp.write_text(results.to_string() + "\n\n" + jl.results.get_statistic_frame().to_string() + "\n")
         save_image(rl_image, work / "rl_image.png", "RL image")

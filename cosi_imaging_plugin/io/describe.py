@@ -7,6 +7,7 @@ manifest's files), or an output folder of the ``cosi-imaging`` command (its run 
 products).
 """
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -134,8 +135,12 @@ def _describe_own_file(path):
             names = [hdu.name for hdu in hdus]
             rows = hdus["ANALYSIS_RESULTS"].data if "ANALYSIS_RESULTS" in names else None
             if rows is not None:
-                lines = [f"{path}: 3ML analysis results, {len(rows)} free parameter(s) (threeML."
-                         "load_analysis_results reads it once cosi_imaging_plugin.sky is imported)"]
+                model = hdus["ANALYSIS_RESULTS"].header.get("MODEL", "")
+                # the package's own shapes (sky.functions) need their classes defined before reading
+                needs = "threeML.load_analysis_results reads it"
+                if re.search(r"\bGalactic_(disk|gaussian)\b", model):
+                    needs += " once cosi_imaging_plugin.sky is imported"
+                lines = [f"{path}: 3ML analysis results, {len(rows)} free parameter(s) ({needs})"]
                 lines += [f"  {row['NAME']}: {row['VALUE']:.5g} +- {row['ERROR']:.2g} {row['UNIT']}".rstrip()
                           for row in rows]
                 return "\n".join(lines)
@@ -163,6 +168,7 @@ PRODUCTS = {
     "manifest.yaml": "a dataset",
     "summary.json": "fitted parameters and fluxes",
     "fit_results.fits": "3ML results",
+    "fit_results_full.fits": "3ML results with the package's shapes",
     "results.h5": "deconvolution results",
     "deconvolve.json": "the inputs of a deconvolution (for --resume)",
     "ts_map.h5": "a TS map",

@@ -1,0 +1,153 @@
+"""3ML fit results that load in any Python session.
+
+astromodels finds a function by name among the classes defined so far and offers no way to
+register another package's functions: a model with the package's Galactic shapes
+(``Galactic_disk``, ``Galactic_gaussian``) is read back only after
+``import cosi_imaging_plugin.sky``. The portable copy made here replaces each such spatial shape
+with astromodels' own ``SpatialTemplate_2D_Healpix``: a HEALPix map (ICRS, RING) of the fitted
+shape, pixel-averaged and normalised to one over the sphere, written beside the results. The
+shape's parameters are frozen into the map, so the copy's covariance is the fit's restricted to
+the remaining free parameters: the marginal of the fit's Gaussian approximation.
+"""
+import logging
+from pathlib import Path
+
+import numpy as np
+from astromodels import ExtendedSource, clone_model
+from astromodels.core.model_parser import ModelParser
+from astromodels.functions.functions_2D import SpatialTemplate_2D_Healpix
+from astropy.io import fits
+from mhealpy import HealpixMap
+
+from .._atomic import atomic_path
+from ..errors import CosiInputError
+from ..sky.rasterize import Rasterizer
+
+__all__ = ["TEMPLATE_NSIDE", "is_astromodels_function", "portable_results", "write_portable_results"]
+
+logger = logging.getLogger(__name__)
+
+#: NSIDE of the templates (0.46 deg pixels: finer than any analysis grid of the package).
+TEMPLATE_NSIDE = 128
+
+
+def is_astromodels_function(function):
+    """True if astromodels itself defines the class of `function` (it loads without other imports)."""
+    return type(function).__module__.split(".")[0] == "astromodels"
+
+
+def _copy_function(function):
+    """A new, parentless instance of `function`'s class with the same parameter settings."""
+    copy = type(function)()
+    for name, parameter in function.parameters.items():
+        target = copy.parameters[name]
+        target.unit = parameter.unit
+        target.bounds = (parameter.min_value, parameter.max_value)
+        target.value = parameter.value
+        target.delta = parameter.delta
+        target.free = parameter.free
+        if parameter.has_prior():
+            target.prior = parameter.prior
+    return copy
+
+
+def _write_template(shape, path, nside):
+    values = Rasterizer(nside, "ring", grid_frame="icrs")(shape)
+    total = values.sum() * 4 * np.pi / values.size
+    if not np.isfinite(total) or total <= 0:
+        raise CosiInputError(f"spatial shape {shape.name} integrates to {total} over the sphere: no template")
+    template = HealpixMap(data=values / total, scheme="ring", coordsys="C", density=True)
+    with atomic_path(path) as tmp:
+        template.write_map(str(tmp), overwrite=True, extra_header=[
+            ("SHAPE", shape.name, "the fitted astromodels shape"), ("BUNIT", "sr-1", "surface density")])
+    return path
+
+
+def portable_results(results, template_dir, nside=TEMPLATE_NSIDE):
+    """A copy of MLE fit results whose model uses only astromodels' own functions.
+
+    Parameters
+    ----------
+    results : threeML.analysis_results.MLEResults
+        The fit's results (``JointLikelihood.results``).
+    template_dir : str or pathlib.Path
+        Folder for the templates (one FITS file per replaced source, ``<source>.fits``).
+    nside : int
+        NSIDE of the templates.
+
+    Returns
+    -------
+    threeML.analysis_results.MLEResults
+        `results` itself when every function is astromodels' own, else the copy.
+    list of pathlib.Path
+        The templates written.
+    """
+    from threeML.analysis_results import MLEResults
+
+    if results.analysis_type != "MLE":
+        raise CosiInputError(f"portable results are made from MLE results, not {results.analysis_type}")
+    model = clone_model(results.optimized_model)
+    replaced = [name for name, source in model.extended_sources.items()
+                if not is_astromodels_function(source.spatial_shape)]
+    unknown = [name for name, source in model.sources.items()
+               if name not in replaced and not all(is_astromodels_function(c.shape)
+                                                   for c in source.components.values())]
+    if unknown:
+        raise CosiInputError(f"sources {unknown} have spectra astromodels does not define: no portable copy")
+    if not replaced:
+        return results, []
+    template_dir = Path(template_dir)
+    template_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in replaced:
+        source = model.sources[name]
+        path = _write_template(source.spatial_shape, template_dir / f"{name}.fits", nside)
+        written.append(path)
+        template = SpatialTemplate_2D_Healpix(fits_file=str(path))
+        spectrum = _copy_function(source.spectrum.main.shape)
+        model.remove_source(name)
+        model.add_source(ExtendedSource(name, spatial_shape=template, spectral_shape=spectrum))
+    # parameters in the order a reader parses them back, which the stored covariance must follow
+    model = ModelParser(model_dict=model.to_dict_with_types()).get_model()
+    before = list(results.optimized_model.free_parameters)
+    keep = [before.index(path) for path in model.free_parameters]
+    covariance = np.asarray(results.covariance_matrix)[np.ix_(keep, keep)]
+    portable = MLEResults(model, covariance, dict(results.optimal_statistic_values),
+                          statistical_measures=dict(results.statistical_measures))
+    return portable, written
+
+
+def write_portable_results(results, path, final_dir=None, nside=TEMPLATE_NSIDE):
+    """Write :func:`portable_results` to `path`, its templates to ``<path stem>_templates/``.
+
+    Parameters
+    ----------
+    results : threeML.analysis_results.MLEResults
+    path : str or pathlib.Path
+        The results file (FITS), written atomically.
+    final_dir : str or pathlib.Path, optional
+        Where the folder holding `path` will finally be (an output folder built beside its
+        destination and renamed at the end): the model records its templates' absolute paths
+        there. Default: the folder of `path`.
+    nside : int
+
+    Returns
+    -------
+    list of pathlib.Path
+        The templates, where they were written.
+    """
+    path = Path(path)
+    template_dir = path.parent / f"{path.stem}_templates"
+    portable, written = portable_results(results, template_dir, nside)
+    with atomic_path(path) as tmp:
+        portable.write_to(str(tmp), overwrite=True)
+        here = str(path.parent.absolute())
+        there = str(Path(final_dir).absolute()) if final_dir is not None else here
+        if written and there != here:
+            # the templates are opened by absolute path when the file is read: record where they will be
+            with fits.open(tmp, mode="update") as hdus:
+                for hdu in hdus[1:]:
+                    if "MODEL" in hdu.header:
+                        hdu.header["MODEL"] = hdu.header["MODEL"].replace(here, there)
+    logger.info("portable fit results %s (%d template(s))", path, len(written))
+    return written
