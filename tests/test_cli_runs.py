@@ -94,16 +94,37 @@ def test_output_folder_refuses_unusable_folders(tmp_path):
         OutputFolder(blocker).__enter__()
 
 
-def test_read_only_output_folder_is_refused_before_any_work(tmp_path, cli_dataset):
-    if os.geteuid() == 0:
-        pytest.skip("permissions do not bind the superuser")
+def without_privilege(command):
+    """`command` run without the power to override file permissions, or None where the machine cannot.
+
+    An ordinary user's process is bound by permissions as it is; the superuser's is once
+    ``setpriv`` drops the capabilities that bypass them (the interpreter stays readable).
+    """
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or subprocess.run([setpriv, "--bounding-set=-dac_override", "true"]).returncode != 0:
+        return None
+    return [setpriv, "--bounding-set=-dac_override,-fowner", *command]
+
+
+def test_read_only_output_folder_is_refused_before_any_work(tmp_path, cli_dataset, cosi_imaging):
     readonly = tmp_path / "readonly"
     readonly.mkdir()
+    (readonly / "run.log").write_text("# an earlier run, now read-only\n")
     readonly.chmod(0o555)
     try:
-        for output in (readonly, readonly / "rl"):
-            assert main(["deconvolve", "--data", str(cli_dataset), "-o", str(output), "-q"]) == 2
-        assert list(readonly.iterdir()) == []
+        for output, message in ((readonly, "is not writable"), (readonly / "rl", f"{readonly} is not writable")):
+            command = without_privilege([*cosi_imaging, "deconvolve", "--data", str(cli_dataset), "-o",
+                                         str(output), "--overwrite"])
+            if command is None:
+                pytest.skip("this machine cannot run a process bound by file permissions (no setpriv)")
+            run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            assert run.returncode == 2, run.stderr[-2000:]
+            assert message in run.stderr
+            # refused before any work: no iteration logged, nothing written
+            assert "iteration" not in run.stderr.lower()
+            assert sorted(p.name for p in readonly.iterdir()) == ["run.log"]
     finally:
         readonly.chmod(0o755)
 
