@@ -199,6 +199,26 @@ def test_resumed_deconvolution_equals_an_uninterrupted_one(interrupted_deconvolu
     assert "finished at iteration 60" in described.stdout and "run log; command: cosi-imaging" in described.stdout
 
 
+# ---- fit: interrupted after its RL stage, rerun with --overwrite ---------------------------------
+
+def test_fit_interrupted_after_its_rl_stage_keeps_it_for_the_rerun(tmp_path, cli_dataset, cosi_imaging):
+    config = fit_config({"manifest": str(cli_dataset / "manifest.yaml")})
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    command = [*cosi_imaging, "fit", "fit.yaml", "-o", "fit", "-v"]
+    status, _, err = interrupt_when(command, r"stage: fit$", signal.SIGTERM, tmp_path)
+    assert status == 128 + signal.SIGTERM, err
+    assert "the finished stages (data, RL image) are kept in fit" in err
+    # the finished stage swapped in whole, no products of the unfinished one, no temporary sibling
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "fit.yaml"]
+    assert (tmp_path / "fit" / "rl" / "results.h5").is_file() and (tmp_path / "fit" / "run.log").is_file()
+    assert not (tmp_path / "fit" / "summary.json").exists()
+    rerun = subprocess.run([*command, "--overwrite"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "reusing the finished RL stage of the previous run" in rerun.stderr
+    assert (tmp_path / "fit" / "summary.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "fit.yaml"]
+
+
 # ---- configurations checked in full before any work ---------------------------------------------
 
 @pytest.mark.parametrize("change, message", [

@@ -101,3 +101,21 @@ def test_template_source_from_rl_image_fits_its_normalization(rl_setup, tmp_path
     # the template carries the source: its fitted spectrum matches the injected one within 3 sigma
     k = results.loc["rl.spectrum.main.Powerlaw.K"]
     assert abs(k["value"] - TRUTH["K"]) < 3 * k["error"] + 0.1 * TRUTH["K"]
+
+
+def test_a_peak_in_one_pixel_has_the_pixel_width_and_respects_hard_limits(rl_setup):
+    _, image = rl_setup
+    one_pixel = image.copy()
+    one_pixel[:] = 0 * image.contents
+    peak = int(np.argmax(image.contents.sum(axis=1)))
+    one_pixel[peak, :] = image.contents[peak, :]
+    pixel_area = 4 * np.pi / image.axes[0].nbins
+    moments = image_moments(one_pixel, center=(0.0, 0.0), radius_deg=40.0)
+    # a square pixel of area A: <theta^2> = A / 6 = 2 sigma^2
+    assert moments["sigma"] == pytest.approx(np.degrees(np.sqrt(pixel_area / 12.0)), rel=1e-9)
+    # an estimate (x1/4..x4 of 2.1 deg) entirely below the parameter's hard minimum leaves it as it was
+    model = free_blob_model(sigma=20.0)
+    model.blob.spatial_shape.sigma.min_value = 10.0
+    initialize_from_image(model, one_pixel)
+    assert model.blob.spatial_shape.sigma.value == 20.0
+    assert model.blob.spatial_shape.sigma.bounds == (10.0, 40.0)

@@ -77,7 +77,9 @@ def image_moments(image, center, radius_deg):
     mean = (vec[:, inside] * weights).sum(axis=1)
     mean /= np.linalg.norm(mean)
     theta2 = np.arccos(np.clip(mean @ vec[:, inside], -1, 1)) ** 2
-    sigma = np.degrees(np.sqrt(0.5 * np.sum(weights * theta2) / weights.sum()))
+    # each pixel spreads its flux over its own area: a square of area A adds A / 6 to <theta^2>
+    # (so a peak confined to one pixel still has the width the grid can resolve, not zero)
+    sigma = np.degrees(np.sqrt(0.5 * (np.sum(weights * theta2) / weights.sum() + pixel_area / 6.0)))
     lon, lat = hp.vec2ang(mean, lonlat=True)
     flux = np.clip(values[inside], 0, None).sum(axis=0) * pixel_area
     return {"l": float(lon[0]), "b": float(lat[0]), "sigma": float(sigma), "flux": flux,
@@ -148,6 +150,10 @@ def _set(parameter, value, lo, hi):
         lo = parameter.min_value
     if parameter.max_value is not None and parameter.max_value < hi:
         hi = parameter.max_value
+    if lo >= hi:
+        logger.warning("%s: the RL image suggests %.4g, outside its allowed range [%s, %s]; kept at %.4g",
+                       parameter.path, value, parameter.min_value, parameter.max_value, parameter.value)
+        return
     value = float(np.clip(value, lo, hi))
     parameter.bounds = (lo, hi)
     parameter.value = value
