@@ -495,14 +495,25 @@ def configure_console(verbose, quiet):
         The console handler.
     """
     level = logging.WARNING if quiet or verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    # a filter rather than a level: tqdm's logging redirection copies the filters of the handler it replaces
-    handler.addFilter(lambda record: record.levelno >= level)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler = _console_handler(level)
     logger.handlers = [h for h in logger.handlers if isinstance(h, logging.NullHandler)] + [handler]
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    logging.getLogger().setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    # third-party records (astromodels, threeML, Python warnings) reach the root logger: one console
+    # handler there too, so that tqdm's redirection writes them between the bars like the package's own
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not getattr(h, "cosi_console", False)] + [_console_handler(level)]
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    logging.captureWarnings(True)
+    return handler
+
+
+def _console_handler(level):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.cosi_console = True
+    # a filter rather than a level: tqdm's logging redirection copies the filters of the handler it replaces
+    handler.addFilter(lambda record: record.levelno >= level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     return handler
 
 
@@ -520,8 +531,22 @@ def main(argv=None):
     matplotlib.use("Agg")  # the command line never needs a display
     configure_console(args.verbose, args.quiet)
     try:
+        return _main(args)
+    finally:
+        release_console()
+
+
+def release_console():
+    """Undo what :func:`configure_console` did outside the package's logger (for callers of :func:`main`)."""
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not getattr(h, "cosi_console", False)]
+    logging.captureWarnings(False)
+
+
+def _main(args):
+    try:
         with use_scheduler(args.scheduler), interrupts_from_signals(), \
-                logging_redirect_tqdm(loggers=[logger]):
+                logging_redirect_tqdm(loggers=[logger, logging.getLogger()]):
             lines = _run(args)
         sys.stdout.write("".join(f"{line}\n" for line in lines or []))
         output = getattr(args, "output", None) or getattr(args, "resume", None)

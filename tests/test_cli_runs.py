@@ -2,6 +2,7 @@
 
 The commands run in subprocesses and receive real signals once their work has started.
 """
+import collections
 import hashlib
 import json
 import logging
@@ -254,6 +255,51 @@ def test_missing_file_and_unknown_builtin_are_told_apart(tmp_path, capsys):
 
 
 # ---- the console -------------------------------------------------------------------------------
+
+def terminal_screen(stream):
+    """The lines a terminal shows after printing `stream`: carriage returns overwrite, ESC[nA moves up."""
+    lines, row, col = [[]], 0, 0
+    for token in re.findall(r"\x1b\[(\d*)([A-Za-z])|(\r)|(\n)|([^\x1b\r\n])", stream):
+        count, code, carriage, newline, char = token
+        if code == "A":
+            row = max(row - int(count or 1), 0)
+        elif carriage:
+            col = 0
+        elif newline:
+            row, col = row + 1, 0
+        elif char:
+            line = lines[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = char
+            col += 1
+        while len(lines) <= row:
+            lines.append([])
+    return ["".join(line).rstrip() for line in lines]
+
+
+def test_progress_bars_and_log_lines_never_tangle(tmp_path, cli_dataset, cosi_imaging):
+    """Every record of run.log shown at -v is a whole line of the terminal, with no bar beside or over it."""
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(fit_config({"manifest": str(cli_dataset / "manifest.yaml")})))
+    # bytes: text mode would turn the bars' carriage returns into newlines
+    run = subprocess.run([*cosi_imaging, "fit", "fit.yaml", "-o", "fit", "-v"], cwd=tmp_path, capture_output=True,
+                         timeout=600)
+    stderr = run.stderr.decode()
+    assert run.returncode == 0, stderr[-2000:]
+    assert "%|" in stderr  # bars were drawn
+    screen = terminal_screen(stderr)
+    records = [re.match(r"^\S+ \S+ (INFO|WARNING|ERROR) (\S+): (.*)$", line)
+               for line in (tmp_path / "fit" / "run.log").read_text().splitlines()]
+    shown = [f"{m[1]} {m[2]}: {m[3]}".rstrip() for m in records if m]
+    assert len(shown) > 20
+    missing = [line for line in shown if line not in screen]
+    assert not missing, missing[:5]
+    for line in screen:
+        if re.match(r".*\b(DEBUG|INFO|WARNING|ERROR) [\w.]+: ", line):
+            assert re.match(r"^(DEBUG|INFO|WARNING|ERROR) ", line) and "%|" not in line, line
+    # nothing printed past the bars (third-party warnings included) leaves a stale copy of a bar behind
+    bars = collections.Counter(m[1] for m in map(re.compile(r"^([\w ]+): +\d+%\|").match, screen) if m)
+    assert bars and max(bars.values()) == 1, bars
+
 
 def test_global_options_after_the_subcommand_and_version(cosi_imaging):
     parser = build_parser()

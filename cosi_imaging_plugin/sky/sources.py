@@ -43,6 +43,7 @@ __all__ = [
     "build_sources",
     "build_model",
     "describe_source",
+    "set_value_and_bounds",
 ]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -180,13 +181,28 @@ def _build_function(spec, dimension, where):
             raise CosiInputError(f"{key}: value {number} is outside the bounds [{lo}, {hi}] of '{pname}' of "
                                  f"function '{spec['function']}'; give explicit bounds, e.g. "
                                  f"{{value: {number}, min_value: ..., max_value: ...}}")
-        # widen the bounds, set the value, then the new bounds: astromodels warns of a value outside its bounds
-        for bound in bounds:
-            setattr(par, bound, None)
-        par.value = number
-        for bound, limit in bounds.items():
-            setattr(par, bound, limit)
+        set_value_and_bounds(par, number, **bounds)
     return function
+
+
+def set_value_and_bounds(parameter, value, **bounds):
+    """Set an astromodels parameter's value and bounds in an order that raises no warning.
+
+    astromodels warns whenever the current value falls outside newly set bounds, so the bounds
+    given are lifted first, the value set, and the new bounds applied.
+
+    Parameters
+    ----------
+    parameter : astromodels.Parameter
+    value : float
+    **bounds
+        ``min_value`` and/or ``max_value`` (those not given are left as they are).
+    """
+    for bound in bounds:
+        setattr(parameter, bound, None)
+    parameter.value = value
+    for bound, limit in bounds.items():
+        setattr(parameter, bound, limit)
 
 
 def build_source(spec, where="source"):

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from astromodels import ExtendedSource, clone_model
 from astromodels.core.model_parser import ModelParser
-from astromodels.functions.functions_2D import SpatialTemplate_2D_Healpix
 from astropy.io import fits
-from mhealpy import HealpixMap
 
 from .._atomic import atomic_path
 from ..errors import CosiInputError
 from ..sky.rasterize import Rasterizer
+from ..sky.sources import set_value_and_bounds
+from .rl_initializer import healpix_template
 
 __all__ = ["TEMPLATE_NSIDE", "is_astromodels_function", "portable_results", "write_portable_results"]
 
@@ -42,25 +42,13 @@ def _copy_function(function):
     for name, parameter in function.parameters.items():
         target = copy.parameters[name]
         target.unit = parameter.unit
-        target.bounds = (parameter.min_value, parameter.max_value)
-        target.value = parameter.value
+        set_value_and_bounds(target, parameter.value, min_value=parameter.min_value,
+                             max_value=parameter.max_value)
         target.delta = parameter.delta
         target.free = parameter.free
         if parameter.has_prior():
             target.prior = parameter.prior
     return copy
-
-
-def _write_template(shape, path, nside):
-    values = Rasterizer(nside, "ring", grid_frame="icrs")(shape)
-    total = values.sum() * 4 * np.pi / values.size
-    if not np.isfinite(total) or total <= 0:
-        raise CosiInputError(f"spatial shape {shape.name} integrates to {total} over the sphere: no template")
-    template = HealpixMap(data=values / total, scheme="ring", coordsys="C", density=True)
-    with atomic_path(path) as tmp:
-        template.write_map(str(tmp), overwrite=True, extra_header=[
-            ("SHAPE", shape.name, "the fitted astromodels shape"), ("BUNIT", "sr-1", "surface density")])
-    return path
 
 
 def portable_results(results, template_dir, nside=TEMPLATE_NSIDE):
@@ -101,9 +89,11 @@ def portable_results(results, template_dir, nside=TEMPLATE_NSIDE):
     written = []
     for name in replaced:
         source = model.sources[name]
-        path = _write_template(source.spatial_shape, template_dir / f"{name}.fits", nside)
+        path = template_dir / f"{name}.fits"
+        values = Rasterizer(nside, "ring", grid_frame="icrs")(source.spatial_shape)
+        template = healpix_template(values, path, "ring", "C",
+                                    header=[("SHAPE", source.spatial_shape.name, "the fitted astromodels shape")])
         written.append(path)
-        template = SpatialTemplate_2D_Healpix(fits_file=str(path))
         spectrum = _copy_function(source.spectrum.main.shape)
         model.remove_source(name)
         model.add_source(ExtendedSource(name, spatial_shape=template, spectral_shape=spectrum))
@@ -149,5 +139,6 @@ def write_portable_results(results, path, final_dir=None, nside=TEMPLATE_NSIDE):
                 for hdu in hdus[1:]:
                     if "MODEL" in hdu.header:
                         hdu.header["MODEL"] = hdu.header["MODEL"].replace(here, there)
-    logger.info("portable fit results %s (%d template(s))", path, len(written))
+    logger.info("%s: fit results that load with threeML alone (%d template(s) in %s)", path.name, len(written),
+                template_dir.name)
     return written

@@ -23,6 +23,7 @@ from .._atomic import atomic_path
 from ..binning import IMAGE_UNIT, dense_values, is_nested
 from ..errors import CosiInputError
 from ..sky.rasterize import frame_rotation, function_frame
+from ..sky.sources import set_value_and_bounds
 from ..sky.spectra import integrate_spectrum
 
 logger = logging.getLogger(__name__)
@@ -154,9 +155,7 @@ def _set(parameter, value, lo, hi):
         logger.warning("%s: the RL image suggests %.4g, outside its allowed range [%s, %s]; kept at %.4g",
                        parameter.path, value, parameter.min_value, parameter.max_value, parameter.value)
         return
-    value = float(np.clip(value, lo, hi))
-    parameter.bounds = (lo, hi)
-    parameter.value = value
+    set_value_and_bounds(parameter, float(np.clip(value, lo, hi)), min_value=lo, max_value=hi)
 
 
 def _set_if_free(parameter, value, lo, hi):
@@ -292,14 +291,39 @@ def template_source(name, image, spectrum, path, overwrite=True):
     """
     values, axis = _image_array(image)
     brightness = np.clip(values.sum(axis=1), 0, None)
-    pixel_area = 4 * np.pi / axis.nbins
-    total = brightness.sum() * pixel_area
+    total = brightness.sum() * 4 * np.pi / axis.nbins
     if total <= 0:
         raise CosiInputError("the RL image has no positive flux")
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        HealpixMap(brightness / total, scheme=str(axis.scheme).upper(), coordsys="G").write_map(str(tmp),
-                                                                                              overwrite=True)
-    shape = SpatialTemplate_2D_Healpix(fits_file=str(path))
+    shape = healpix_template(brightness, path, str(axis.scheme), "G", overwrite=overwrite)
     _set_normalization(spectrum, image.axes[1].edges.to_value(u.keV), total)
     return ExtendedSource(name, spatial_shape=shape, spectral_shape=spectrum)
+
+
+def healpix_template(brightness, path, scheme, coordsys, overwrite=True, header=()):
+    """astromodels' ``SpatialTemplate_2D_Healpix`` of a map, normalised to one over the sphere.
+
+    Parameters
+    ----------
+    brightness : numpy.ndarray
+        Non-negative HEALPix map (any normalisation).
+    path : str or pathlib.Path
+        FITS file written (atomically) for the template: astromodels reads templates from files.
+    scheme : {'ring', 'nested'}
+    coordsys : {'G', 'C'}
+        Frame of the map (Galactic, equatorial), in which the template takes its coordinates.
+    overwrite : bool
+    header : iterable of (keyword, value, comment)
+        Extra header cards.
+
+    Returns
+    -------
+    astromodels.SpatialTemplate_2D_Healpix
+    """
+    total = brightness.sum() * 4 * np.pi / brightness.size
+    if not np.isfinite(total) or total <= 0 or np.any(brightness < 0):
+        raise CosiInputError(f"template {path}: the map must be non-negative with a positive total, not {total}")
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        HealpixMap(brightness / total, scheme=scheme.upper(), coordsys=coordsys).write_map(
+            str(tmp), overwrite=True, extra_header=[("BUNIT", "sr-1", "surface density"), *header])
+    return SpatialTemplate_2D_Healpix(fits_file=str(path))
