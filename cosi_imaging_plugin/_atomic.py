@@ -63,19 +63,34 @@ def atomic_directory(path, overwrite=False):
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = sibling_directory(path)
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sibling_directory(path):
+    """A new, empty, uniquely named hidden directory beside `path` (the parent is created if missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+
+
+def replace_directory(tmp, path):
+    """Rename the finished directory `tmp` to `path`, replacing what is there only once `tmp` is in place.
+
+    `tmp` gets the usual permissions (``mkdtemp`` makes owner-only directories); an existing `path`
+    is moved aside first and removed after the rename, so `path` always holds a whole result.
+    """
+    tmp, path = Path(tmp), Path(path)
+    os.chmod(tmp, 0o777 & ~_umask())
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=tmp.parent))
+        os.replace(path, old / "folder")
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

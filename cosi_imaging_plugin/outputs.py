@@ -34,11 +34,10 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
-from ._atomic import _umask
+from ._atomic import replace_directory, sibling_directory
 from .errors import CosiFileError
 from .report import write_report
 
@@ -193,8 +192,7 @@ class OutputFolder:
         self.check()
         parent = self.path.absolute().parent
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.work = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
+            self.work = sibling_directory(self.path.absolute())
         except PermissionError as exc:
             raise CosiFileError(f"cannot write the output folder {self.path}: {parent} is not writable") from exc
         except OSError as exc:
@@ -265,14 +263,7 @@ class OutputFolder:
         return file
 
     def _swap(self):
-        os.chmod(self.work, 0o777 & ~_umask())
-        if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.work.parent))
-            os.replace(self.path, old / "folder")
-            os.replace(self.work, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.work, self.path)
+        replace_directory(self.work, self.path)
         self.work = self.path
 
     def __exit__(self, exc_type, exc, tb):
