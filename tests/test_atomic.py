@@ -1,4 +1,6 @@
 """Results appear whole or not at all: files and folders built beside their destination, then renamed."""
+import os
+
 import pytest
 
 from cosi_imaging_plugin._atomic import atomic_directory, atomic_path
@@ -32,7 +34,9 @@ def test_atomic_directory_replaces_a_folder_whole(tmp_path):
         (tmp / "1.npy").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["1.npy"]
     assert [p.name for p in tmp_path.iterdir()] == ["shards"]  # no temporary or old folder left
-    assert target.stat().st_mode & 0o777 != 0o700  # the usual permissions, not mkdtemp's
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~mask  # the usual permissions, not mkdtemp's owner-only
     with pytest.raises(FileExistsError):
         with atomic_directory(target):
             pass
