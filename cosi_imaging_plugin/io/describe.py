@@ -190,10 +190,8 @@ def describe_path(path):
     str
     """
     path = Path(path)
-    if not path.exists():
-        raise CosiFileError(f"{path} does not exist")
     if not path.is_dir():
-        return describe_file(path)
+        return describe_file(path)  # which names a missing path
     if (path / "manifest.yaml").is_file():
         return _describe_dataset(path / "manifest.yaml")
     found = [name for name in PRODUCTS if (path / name).is_file()]
