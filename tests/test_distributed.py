@@ -26,6 +26,7 @@ from cosi_imaging_plugin.distributed import (
     connect,
     out_of_core_engine,
     plan_columns,
+    sharded_engine,
     use_scheduler,
 )
 from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
@@ -101,6 +102,59 @@ def test_sharded_engine_equals_single_process_engine(pair):
     rows = le.source_rows(image, dtype=np.float64)
     close(le.sky_expectation_at_bins(rows=rows, dtype=np.float64),
           se.sky_expectation_at_bins(rows=rows, dtype=np.float64))
+
+
+def test_fused_step_keeps_the_bins_on_the_workers_and_equals_single_process(pair, client, monkeypatch):
+    """evaluate + ratio_products: the expectations stay on the workers, only numbers and one sky come back."""
+    local, sharded, image = pair
+    le, se = local.engine, sharded.engine
+    norms = {"instrumental": 1.3}
+    a, b = le.evaluate(image, norms), se.evaluate(image, norms)
+    assert all(isinstance(part, distributed.Future) for part in b.at_bins)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=RTOL)
+    assert b.total_expected == pytest.approx(a.total_expected, rel=RTOL)
+    close(le.evaluation_at_bins(a), se.evaluation_at_bins(b))
+    received = []
+    gather = client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        out = gather(futures, *args, **kwargs)
+        received.extend(out if isinstance(out, list) else [out])
+        return out
+
+    monkeypatch.setattr(client, "gather", recording_gather)
+    (ta, pa), (tb, pb) = le.ratio_products(a), se.ratio_products(b)
+    close(ta, tb)
+    assert pb == pytest.approx(pa, rel=RTOL)
+    # what travelled back: the two shards' partial skies and background products, nothing per bin
+    assert len(received) == 2
+    assert all(part[0].shape == ta.shape for part in received)
+
+
+def test_partial_skies_are_reduced_in_a_tree_on_the_workers(pair, client, monkeypatch):
+    """Five shards on two workers: the client receives two partial sums, equal to the single-process result."""
+    local, sharded, image = pair
+    response, ccm, _, template = instrument()
+    le = local.engine
+    se = sharded_engine(client, response, CCMMapping(ccm), data=local.counts,
+                        backgrounds={"instrumental": template}, n_shards=5, dtype=np.float64)
+    assert se.n_shards == 5
+    a, b = le.evaluate(image), se.evaluate(image)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=RTOL)
+    received = []
+    gather = client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        received.append(len(futures))
+        return gather(futures, *args, **kwargs)
+
+    monkeypatch.setattr(client, "gather", recording_gather)
+    (ta, pa), (tb, pb) = le.ratio_products(a), se.ratio_products(b)
+    close(ta, tb)
+    assert pb == pytest.approx(pa, rel=RTOL)
+    assert received == [2]
+    weights = le.data.counts / le.evaluation_at_bins(a)
+    close(le.transpose_product(weights), se.transpose_product(weights))
 
 
 def test_rl_images_equal_after_several_iterations(pair):
@@ -257,8 +311,8 @@ def test_package_version_mismatch_is_named(client):
 def test_worker_killed_mid_run_gives_the_same_images(tmp_path):
     """A worker killed in the middle of an RL iteration: its shard is rebuilt from the file elsewhere.
 
-    The kill comes between the forward fold and the transpose product of the third
-    iteration; the run goes on without any action and every image equals the
+    The kill comes between the evaluation (expectations left on the workers) and the
+    ratio products of the third iteration; the run goes on without any action and every image equals the
     undisturbed run's exactly (the partial skies are summed in shard order).
     """
     generated = generated_response()
@@ -281,16 +335,17 @@ def test_worker_killed_mid_run_gives_the_same_images(tmp_path):
             engine = disturbed.engine
             victim = engine.shard_facts()[1]["worker"]
             calls = []
-            transpose = engine.transpose_product
+            products = engine.ratio_products
 
-            def transpose_after_kill(weights):
+            def products_after_kill(evaluation):
+                # the expectations of this state are on the workers: the victim's are lost with it
                 calls.append(1)
                 if len(calls) == 3:
                     pid = client.run(os.getpid, workers=[victim])[victim]
                     os.kill(pid, signal.SIGKILL)
-                return transpose(weights)
+                return products(evaluation)
 
-            engine.transpose_product = transpose_after_kill
+            engine.ratio_products = products_after_kill
             images = RichardsonLucy(disturbed, **options).run()
             assert len(calls) >= 5
             assert victim not in client.scheduler_info()["workers"]  # the run went on without it

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import ColumnResponse, ResponseEngine
+from ..engine import ColumnResponse, Evaluation, ResponseEngine
 from ..engine.block_ops import BLOCK
 from ..errors import CosiInputError
 from ..io.response import FullDetectorResponse
@@ -71,9 +71,8 @@ class ShardedResponse:
         return np.concatenate(parts, axis=1)
 
     def area_over(self, columns=None):
-        """The response summed over some CDS columns, [n_pix, n_ei] (summed over the shards in order)."""
-        parts = self._shards.map(ops.area_over, [(columns,)] * len(self._shards))
-        return _ordered_sum(parts)
+        """The response summed over some CDS columns, [n_pix, n_ei] (the shards' sums reduced on the workers)."""
+        return np.array(self._shards.reduce(ops.area_over, [(columns,)] * len(self._shards)), dtype=np.float64)
 
     def _on_the_workers(self, name):
         raise CosiInputError(f"the stored blocks of a sharded response are on the workers ({name} is not here): "
@@ -128,6 +127,33 @@ class _Shards:
         """``func(shard, *args[i])`` on every shard, where it lives; the results in shard order."""
         return self.client.gather(self._submit(func, args))
 
+    def submit(self, func, args):
+        """Futures of ``func(shard, *args[i])``, left where each shard lives."""
+        return self._submit(func, args)
+
+    def gather(self, parts):
+        """The values of results left on the workers."""
+        return self.client.gather(parts)
+
+    def numbers(self, func, parts):
+        """``func(part)`` of results left on the workers, computed there: only what it returns travels."""
+        return self.client.gather([self.client.submit(func, part, pure=False) for part in parts])
+
+    def reduce(self, func, args):
+        """The sum over the shards of ``func(shard, *args[i])`` (arrays, or (array, dict) pairs).
+
+        Beyond two shards the partial results are added on the workers, pairwise in a
+        fixed tree (shards 0+1, 2+3, ..., then those sums pairwise), so this process
+        receives two results whatever the number of workers, and the order of the
+        additions, hence the result to the bit, does not depend on where they ran.
+        """
+        level = self._submit(func, args)
+        while len(level) > 2:
+            level = [self.client.submit(ops.add, *level[i:i + 2], pure=False) if i + 1 < len(level) else level[i]
+                     for i in range(0, len(level), 2)]
+        parts = self.client.gather(level)
+        return parts[0] if len(parts) == 1 else ops.add(parts[0], parts[1])
+
     def derive(self, func, args):
         """New shards ``func(shard, *args[i])``, left on the workers."""
         return _Shards(self.client, self._submit(func, args), self.columns)
@@ -169,7 +195,8 @@ class ShardedEngine(ResponseEngine):
         """Register counts and templates (as :meth:`ResponseEngine.set_data`) and send each shard its bins."""
         super().set_data(data, backgrounds)
         ptr = self.data.data_ptr
-        args = [(self.data.flat_index[ptr[lo]:ptr[hi]], self.data.counts[ptr[lo]:ptr[hi]], self.data_axes)
+        args = [(self.data.flat_index[ptr[lo]:ptr[hi]], self.data.counts[ptr[lo]:ptr[hi]], self.data_axes,
+                 {name: self._bkg_at_bins[name][ptr[lo]:ptr[hi]] for name in self.background_names})
                 for lo, hi in self._shards.columns]
         # one shard per column range is held: the data shards replace those they come from (which the
         # scheduler can still rebuild them from), so a worker holds its response columns once
@@ -195,8 +222,34 @@ class ShardedEngine(ResponseEngine):
         weights = np.ascontiguousarray(weights, dtype=self.dtype)
         if weights.shape != (self.data.nnz,):
             raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
-        parts = self._shards.map(ops.transpose, [(weights[a:b],) for a, b in self._bounds])
-        return _ordered_sum(parts)
+        return np.asarray(self._shards.reduce(ops.transpose, [(weights[a:b],) for a, b in self._bounds]),
+                          dtype=np.float64)
+
+    def evaluate(self, image, bkg_norms=None, constant=None):
+        """As :meth:`ResponseEngine.evaluate`, on the workers: the expectations stay with their shards.
+
+        Out: the image and the normalizations; back: one partial sum ``sum_i d_i ln eps_i``
+        per shard. The returned :class:`~cosi_imaging_plugin.engine.Evaluation` holds
+        references to the expectations on the workers (released with it; rebuilt from the
+        shards if a worker is lost).
+        """
+        self._require_data()
+        values = self.image_values(image)
+        norms = self.background_norms(bkg_norms)
+        at_bins = self._shards.submit(ops.evaluate, [(values, norms)] * len(self._shards))
+        sums = self._shards.numbers(ops.log_sum, at_bins)
+        total = self.total_expected(values, norms)
+        constant = self.data.log_factorial if constant is None else constant
+        return Evaluation(float(sum(sums) - total - constant), total, at_bins)
+
+    def ratio_products(self, evaluation):
+        """As :meth:`ResponseEngine.ratio_products`, on the workers: only the summed sky and numbers come back."""
+        sky, products = self._shards.reduce(ops.ratio_products, [(part,) for part in evaluation.at_bins])
+        return np.asarray(sky, dtype=np.float64), products
+
+    def evaluation_at_bins(self, evaluation):
+        """The expectations of an evaluated state, gathered from the workers into one array (nnz,)."""
+        return np.concatenate([part[0] for part in self._shards.gather(evaluation.at_bins)])
 
     @property
     def shard_bins(self):

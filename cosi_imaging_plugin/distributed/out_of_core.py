@@ -54,6 +54,26 @@ class _DiskShards:
             del shard  # before the next one is read: one shard in memory
         return out
 
+    def submit(self, func, args):
+        """As :meth:`map`: the results are here at once."""
+        return self.map(func, args)
+
+    @staticmethod
+    def gather(parts):
+        return list(parts)
+
+    @staticmethod
+    def numbers(func, parts):
+        return [func(part) for part in parts]
+
+    def reduce(self, func, args):
+        """The sum of ``func(shard, *args[i])`` over the shards, in shard order."""
+        parts = self.map(func, args)
+        out = parts[0]
+        for part in parts[1:]:
+            out = ops.add(out, part)
+        return out
+
     def derive(self, func, args):
         if func is not ops.with_data:
             raise CosiInputError(f"shards on disk take only their data, not {func.__name__}")

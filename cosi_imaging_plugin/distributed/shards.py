@@ -21,7 +21,7 @@ import numpy as np
 import sparse
 from histpy import Histogram
 
-from ..engine import ColumnResponse, ResponseEngine
+from ..engine import ColumnResponse, Evaluation, ResponseEngine
 from ..engine.block_ops import BLOCK
 from ..engine.column_response import _row_keep_mask, source_order
 from ..engine.kernel_layout import TILE_BLOCKS
@@ -103,8 +103,13 @@ def build_shard(spec):
     return engine
 
 
-def with_data(engine, flat_index, counts, data_axes):
-    """A copy of a shard's engine holding the non-empty bins ``flat_index`` (row * n_columns + column)."""
+def with_data(engine, flat_index, counts, data_axes, backgrounds=None):
+    """A copy of a shard's engine holding the non-empty bins ``flat_index`` (row * n_columns + column).
+
+    `backgrounds` maps each template's name to its values at these bins (the client's
+    :meth:`ResponseEngine.background_template_at_bins` slice): the shard evaluates whole
+    expectations, and totals over all bins stay with the client.
+    """
     use_worker_threads()
     shape = tuple(int(n) for n in data_axes.nbins)
     coords = np.unravel_index(np.asarray(flat_index, dtype=np.int64), shape)
@@ -112,7 +117,38 @@ def with_data(engine, flat_index, counts, data_axes):
     new = copy.copy(engine)
     new._row_buffers = {}
     new.set_data(hist, {})
+    new.background_names = list(backgrounds or {})
+    new._bkg_at_bins = {name: np.asarray(values, dtype=np.float64) for name, values in (backgrounds or {}).items()}
     return new
+
+
+def evaluate(engine, image, norms):
+    """(expected counts at the shard's non-empty bins, the shard's share ``sum_i d_i ln eps_i`` of the log-likelihood).
+
+    The totals over all bins and the constant are the client's. Raises the engine's error naming the bin
+    where an expectation is not positive.
+    """
+    use_worker_threads()
+    at_bins = engine.expectation_at_bins(image, norms)
+    return at_bins, engine.log_likelihood_from(at_bins, 0.0, 0.0)
+
+
+def log_sum(evaluated):
+    """The number of an :func:`evaluate` result (what travels back; its array stays)."""
+    return evaluated[1]
+
+
+def ratio_products(engine, evaluated):
+    """The shard's partial transpose and background products of ``d_i / eps_i`` (`evaluated` from :func:`evaluate`)."""
+    use_worker_threads()
+    return engine.ratio_products(Evaluation(np.nan, np.nan, evaluated[0]))
+
+
+def add(a, b):
+    """The sum of two partial results: arrays, or (array, {name: number}) pairs, added in the order given."""
+    if isinstance(a, tuple):
+        return a[0] + b[0], {name: a[1][name] + b[1][name] for name in a[1]}
+    return a + b
 
 
 def sky_at_bins(engine, image, rows, dtype):
