@@ -157,6 +157,35 @@ def test_partial_skies_are_reduced_in_a_tree_on_the_workers(pair, client, monkey
     close(le.transpose_product(weights), se.transpose_product(weights))
 
 
+def test_ccm_kept_on_the_client_gives_the_same_products_and_rl_images(pair, client):
+    """mapping_on='client': the workers hold no CCM, take source rows and return row-space products."""
+    local, sharded, image = pair
+    response, ccm, _, template = instrument()
+    le = local.engine
+    se = sharded_engine(client, response, CCMMapping(ccm), data=local.counts,
+                        backgrounds={"instrumental": template}, dtype=np.float64, mapping_on="client")
+    facts = se.shard_facts()
+    assert all(f["mapping_bytes"] == 0 for f in facts)
+    assert all(f["mapping_bytes"] == le.mapping.nbytes for f in sharded.engine.shard_facts())
+    close(le.exposure_map, se.exposure_map)
+    norms = {"instrumental": 0.8}
+    a, b = le.evaluate(image, norms), se.evaluate(image, norms)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=RTOL)
+    (ta, pa), (tb, pb) = le.ratio_products(a), se.ratio_products(b)
+    close(ta, tb)
+    assert pb == pytest.approx(pa, rel=RTOL)
+    close(le.sky_expectation_at_bins(image), se.sky_expectation_at_bins(image))
+    weights = le.data.counts / le.evaluation_at_bins(a)
+    close(le.transpose_product(weights), se.transpose_product(weights))
+    options = {"iterations": 4, "acceleration": True, "alpha_max": 10.0, "fit_backgrounds": True}
+    ra = RichardsonLucy(local, **options).run()
+    rb = RichardsonLucy(COSIDataset(se, name=local.name), **options).run()
+    for x, y in zip(ra, rb):
+        close(x["model"], y["model"])
+    with pytest.raises(CosiInputError, match="mapping_on"):
+        sharded_engine(client, response, CCMMapping(ccm), mapping_on="scheduler")
+
+
 def test_rl_images_equal_after_several_iterations(pair):
     local, sharded, _ = pair
     options = {"iterations": 6, "acceleration": True, "alpha_max": 10.0, "response_weighting": True,

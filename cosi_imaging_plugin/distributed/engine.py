@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from histpy import Axes
 
 from ..engine import ColumnResponse, Evaluation, ResponseEngine
 from ..engine.block_ops import BLOCK
@@ -172,8 +173,10 @@ class ShardedEngine(ResponseEngine):
     the rest (backgrounds, totals, likelihood) here.
     """
 
-    def __init__(self, shards, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32):
+    def __init__(self, shards, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32,
+                 mapping_on="workers"):
         self._shards = shards  # without data; replaced by the shards holding the data in set_data
+        self.mapping_on = mapping_on
         super().__init__(response, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes, dtype=dtype)
 
     @property
@@ -212,9 +215,17 @@ class ShardedEngine(ResponseEngine):
             if rows.shape != (self.n_rows, self.response.n_source):
                 raise CosiInputError(f"source rows of shape {rows.shape}, expected ({self.n_rows}, "
                                      f"{self.response.n_source})")
+        if self.mapping_on == "client" and rows is None:
+            values, rows = None, self.mapping.forward(values, dtype=dtype)
         parts = self._shards.map(ops.sky_at_bins, [(values, rows, dtype)] * len(self._shards))
         out += np.concatenate(parts)
         return out
+
+    def _to_sky(self, summed):
+        """The summed partial transpose products as a sky: with the CCM kept here, its transpose applied once."""
+        if self.mapping_on == "client":
+            return self.mapping.adjoint_tiled(summed, self.response.inverse_order)
+        return np.asarray(summed, dtype=np.float64)
 
     def transpose_product(self, weights):
         """``sum_i R_ij w_i`` over the non-empty bins, [n_pix, n_ei]: partial skies summed in shard order."""
@@ -222,8 +233,7 @@ class ShardedEngine(ResponseEngine):
         weights = np.ascontiguousarray(weights, dtype=self.dtype)
         if weights.shape != (self.data.nnz,):
             raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
-        return np.asarray(self._shards.reduce(ops.transpose, [(weights[a:b],) for a, b in self._bounds]),
-                          dtype=np.float64)
+        return self._to_sky(self._shards.reduce(ops.transpose, [(weights[a:b],) for a, b in self._bounds]))
 
     def evaluate(self, image, bkg_norms=None, constant=None):
         """As :meth:`ResponseEngine.evaluate`, on the workers: the expectations stay with their shards.
@@ -236,7 +246,9 @@ class ShardedEngine(ResponseEngine):
         self._require_data()
         values = self.image_values(image)
         norms = self.background_norms(bkg_norms)
-        at_bins = self._shards.submit(ops.evaluate, [(values, norms)] * len(self._shards))
+        sent = (None, norms, self.mapping.forward(values, dtype=self.dtype)) if self.mapping_on == "client" \
+            else (values, norms)
+        at_bins = self._shards.submit(ops.evaluate, [sent] * len(self._shards))
         sums = self._shards.numbers(ops.log_sum, at_bins)
         total = self.total_expected(values, norms)
         constant = self.data.log_factorial if constant is None else constant
@@ -245,7 +257,7 @@ class ShardedEngine(ResponseEngine):
     def ratio_products(self, evaluation):
         """As :meth:`ResponseEngine.ratio_products`, on the workers: only the summed sky and numbers come back."""
         sky, products = self._shards.reduce(ops.ratio_products, [(part,) for part in evaluation.at_bins])
-        return np.asarray(sky, dtype=np.float64), products
+        return self._to_sky(sky), products
 
     def evaluation_at_bins(self, evaluation):
         """The expectations of an evaluated state, gathered from the workers into one array (nnz,)."""
@@ -298,7 +310,7 @@ def _response_source(response, rtol, dtype):
 
 
 def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_shards=None, rtol=0.0,
-                   dtype=np.float32, model_axes=None, check=True):
+                   dtype=np.float32, model_axes=None, mapping_on="workers", check=True):
     """A :class:`ShardedEngine`: the response cut into column shards built on the workers.
 
     Parameters
@@ -317,6 +329,12 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         Number of column ranges (default: one per worker).
     rtol : float
         Truncation tolerance when compressing a file (as :meth:`ColumnResponse.from_file`).
+    mapping_on : {'workers', 'client'}
+        Where the sky mapping (the CCM) lives. ``'workers'``: every worker holds a copy
+        and receives the image (``8 n_pix n_ei`` bytes) at each fold. ``'client'``: only
+        this process holds it; each worker receives the source rows (``n_rows n_source``
+        values in `dtype`) and returns its transpose products in that space, so a worker
+        holds its shard alone.
     check : bool
         Check the workers' package versions and memory before building.
 
@@ -326,6 +344,8 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         Unreachable scheduler, no workers, different package versions, or a worker with
         too little memory for its shard (before anything is built).
     """
+    if mapping_on not in ("workers", "client"):
+        raise CosiInputError(f"mapping_on must be 'workers' or 'client', got {mapping_on!r}")
     client = connect(client)
     workers = list(workers_of(client))
     if not workers:
@@ -348,8 +368,12 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         needs[worker] = needs.get(worker, 0) + int(weights[lo:hi].sum()) * per_block + fixed
     if check:
         check_memory(client, needs)
+    shard_mapping, shard_axes = mapping, model_axes
+    if mapping_on == "client":
+        shard_mapping = ops.SourceRowsMapping(mapping)
+        shard_axes = model_axes if model_axes is not None else Axes([getattr(mapping, "model_axis", axes[0]), axes[1]])
     specs = [ops.ShardSpec(i, (lo, hi), source.column_slice(lo, hi) if isinstance(source, ColumnResponse) else source,
-                           mapping, model_axes, float(rtol), np.dtype(dtype).str)
+                           shard_mapping, shard_axes, float(rtol), np.dtype(dtype).str)
              for i, (lo, hi) in enumerate(columns)]
     logger.info("response cut into %d column ranges, %.1f MB at most each", n_shards,
                 (max(int(weights[lo:hi].sum()) for lo, hi in columns) * per_block + fixed) / 1e6)
@@ -366,7 +390,7 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
                 n_shards, nbytes / 1e6)
     summary = ShardedResponse(shards, axes, unit, rtol, order, _ordered_sum(areas), nbytes)
     return ShardedEngine(shards, summary, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes,
-                         dtype=dtype)
+                         dtype=dtype, mapping_on=mapping_on)
 
 
 def _blocks_per_column(client, path, rtol, n_pix, n_ei, n_workers):

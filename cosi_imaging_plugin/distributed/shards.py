@@ -60,6 +60,40 @@ class ShardSpec:
     dtype: str
 
 
+class SourceRowsMapping:
+    """A shard's sky mapping when the CCM stays with the client: source rows in, source rows out.
+
+    The client folds the image into source rows [n_rows, n_source] once and sends them;
+    the shard's transpose products stay in the row space (:meth:`adjoint_tiled` returns
+    the kernel's tile-major rows themselves), the client adds them over the shards and
+    applies the CCM's transpose once. A shard then holds its response columns and bins,
+    not the CCM.
+
+    Parameters
+    ----------
+    mapping : CCMMapping or PixelMapping
+        The client's mapping (only its shape is kept).
+    """
+
+    def __init__(self, mapping):
+        self.n_rows = int(mapping.n_rows)
+        self.n_model_pix = int(mapping.n_model_pix)
+        self.n_source_pix = int(mapping.n_source_pix)
+
+    def _not_here(self, *args, **kwargs):
+        raise CosiInputError("this shard's sky mapping stays with the client: it takes source rows, not images")
+
+    forward = forward_tiled = _not_here
+
+    def adjoint_tiled(self, tiled, position):
+        """The tile-major rows, copied out of the kernel's buffer (which the next product overwrites)."""
+        return tiled.copy()
+
+    def exposure(self, effective_area):
+        """Unknown here (NaN): exposures and totals are computed by the client, which holds the CCM."""
+        return np.full((self.n_model_pix, np.shape(effective_area)[1]), np.nan)
+
+
 def engine_nbytes(engine):
     """Bytes a shard holds: the response's blocks (both copies once built) and the non-empty bins."""
     response = engine.response
@@ -122,14 +156,14 @@ def with_data(engine, flat_index, counts, data_axes, backgrounds=None):
     return new
 
 
-def evaluate(engine, image, norms):
+def evaluate(engine, image, norms, rows=None):
     """(expected counts at the shard's non-empty bins, the shard's share ``sum_i d_i ln eps_i`` of the log-likelihood).
 
     The totals over all bins and the constant are the client's. Raises the engine's error naming the bin
     where an expectation is not positive.
     """
     use_worker_threads()
-    at_bins = engine.expectation_at_bins(image, norms)
+    at_bins = engine.expectation_at_bins(image, norms, rows)
     return at_bins, engine.log_likelihood_from(at_bins, 0.0, 0.0)
 
 
@@ -158,7 +192,8 @@ def sky_at_bins(engine, image, rows, dtype):
 
 
 def transpose(engine, weights):
-    """The shard's partial transpose product ``sum_i R_ij w_i`` over its bins, [n_pix, n_ei]."""
+    """The shard's partial transpose product ``sum_i R_ij w_i`` over its bins, [n_pix, n_ei] (tile-major source
+    rows with a :class:`SourceRowsMapping`)."""
     use_worker_threads()
     return engine.transpose_product(weights)
 
@@ -176,9 +211,11 @@ def area_over(engine, columns):
 
 
 def shard_facts(engine):
-    """Sizes of a shard: stored bytes (both copies of the blocks), blocks, non-empty bins."""
+    """Sizes of a shard: stored bytes (both copies of the blocks), its sky mapping's bytes, blocks, non-empty
+    bins."""
     response = engine.response
     return {"response_bytes": int(response.nbytes + response.tiled_blocks().nbytes),
+            "mapping_bytes": int(getattr(engine.mapping, "nbytes", 0)),
             "blocks": int(response.n_blocks),
             "nnz": 0 if engine.data is None else int(engine.data.nnz)}
 

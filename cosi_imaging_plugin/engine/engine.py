@@ -316,9 +316,9 @@ class ResponseEngine:
             return float(np.dot(norm, self.background_row_totals(name)))
         return norm * self._bkg_total[name]
 
-    def expectation_at_bins(self, image, bkg_norms=None):
-        """Expected counts (sky + backgrounds) at the non-empty data bins."""
-        return self._add_sky_at_bins(self.background_at_bins(bkg_norms), image)
+    def expectation_at_bins(self, image, bkg_norms=None, rows=None):
+        """Expected counts (sky + backgrounds) at the non-empty data bins (of `rows` instead of `image` if given)."""
+        return self._add_sky_at_bins(self.background_at_bins(bkg_norms), image, rows)
 
     def total_expected(self, image, bkg_norms=None):
         """Expected counts summed over all data bins, from the exposure map."""
@@ -414,6 +414,10 @@ class ResponseEngine:
         weights : ndarray, shape (nnz,)
             One weight per non-empty bin in kernel order (e.g. ``d_i / eps_i``).
         """
+        return self.mapping.adjoint_tiled(self._transpose_rows(weights), self.response.inverse_order)
+
+    def _transpose_rows(self, weights):
+        """``sum_i R_ij w_i`` in the source-row space, tile-major (n_tiles, n_rows, tile_width), in a kept buffer."""
         self._require_data()
         # the kernel multiplies in the rows' type (the engine's): weights of that type are exact and lighter
         weights = np.ascontiguousarray(weights, dtype=self.dtype)
@@ -426,7 +430,7 @@ class ResponseEngine:
         tiled.fill(0)
         adjoint_at_bins(self._tile_groups, tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols,
                         self.data.data_ptr, self.data.row, weights, tiled)
-        return self.mapping.adjoint_tiled(tiled, self.response.inverse_order)
+        return tiled
 
     def background_products(self, weights):
         """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""
