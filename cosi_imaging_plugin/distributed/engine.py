@@ -7,19 +7,21 @@ non-empty bins of its columns. (Blocks of ScAtt/Time rows would give every
 worker the whole response, since all rows share it; measured-energy bins leave
 nothing to cut in a one-bin line analysis.)
 
-Per call:
+Per EM iteration (:meth:`ShardedEngine.evaluate`, :meth:`ShardedEngine.ratio_products`,
+the calls RL makes on every engine):
 
 - out to every worker: the sky image [n_pix, n_ei] (each applies the CCM itself)
-  or the source rows, and for a transpose product its slice of the weights;
-- back: the expectations at its non-empty bins (the bins of consecutive shards,
-  concatenated, are the dataset's bins in the engine's order) and its partial
-  sky [n_pix, n_ei], summed in shard order, so results do not depend on which
-  worker ran which shard.
+  or, with ``mapping_on="client"``, its source rows, and the background norms;
+- kept there: the expectations at its non-empty bins;
+- back: its partial sum ``sum_i d_i ln eps_i``, then its partial sky and
+  background products of ``d_i / eps_i``, added on the workers pairwise in a fixed
+  tree beyond two shards (so results do not depend on which worker ran which shard).
 
-Backgrounds, totals and the likelihood stay with the client, where the
-single-process engine computes them, so :class:`ShardedEngine` offers the
-interface of :class:`~cosi_imaging_plugin.engine.ResponseEngine` to datasets,
-RL and the 3ML plugin unchanged.
+The client adds the totals over all bins (exposure map, templates' totals) to the
+likelihood. The engine's other calls (expectations at the bins, transpose products
+of given weights) keep the interface of
+:class:`~cosi_imaging_plugin.engine.ResponseEngine`, so datasets, RL, the 3ML plugin
+and TS maps use it unchanged.
 
 Shards are Dask futures computed from a :class:`~.shards.ShardSpec`. If a worker
 is lost, the scheduler rebuilds its shards on another worker from their specs
@@ -169,8 +171,9 @@ class ShardedEngine(ResponseEngine):
     """A :class:`~cosi_imaging_plugin.engine.ResponseEngine` whose response and non-empty bins live in shards.
 
     Build it with :func:`sharded_engine`. It answers every call of the
-    single-process engine: the folds and transpose products run on the workers,
-    the rest (backgrounds, totals, likelihood) here.
+    single-process engine: the folds, transpose products and the EM step
+    (:meth:`evaluate`, :meth:`ratio_products`) run on the workers; totals over all
+    bins are computed here.
     """
 
     def __init__(self, shards, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32,
