@@ -24,7 +24,8 @@ less the single-process iteration, in ms), ``overhead_fraction``, ``shard_mb``
 blocks), ``worker_rss_mb`` (largest growth of a worker's resident memory when its
 shard was built, freed heap pages handed back), ``worker_limit_mb`` (when ``--worker-memory`` is given) and
 ``max_rel_diff``; ``worker_memory_ratio`` (``worker_rss_mb / (total_response_mb / 2)``, target 1.2);
-``mapping_on`` (``--mapping-on``: whether the workers or the client hold the CCM); ``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
+``mapping_on`` (``--mapping-on``: whether the workers or the client hold the CCM);
+``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
 busiest worker's tasks, from Dask's task stream: the split of the work, free of the load that
 other processes put on a shared machine) and ``compute_scaling_efficiency`` from them.
 """
