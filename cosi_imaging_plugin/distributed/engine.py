@@ -134,6 +134,11 @@ class _Shards:
         """Futures of ``func(shard, *args[i])``, left where each shard lives."""
         return self._submit(func, args)
 
+    def share(self, value):
+        """A future of `value` held by every worker: sent once by this process, then copied from worker to
+        worker (Dask's broadcast, whose copies double at each round), not once per task through the scheduler."""
+        return self.client.scatter(value, broadcast=True, hash=False)
+
     def gather(self, parts):
         """The values of results left on the workers."""
         return self.client.gather(parts)
@@ -220,6 +225,8 @@ class ShardedEngine(ResponseEngine):
                                      f"{self.response.n_source})")
         if self.mapping_on == "client" and rows is None:
             values, rows = None, self.mapping.forward(values, dtype=dtype)
+        if rows is not None:  # n_rows x n_source values: one copy per worker, not one per task
+            rows = self._shards.share(rows)
         parts = self._shards.map(ops.sky_at_bins, [(values, rows, dtype)] * len(self._shards))
         out += np.concatenate(parts)
         return out
@@ -249,8 +256,8 @@ class ShardedEngine(ResponseEngine):
         self._require_data()
         values = self.image_values(image)
         norms = self.background_norms(bkg_norms)
-        sent = (None, norms, self.mapping.forward(values, dtype=self.dtype)) if self.mapping_on == "client" \
-            else (values, norms)
+        sent = (None, norms, self._shards.share(self.mapping.forward(values, dtype=self.dtype))) \
+            if self.mapping_on == "client" else (values, norms)
         at_bins = self._shards.submit(ops.evaluate, [sent] * len(self._shards))
         sums = self._shards.numbers(ops.log_sum, at_bins)
         total = self.total_expected(values, norms)

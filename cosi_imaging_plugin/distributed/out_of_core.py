@@ -59,6 +59,10 @@ class _DiskShards:
         return self.map(func, args)
 
     @staticmethod
+    def share(value):
+        return value
+
+    @staticmethod
     def gather(parts):
         return list(parts)
 
