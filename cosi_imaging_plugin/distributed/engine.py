@@ -284,11 +284,10 @@ class ShardedEngine(ResponseEngine):
 
         For work that needs the stored blocks themselves (the TS map's sums): the result's
         ``map(func, args)`` runs ``func(object, *args[i])`` there and returns the results in
-        shard order.
+        shard order. Shards on disk (:func:`~.out_of_core.out_of_core_engine`) remake each
+        object from its shard at every ``map``, one shard in memory at a time.
         """
         self._require_data()
-        if self._shards.client is None:
-            raise CosiInputError("shards read from disk serve the folds and transpose products only")
         return self._shards.derive(func, args)
 
     def shard_facts(self):
