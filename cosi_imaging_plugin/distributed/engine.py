@@ -144,8 +144,9 @@ class _Shards:
         return self.client.gather(parts)
 
     def numbers(self, func, parts):
-        """``func(part)`` of results left on the workers, computed there: only what it returns travels."""
-        return self.client.gather([self.client.submit(func, part, pure=False) for part in parts])
+        """``func(shard, parts[i])`` of results left with the shards, computed there: only what it returns
+        travels."""
+        return self.map(func, [(part,) for part in parts])
 
     def reduce(self, func, args):
         """The sum over the shards of ``func(shard, *args[i])`` (arrays, or (array, dict) pairs).

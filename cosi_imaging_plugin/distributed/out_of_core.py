@@ -68,7 +68,8 @@ class _DiskShards:
 
     @staticmethod
     def numbers(func, parts):
-        return [func(part) for part in parts]
+        # the results are here already: the shards are not read again for them
+        return [func(None, part) for part in parts]
 
     def reduce(self, func, args):
         """The sum of ``func(shard, *args[i])`` over the shards, in shard order."""

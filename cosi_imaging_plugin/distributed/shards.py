@@ -167,8 +167,12 @@ def evaluate(engine, image, norms, rows=None):
     return at_bins, engine.log_likelihood_from(at_bins, 0.0, 0.0)
 
 
-def log_sum(evaluated):
-    """The number of an :func:`evaluate` result (what travels back; its array stays)."""
+def log_sum(engine, evaluated):
+    """The number of an :func:`evaluate` result (what travels back; its array stays).
+
+    Taking the shard as well keeps the task where the shard lives: the scheduler never
+    moves a shard, so it never moves the expectations to another worker for this.
+    """
     return evaluated[1]
 
 
