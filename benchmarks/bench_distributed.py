@@ -8,8 +8,11 @@ process:
 - the engine sharded over a LocalCluster of one worker of one thread (``iter_s_1``);
 - the same over two workers of one thread each (``iter_s_2``).
 
-An iteration is the RL step of the engine: expectations at the non-empty bins, the
-ratio to the data and the transpose product. Results of the sharded runs are
+An iteration is the RL step of the engine as RL calls it: ``evaluate`` (expectations
+at the non-empty bins, left where the bins live, and the log-likelihood) and
+``ratio_products`` (transpose and background products of the ratios to the data). The
+single-process engine also runs the step with the ratios computed by the caller, as
+before the fused step (``single_fused_over_client_side``: its speed). Results of the sharded runs are
 checked against the single-process ones. The compressed response is cut by this
 process and sent to the workers (at this scale, writing the dense response file
 for the workers to read would take 2 GB of disk per Em bin).
@@ -20,7 +23,9 @@ less the single-process iteration, in ms), ``overhead_fraction``, ``shard_mb``
 (largest shard with two workers), ``total_response_mb`` (both copies of the stored
 blocks), ``worker_rss_mb`` (largest growth of a worker's resident memory when its
 shard was built, freed heap pages handed back), ``worker_limit_mb`` (when ``--worker-memory`` is given) and
-``max_rel_diff``; ``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
+``max_rel_diff``; ``worker_memory_ratio`` (``worker_rss_mb / (total_response_mb / 2)``, target 1.2);
+``mapping_on`` (``--mapping-on``: whether the workers or the client hold the CCM);
+``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
 busiest worker's tasks, from Dask's task stream: the split of the work, free of the load that
 other processes put on a shared machine) and ``compute_scaling_efficiency`` from them.
 """
@@ -47,16 +52,25 @@ logger = logging.getLogger("benchmark")
 
 
 def rl_step(engine, image, norms):
-    """One RL step on the engine: expectation, ratio, transpose product (the per-iteration engine work)."""
+    """One RL step of the engine, as RL calls it: ``evaluate`` (expectations and log-likelihood) and
+    ``ratio_products`` (transpose and background products of the ratios to the data)."""
+    return engine.ratio_products(engine.evaluate(image, norms))[0]
+
+
+def client_side_step(engine, image, norms):
+    """The same step with the ratios computed by the caller (before the fused step): the baseline of its speed."""
     eps = engine.expectation_at_bins(image, norms)
-    return engine.transpose_product(engine.data.counts / eps)
+    engine.log_likelihood_from(eps, engine.total_expected(image, norms))
+    weights = engine.data.counts / eps
+    engine.background_products(weights)
+    return engine.transpose_product(weights)
 
 
-def seconds_per_iteration(engine, image, norms, repeats):
-    rl_step(engine, image, norms)  # compile / warm the kernels and buffers
+def seconds_per_iteration(engine, image, norms, repeats, step=rl_step):
+    step(engine, image, norms)  # compile / warm the kernels and buffers
     start = time.perf_counter()
     for _ in range(repeats):
-        product = rl_step(engine, image, norms)
+        product = step(engine, image, norms)
     return (time.perf_counter() - start) / repeats, product
 
 
@@ -77,7 +91,7 @@ def trimmed_rss():
     return rss()
 
 
-def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats, memory_limit):
+def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats, memory_limit, mapping_on):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -87,21 +101,23 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
         before = client.run(trimmed_rss)
         start = time.perf_counter()
         engine = sharded_engine(client, response, dc2.mapping, data=data, backgrounds={"activation": background},
-                                dtype=np.float32)
+                                dtype=np.float32, mapping_on=mapping_on)
         built_s = time.perf_counter() - start
         # the pickled slices received are freed once unpacked: count what the shards hold
         growth = max(after - before[w] for w, after in client.run(trimmed_rss).items())
         rl_step(engine, image, norms)  # warm
         with get_task_stream(client) as stream:
             iter_s, product = seconds_per_iteration(engine, image, norms, repeats)
-        busy = {}
+        busy, moved = {}, 0
         for task in stream.data:  # the kernels' time on each worker, free of the client's and the machine's load
             for part in task["startstops"]:
                 if part["action"] == "compute":
                     busy[task["worker"]] = busy.get(task["worker"], 0.0) + part["stop"] - part["start"]
+                elif part["action"] == "transfer":  # results moved between workers (the reduction tree)
+                    moved += 1
         compute_s = max(busy.values()) / (repeats + 1)
-        logger.info("seconds per iteration in each worker's tasks: %s",
-                    [round(b / (repeats + 1), 3) for b in busy.values()])
+        logger.info("seconds per iteration in each worker's tasks: %s; %d transfers between workers",
+                    [round(b / (repeats + 1), 3) for b in busy.values()], moved)
         facts = engine.shard_facts()
         logger.info("%d workers: %.3f s per iteration (%.3f s in the busiest worker's tasks), shards %s MB, "
                     "built in %.1f s", n_workers, iter_s, compute_s, [round(f["response_bytes"] / 1e6) for f in facts],
@@ -114,6 +130,8 @@ def main():
     parser.add_argument("--em-bins", type=int, default=1, help="Ei/Em bins (1: the 511 keV line bin)")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per engine")
     parser.add_argument("--worker-memory", default="auto", help="memory limit of each worker (e.g. '1.5GB')")
+    parser.add_argument("--mapping-on", choices=("workers", "client"), default="client",
+                        help="where the CCM lives (sharded_engine's mapping_on)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -129,6 +147,13 @@ def main():
     numba.set_num_threads(1)
     single = dc2.engine(args.rtol)
     single_s, expected = seconds_per_iteration(single, image, norms, args.repeats)
+    # the fused step against the ratios computed by the caller, interleaved so a change of load hits both
+    fused, client_side = [], []
+    for _ in range(3):
+        client_side.append(seconds_per_iteration(single, image, norms, args.repeats, client_side_step)[0])
+        fused.append(seconds_per_iteration(single, image, norms, args.repeats)[0])
+    logger.info("single process: fused step %.3f s, ratios by the caller %.3f s (best of 3)", min(fused),
+                min(client_side))
     total = response.nbytes + response.tiled_blocks().nbytes
     logger.info("single process, one thread: %.3f s per iteration; response %.0f MB", single_s, total / 1e6)
     del single
@@ -136,14 +161,14 @@ def main():
     figures = {}
     try:
         iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
-                                                          args.repeats, limit)
+                                                          args.repeats, limit, args.mapping_on)
     except CosiInputError as err:  # one worker may not hold the whole response: measured without the limit
         logger.info("one worker refused, as it should: %s", err)
         figures["one_worker_refused"] = True
         iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
-                                                          args.repeats, "auto")
+                                                          args.repeats, "auto", args.mapping_on)
     iter_s_2, product_2, facts, growth, compute_2 = on_cluster(2, response, dc2, data, background, image, norms,
-                                                               args.repeats, limit)
+                                                               args.repeats, limit, args.mapping_on)
     diff = max(float(np.max(np.abs(p - expected)) / np.max(np.abs(expected))) for p in (product_1, product_2))
     overhead_s = iter_s_1 - single_s
     figures = {
@@ -160,6 +185,9 @@ def main():
         "shard_mb": round(max(f["response_bytes"] for f in facts) / 1e6, 1),
         "total_response_mb": round(total / 1e6, 1),
         "worker_rss_mb": round(growth / 1e6, 1),
+        "worker_memory_ratio": round(growth / (total / 2), 2),
+        "mapping_on": args.mapping_on,
+        "single_fused_over_client_side": round(min(fused) / min(client_side), 3),
         **({"worker_limit_mb": round(_bytes(limit) / 1e6)} if limit != "auto" else {}),
         **figures,
         "em_bins": args.em_bins,

@@ -26,6 +26,7 @@ from cosi_imaging_plugin.distributed import (
     connect,
     out_of_core_engine,
     plan_columns,
+    sharded_engine,
     use_scheduler,
 )
 from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
@@ -101,6 +102,88 @@ def test_sharded_engine_equals_single_process_engine(pair):
     rows = le.source_rows(image, dtype=np.float64)
     close(le.sky_expectation_at_bins(rows=rows, dtype=np.float64),
           se.sky_expectation_at_bins(rows=rows, dtype=np.float64))
+
+
+def test_fused_step_keeps_the_bins_on_the_workers_and_equals_single_process(pair, client, monkeypatch):
+    """evaluate + ratio_products: the expectations stay on the workers, only numbers and one sky come back."""
+    local, sharded, image = pair
+    le, se = local.engine, sharded.engine
+    norms = {"instrumental": 1.3}
+    a, b = le.evaluate(image, norms), se.evaluate(image, norms)
+    assert all(isinstance(part, distributed.Future) for part in b.at_bins)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=RTOL)
+    assert b.total_expected == pytest.approx(a.total_expected, rel=RTOL)
+    close(le.evaluation_at_bins(a), se.evaluation_at_bins(b))
+    received = []
+    gather = client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        out = gather(futures, *args, **kwargs)
+        received.extend(out if isinstance(out, list) else [out])
+        return out
+
+    monkeypatch.setattr(client, "gather", recording_gather)
+    (ta, pa), (tb, pb) = le.ratio_products(a), se.ratio_products(b)
+    close(ta, tb)
+    assert pb == pytest.approx(pa, rel=RTOL)
+    # what travelled back: the two shards' partial skies and background products, nothing per bin
+    assert len(received) == 2
+    assert all(part[0].shape == ta.shape for part in received)
+
+
+def test_partial_skies_are_reduced_in_a_tree_on_the_workers(pair, client, monkeypatch):
+    """Five shards on two workers: the client receives two partial sums, equal to the single-process result."""
+    local, sharded, image = pair
+    response, ccm, _, template = instrument()
+    le = local.engine
+    se = sharded_engine(client, response, CCMMapping(ccm), data=local.counts,
+                        backgrounds={"instrumental": template}, n_shards=5, dtype=np.float64)
+    assert se.n_shards == 5
+    a, b = le.evaluate(image), se.evaluate(image)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=RTOL)
+    received = []
+    gather = client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        received.append(len(futures))
+        return gather(futures, *args, **kwargs)
+
+    monkeypatch.setattr(client, "gather", recording_gather)
+    (ta, pa), (tb, pb) = le.ratio_products(a), se.ratio_products(b)
+    close(ta, tb)
+    assert pb == pytest.approx(pa, rel=RTOL)
+    assert received == [2]
+    weights = le.data.counts / le.evaluation_at_bins(a)
+    close(le.transpose_product(weights), se.transpose_product(weights))
+
+
+def test_ccm_kept_on_the_client_gives_the_same_products_and_rl_images(pair, client):
+    """mapping_on='client': the workers hold no CCM, take source rows and return row-space products."""
+    local, sharded, image = pair
+    response, ccm, _, template = instrument()
+    le = local.engine
+    se = sharded_engine(client, response, CCMMapping(ccm), data=local.counts,
+                        backgrounds={"instrumental": template}, dtype=np.float64, mapping_on="client")
+    facts = se.shard_facts()
+    assert all(f["mapping_bytes"] == 0 for f in facts)
+    assert all(f["mapping_bytes"] == le.mapping.nbytes for f in sharded.engine.shard_facts())
+    close(le.exposure_map, se.exposure_map)
+    norms = {"instrumental": 0.8}
+    a, b = le.evaluate(image, norms), se.evaluate(image, norms)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=RTOL)
+    (ta, pa), (tb, pb) = le.ratio_products(a), se.ratio_products(b)
+    close(ta, tb)
+    assert pb == pytest.approx(pa, rel=RTOL)
+    close(le.sky_expectation_at_bins(image), se.sky_expectation_at_bins(image))
+    weights = le.data.counts / le.evaluation_at_bins(a)
+    close(le.transpose_product(weights), se.transpose_product(weights))
+    options = {"iterations": 4, "acceleration": True, "alpha_max": 10.0, "fit_backgrounds": True}
+    ra = RichardsonLucy(local, **options).run()
+    rb = RichardsonLucy(COSIDataset(se, name=local.name), **options).run()
+    for x, y in zip(ra, rb):
+        close(x["model"], y["model"])
+    with pytest.raises(CosiInputError, match="mapping_on"):
+        sharded_engine(client, response, CCMMapping(ccm), mapping_on="scheduler")
 
 
 def test_rl_images_equal_after_several_iterations(pair):
@@ -257,8 +340,8 @@ def test_package_version_mismatch_is_named(client):
 def test_worker_killed_mid_run_gives_the_same_images(tmp_path):
     """A worker killed in the middle of an RL iteration: its shard is rebuilt from the file elsewhere.
 
-    The kill comes between the forward fold and the transpose product of the third
-    iteration; the run goes on without any action and every image equals the
+    The kill comes between the evaluation (expectations left on the workers) and the
+    ratio products of the third iteration; the run goes on without any action and every image equals the
     undisturbed run's exactly (the partial skies are summed in shard order).
     """
     generated = generated_response()
@@ -281,16 +364,17 @@ def test_worker_killed_mid_run_gives_the_same_images(tmp_path):
             engine = disturbed.engine
             victim = engine.shard_facts()[1]["worker"]
             calls = []
-            transpose = engine.transpose_product
+            products = engine.ratio_products
 
-            def transpose_after_kill(weights):
+            def products_after_kill(evaluation):
+                # the expectations of this state are on the workers: the victim's are lost with it
                 calls.append(1)
                 if len(calls) == 3:
                     pid = client.run(os.getpid, workers=[victim])[victim]
                     os.kill(pid, signal.SIGKILL)
-                return transpose(weights)
+                return products(evaluation)
 
-            engine.transpose_product = transpose_after_kill
+            engine.ratio_products = products_after_kill
             images = RichardsonLucy(disturbed, **options).run()
             assert len(calls) >= 5
             assert victim not in client.scheduler_info()["workers"]  # the run went on without it
@@ -330,6 +414,13 @@ def test_out_of_core_engine_within_a_memory_bound_smaller_than_the_response(tmp_
     rl_single = RichardsonLucy(COSIDataset(single, counts=local.counts), iterations=3).run()
     rl_disk = RichardsonLucy(COSIDataset(engine, counts=local.counts), iterations=3).run()
     close(rl_single[-1]["model"], rl_disk[-1]["model"])
+    # the TS map's sums read the stored blocks: each Newton iteration streams the shards from disk
+    estimator = TSMapEstimator(Powerlaw(K=1.0, index=-2.0, piv=500.0), nside=NSIDE_MODEL)
+    a = estimator.run(COSIDataset(single, counts=local.counts), progress=False)
+    b = estimator.run(COSIDataset(engine, counts=local.counts), progress=False)
+    np.testing.assert_array_equal(a["niter"], b["niter"])
+    for name in ("ts", "norm", "norm_err"):
+        close(a[name], b[name])
 
 
 def test_scheduler_block_shards_datasets_built_inside_it(client):

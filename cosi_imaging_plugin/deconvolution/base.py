@@ -201,36 +201,35 @@ class DeconvolutionAlgorithm:
     def _total_expected(self, image, norms, ds):
         return float(np.sum(ds.exposure * image)) + self._bkg_total(norms, ds)
 
-    def _loglikelihoods(self, sky, bkg, image, norms):
-        """Log-likelihood per dataset from expectations at the non-empty bins."""
-        return [ds.log_likelihood_from(s + b, self._total_expected(image, norms, ds))
-                for ds, s, b in zip(self.datasets, sky, bkg)]
-
     def _expectation(self, image, norms):
-        """Expectations at the bins (sky, background) and the log-likelihoods for a state."""
-        sky = self._sky_at_bins(image)
-        bkg = self._bkg_at_bins(norms)
-        return sky, bkg, self._loglikelihoods(sky, bkg, image, norms)
+        """Each dataset's state evaluated by its engine (expectations left where its bins live)."""
+        return [ds.engine.evaluate(image, norms[ds.name]) for ds in self.datasets]
 
-    def _ratios(self):
-        """``d_i / eps_i`` per dataset at the current state."""
-        return [ds.engine.data.counts / (s + b) for ds, s, b in zip(self.datasets, self._sky, self._bkg)]
+    def _set_state(self, evaluations):
+        self._evaluations = evaluations
+        self.loglikelihood_list = [ev.log_likelihood for ev in evaluations]
+        self._eps_current = True
 
-    def _transpose(self, weights):
-        return sum(ds.engine.transpose_product(w) for ds, w in zip(self.datasets, weights))
+    def _ratio_products(self):
+        """``T_j = sum_d sum_i R_ij d_i / eps_i`` and each dataset's background products at the current state.
 
-    def _bkg_products(self, weights):
-        return {ds.name: ds.engine.background_products(w) for ds, w in zip(self.datasets, weights)}
+        One engine call per dataset (:meth:`ResponseEngine.ratio_products`): a sharded engine
+        computes the ratios where the bins live and returns only these sums.
+        """
+        t, products = 0, {}
+        for ds, evaluation in zip(self.datasets, self._evaluations):
+            t_ds, products[ds.name] = ds.engine.ratio_products(evaluation)
+            t = t + t_ds
+        return t, products
 
     def _clip_bkg(self, name, component, value):
         lo, hi = self.bkg_range[name][component]
         return float(min(max(value, lo), hi))
 
-    def _em_bkg_norms(self, weights):
-        """EM update of every background norm, clipped to its range."""
+    def _em_bkg_norms(self, products):
+        """EM update of every background norm from its products ``sum_i B_k,i w_i``, clipped to its range."""
         if not self.bkg_optimization:
             return {k: dict(v) for k, v in self.bkg_norms.items()}
-        products = self._bkg_products(weights)
         new = {}
         for ds in self.datasets:
             new[ds.name] = {}
@@ -251,8 +250,7 @@ class DeconvolutionAlgorithm:
     def initialization(self):
         """Set the model to the (constrained) initial model and evaluate its expectations."""
         self.model = self._constrain(self.initial_model)
-        self._sky, self._bkg, self.loglikelihood_list = self._expectation(self.model, self.bkg_norms)
-        self._eps_current = True
+        self._set_state(self._expectation(self.model, self.bkg_norms))
         logger.info("%s initialized: log-likelihood %s, background norms %s", self.name,
                     self.loglikelihood_list, self.bkg_norms)
 
@@ -262,16 +260,14 @@ class DeconvolutionAlgorithm:
     def Estep(self):  # noqa: N802 (the COSI team's step names)
         """Expected counts at the non-empty bins for the current model (reused when current)."""
         if not self._eps_current:
-            self._sky, self._bkg, self.loglikelihood_list = self._expectation(self.model, self.bkg_norms)
-            self._eps_current = True
+            self._set_state(self._expectation(self.model, self.bkg_norms))
 
     def Mstep(self):  # noqa: N802
         """EM delta image ``x (T/X - 1)`` on the free pixels and the new background norms."""
-        weights = self._ratios()
-        t = self._transpose(weights)
+        t, products = self._ratio_products()
         ratio = np.divide(t, self.exposure, out=np.zeros_like(t), where=self.free)
         self.delta_model = np.where(self.free, self.model * (ratio - 1.0), 0.0)
-        self._new_bkg_norms = self._em_bkg_norms(weights)
+        self._new_bkg_norms = self._em_bkg_norms(products)
 
     def post_processing(self):
         """Apply the (response-weighted) delta, the new background norms, and re-evaluate."""
@@ -284,8 +280,7 @@ class DeconvolutionAlgorithm:
         """Set the new (constrained) state and evaluate its expectations and log-likelihoods."""
         self.model = self._constrain(image)
         self.bkg_norms = norms
-        self._sky, self._bkg, self.loglikelihood_list = self._expectation(self.model, norms)
-        self._eps_current = True
+        self._set_state(self._expectation(self.model, norms))
 
     def background_normalization_for_results(self, norms=None):
         """Norms as stored in the results: flat ``{component: norm}`` for one dataset."""

@@ -112,8 +112,7 @@ class MAPRichardsonLucy(DeconvolutionAlgorithm):
 
     def Mstep(self):  # noqa: N802 (the COSI team's step names)
         """One-step-late MAP-EM update of the model and the background norms."""
-        weights = self._ratios()
-        t = self._transpose(weights)
+        t, products = self._ratio_products()
         denom = self.exposure + 1.0 / self.gamma_theta
         model_em = np.divide(self.model * t + self.gamma_k - 1.0, denom, out=np.zeros_like(t), where=self.free)
         model_em = np.where(self.free, np.maximum(model_em, self.minimum_flux), 0.0)
@@ -125,7 +124,6 @@ class MAPRichardsonLucy(DeconvolutionAlgorithm):
         self.delta_model = np.where(self.free, self.prior_filter * model_em - self.model, 0.0)
         self._new_bkg_norms = {k: dict(v) for k, v in self.bkg_norms.items()}
         if self.bkg_optimization:
-            products = self._bkg_products(weights)
             for ds in self.datasets:
                 for c in ds.background_names:
                     total = self.bkg_totals[ds.name][c]

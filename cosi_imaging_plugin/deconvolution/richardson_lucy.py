@@ -142,15 +142,17 @@ class RichardsonLucy(DeconvolutionAlgorithm):
         delta image each trial costs O(nnz). Returns alpha.
         """
         d_sky = self._sky_at_bins(delta)
-        bkg = self._bkg_at_bins(norms)
+        # the current expectations with the new background norms (the same when they are not fitted)
+        base = [ds.engine.evaluation_at_bins(ev) + (b_new - b_old) for ds, ev, b_new, b_old
+                in zip(self.datasets, self._evaluations, self._bkg_at_bins(norms), self._bkg_at_bins(self.bkg_norms))]
         base_total = [self._total_expected(self.model, norms, ds) for ds in self.datasets]
         d_total = [float(np.sum(ds.exposure * delta)) for ds in self.datasets]
 
         def loglike(alpha):
             value = 0.0
-            for ds, s, ds_, b, t0, dt in zip(self.datasets, self._sky, d_sky, bkg, base_total, d_total):
+            for ds, b, ds_, t0, dt in zip(self.datasets, base, d_sky, base_total, d_total):
                 try:  # without the factorials, constant in alpha: finer rounding for the comparisons
-                    value += ds.log_likelihood_from(s + alpha * ds_ + b, t0 + alpha * dt, constant=0.0)
+                    value += ds.log_likelihood_from(b + alpha * ds_, t0 + alpha * dt, constant=0.0)
                 except CosiInputError:  # a step that empties a bin with counts
                     return -np.inf
             return value

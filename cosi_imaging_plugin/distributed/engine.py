@@ -7,19 +7,21 @@ non-empty bins of its columns. (Blocks of ScAtt/Time rows would give every
 worker the whole response, since all rows share it; measured-energy bins leave
 nothing to cut in a one-bin line analysis.)
 
-Per call:
+Per EM iteration (:meth:`ShardedEngine.evaluate`, :meth:`ShardedEngine.ratio_products`,
+the calls RL makes on every engine):
 
 - out to every worker: the sky image [n_pix, n_ei] (each applies the CCM itself)
-  or the source rows, and for a transpose product its slice of the weights;
-- back: the expectations at its non-empty bins (the bins of consecutive shards,
-  concatenated, are the dataset's bins in the engine's order) and its partial
-  sky [n_pix, n_ei], summed in shard order, so results do not depend on which
-  worker ran which shard.
+  or, with ``mapping_on="client"``, its source rows, and the background norms;
+- kept there: the expectations at its non-empty bins;
+- back: its partial sum ``sum_i d_i ln eps_i``, then its partial sky and
+  background products of ``d_i / eps_i``, added on the workers pairwise in a fixed
+  tree beyond two shards (so results do not depend on which worker ran which shard).
 
-Backgrounds, totals and the likelihood stay with the client, where the
-single-process engine computes them, so :class:`ShardedEngine` offers the
-interface of :class:`~cosi_imaging_plugin.engine.ResponseEngine` to datasets,
-RL and the 3ML plugin unchanged.
+The client adds the totals over all bins (exposure map, templates' totals) to the
+likelihood. The engine's other calls (expectations at the bins, transpose products
+of given weights) keep the interface of
+:class:`~cosi_imaging_plugin.engine.ResponseEngine`, so datasets, RL, the 3ML plugin
+and TS maps use it unchanged.
 
 Shards are Dask futures computed from a :class:`~.shards.ShardSpec`. If a worker
 is lost, the scheduler rebuilds its shards on another worker from their specs
@@ -30,8 +32,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from histpy import Axes
 
-from ..engine import ColumnResponse, ResponseEngine
+from ..engine import ColumnResponse, Evaluation, ResponseEngine
 from ..engine.block_ops import BLOCK
 from ..errors import CosiInputError
 from ..io.response import FullDetectorResponse
@@ -71,9 +74,8 @@ class ShardedResponse:
         return np.concatenate(parts, axis=1)
 
     def area_over(self, columns=None):
-        """The response summed over some CDS columns, [n_pix, n_ei] (summed over the shards in order)."""
-        parts = self._shards.map(ops.area_over, [(columns,)] * len(self._shards))
-        return _ordered_sum(parts)
+        """The response summed over some CDS columns, [n_pix, n_ei] (the shards' sums reduced on the workers)."""
+        return np.array(self._shards.reduce(ops.area_over, [(columns,)] * len(self._shards)), dtype=np.float64)
 
     def _on_the_workers(self, name):
         raise CosiInputError(f"the stored blocks of a sharded response are on the workers ({name} is not here): "
@@ -128,6 +130,39 @@ class _Shards:
         """``func(shard, *args[i])`` on every shard, where it lives; the results in shard order."""
         return self.client.gather(self._submit(func, args))
 
+    def submit(self, func, args):
+        """Futures of ``func(shard, *args[i])``, left where each shard lives."""
+        return self._submit(func, args)
+
+    def share(self, value):
+        """A future of `value` held by every worker: sent once by this process, then copied from worker to
+        worker (Dask's broadcast, whose copies double at each round), not once per task through the scheduler."""
+        return self.client.scatter(value, broadcast=True, hash=False)
+
+    def gather(self, parts):
+        """The values of results left on the workers."""
+        return self.client.gather(parts)
+
+    def numbers(self, func, parts):
+        """``func(shard, parts[i])`` of results left with the shards, computed there: only what it returns
+        travels."""
+        return self.map(func, [(part,) for part in parts])
+
+    def reduce(self, func, args):
+        """The sum over the shards of ``func(shard, *args[i])`` (arrays, or (array, dict) pairs).
+
+        Beyond two shards the partial results are added on the workers, pairwise in a
+        fixed tree (shards 0+1, 2+3, ..., then those sums pairwise), so this process
+        receives two results whatever the number of workers, and the order of the
+        additions, hence the result to the bit, does not depend on where they ran.
+        """
+        level = self._submit(func, args)
+        while len(level) > 2:
+            level = [self.client.submit(ops.add, *level[i:i + 2], pure=False) if i + 1 < len(level) else level[i]
+                     for i in range(0, len(level), 2)]
+        parts = self.client.gather(level)
+        return parts[0] if len(parts) == 1 else ops.add(parts[0], parts[1])
+
     def derive(self, func, args):
         """New shards ``func(shard, *args[i])``, left on the workers."""
         return _Shards(self.client, self._submit(func, args), self.columns)
@@ -142,12 +177,15 @@ class ShardedEngine(ResponseEngine):
     """A :class:`~cosi_imaging_plugin.engine.ResponseEngine` whose response and non-empty bins live in shards.
 
     Build it with :func:`sharded_engine`. It answers every call of the
-    single-process engine: the folds and transpose products run on the workers,
-    the rest (backgrounds, totals, likelihood) here.
+    single-process engine: the folds, transpose products and the EM step
+    (:meth:`evaluate`, :meth:`ratio_products`) run on the workers; totals over all
+    bins are computed here.
     """
 
-    def __init__(self, shards, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32):
+    def __init__(self, shards, response, mapping, data=None, backgrounds=None, model_axes=None, dtype=np.float32,
+                 mapping_on="workers"):
         self._shards = shards  # without data; replaced by the shards holding the data in set_data
+        self.mapping_on = mapping_on
         super().__init__(response, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes, dtype=dtype)
 
     @property
@@ -169,7 +207,8 @@ class ShardedEngine(ResponseEngine):
         """Register counts and templates (as :meth:`ResponseEngine.set_data`) and send each shard its bins."""
         super().set_data(data, backgrounds)
         ptr = self.data.data_ptr
-        args = [(self.data.flat_index[ptr[lo]:ptr[hi]], self.data.counts[ptr[lo]:ptr[hi]], self.data_axes)
+        args = [(self.data.flat_index[ptr[lo]:ptr[hi]], self.data.counts[ptr[lo]:ptr[hi]], self.data_axes,
+                 {name: self._bkg_at_bins[name][ptr[lo]:ptr[hi]] for name in self.background_names})
                 for lo, hi in self._shards.columns]
         # one shard per column range is held: the data shards replace those they come from (which the
         # scheduler can still rebuild them from), so a worker holds its response columns once
@@ -185,9 +224,19 @@ class ShardedEngine(ResponseEngine):
             if rows.shape != (self.n_rows, self.response.n_source):
                 raise CosiInputError(f"source rows of shape {rows.shape}, expected ({self.n_rows}, "
                                      f"{self.response.n_source})")
+        if self.mapping_on == "client" and rows is None:
+            values, rows = None, self.mapping.forward(values, dtype=dtype)
+        if rows is not None:  # n_rows x n_source values: one copy per worker, not one per task
+            rows = self._shards.share(rows)
         parts = self._shards.map(ops.sky_at_bins, [(values, rows, dtype)] * len(self._shards))
         out += np.concatenate(parts)
         return out
+
+    def _to_sky(self, summed):
+        """The summed partial transpose products as a sky: with the CCM kept here, its transpose applied once."""
+        if self.mapping_on == "client":
+            return self.mapping.adjoint_tiled(summed, self.response.inverse_order)
+        return np.asarray(summed, dtype=np.float64)
 
     def transpose_product(self, weights):
         """``sum_i R_ij w_i`` over the non-empty bins, [n_pix, n_ei]: partial skies summed in shard order."""
@@ -195,8 +244,35 @@ class ShardedEngine(ResponseEngine):
         weights = np.ascontiguousarray(weights, dtype=self.dtype)
         if weights.shape != (self.data.nnz,):
             raise CosiInputError(f"weights of shape {weights.shape}, expected ({self.data.nnz},)")
-        parts = self._shards.map(ops.transpose, [(weights[a:b],) for a, b in self._bounds])
-        return _ordered_sum(parts)
+        return self._to_sky(self._shards.reduce(ops.transpose, [(weights[a:b],) for a, b in self._bounds]))
+
+    def evaluate(self, image, bkg_norms=None, constant=None):
+        """As :meth:`ResponseEngine.evaluate`, on the workers: the expectations stay with their shards.
+
+        Out: the image and the normalizations; back: one partial sum ``sum_i d_i ln eps_i``
+        per shard. The returned :class:`~cosi_imaging_plugin.engine.Evaluation` holds
+        references to the expectations on the workers (released with it; rebuilt from the
+        shards if a worker is lost).
+        """
+        self._require_data()
+        values = self.image_values(image)
+        norms = self.background_norms(bkg_norms)
+        sent = (None, norms, self._shards.share(self.mapping.forward(values, dtype=self.dtype))) \
+            if self.mapping_on == "client" else (values, norms)
+        at_bins = self._shards.submit(ops.evaluate, [sent] * len(self._shards))
+        sums = self._shards.numbers(ops.log_sum, at_bins)
+        total = self.total_expected(values, norms)
+        constant = self.data.log_factorial if constant is None else constant
+        return Evaluation(float(sum(sums) - total - constant), total, at_bins)
+
+    def ratio_products(self, evaluation):
+        """As :meth:`ResponseEngine.ratio_products`, on the workers: only the summed sky and numbers come back."""
+        sky, products = self._shards.reduce(ops.ratio_products, [(part,) for part in evaluation.at_bins])
+        return self._to_sky(sky), products
+
+    def evaluation_at_bins(self, evaluation):
+        """The expectations of an evaluated state, gathered from the workers into one array (nnz,)."""
+        return np.concatenate([part[0] for part in self._shards.gather(evaluation.at_bins)])
 
     @property
     def shard_bins(self):
@@ -209,11 +285,10 @@ class ShardedEngine(ResponseEngine):
 
         For work that needs the stored blocks themselves (the TS map's sums): the result's
         ``map(func, args)`` runs ``func(object, *args[i])`` there and returns the results in
-        shard order.
+        shard order. Shards on disk (:func:`~.out_of_core.out_of_core_engine`) remake each
+        object from its shard at every ``map``, one shard in memory at a time.
         """
         self._require_data()
-        if self._shards.client is None:
-            raise CosiInputError("shards read from disk serve the folds and transpose products only")
         return self._shards.derive(func, args)
 
     def shard_facts(self):
@@ -245,7 +320,7 @@ def _response_source(response, rtol, dtype):
 
 
 def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_shards=None, rtol=0.0,
-                   dtype=np.float32, model_axes=None, check=True):
+                   dtype=np.float32, model_axes=None, mapping_on="workers", check=True):
     """A :class:`ShardedEngine`: the response cut into column shards built on the workers.
 
     Parameters
@@ -264,6 +339,12 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         Number of column ranges (default: one per worker).
     rtol : float
         Truncation tolerance when compressing a file (as :meth:`ColumnResponse.from_file`).
+    mapping_on : {'workers', 'client'}
+        Where the sky mapping (the CCM) lives. ``'workers'``: every worker holds a copy
+        and receives the image (``8 n_pix n_ei`` bytes) at each fold. ``'client'``: only
+        this process holds it; each worker receives the source rows (``n_rows n_source``
+        values in `dtype`) and returns its transpose products in that space, so a worker
+        holds its shard alone.
     check : bool
         Check the workers' package versions and memory before building.
 
@@ -273,6 +354,8 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         Unreachable scheduler, no workers, different package versions, or a worker with
         too little memory for its shard (before anything is built).
     """
+    if mapping_on not in ("workers", "client"):
+        raise CosiInputError(f"mapping_on must be 'workers' or 'client', got {mapping_on!r}")
     client = connect(client)
     workers = list(workers_of(client))
     if not workers:
@@ -295,8 +378,12 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         needs[worker] = needs.get(worker, 0) + int(weights[lo:hi].sum()) * per_block + fixed
     if check:
         check_memory(client, needs)
+    shard_mapping, shard_axes = mapping, model_axes
+    if mapping_on == "client":
+        shard_mapping = ops.SourceRowsMapping(mapping)
+        shard_axes = model_axes if model_axes is not None else Axes([getattr(mapping, "model_axis", axes[0]), axes[1]])
     specs = [ops.ShardSpec(i, (lo, hi), source.column_slice(lo, hi) if isinstance(source, ColumnResponse) else source,
-                           mapping, model_axes, float(rtol), np.dtype(dtype).str)
+                           shard_mapping, shard_axes, float(rtol), np.dtype(dtype).str)
              for i, (lo, hi) in enumerate(columns)]
     logger.info("response cut into %d column ranges, %.1f MB at most each", n_shards,
                 (max(int(weights[lo:hi].sum()) for lo, hi in columns) * per_block + fixed) / 1e6)
@@ -313,7 +400,7 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
                 n_shards, nbytes / 1e6)
     summary = ShardedResponse(shards, axes, unit, rtol, order, _ordered_sum(areas), nbytes)
     return ShardedEngine(shards, summary, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes,
-                         dtype=dtype)
+                         dtype=dtype, mapping_on=mapping_on)
 
 
 def _blocks_per_column(client, path, rtol, n_pix, n_ei, n_workers):

@@ -54,13 +54,66 @@ class _DiskShards:
             del shard  # before the next one is read: one shard in memory
         return out
 
+    def submit(self, func, args):
+        """As :meth:`map`: the results are here at once."""
+        return self.map(func, args)
+
+    @staticmethod
+    def share(value):
+        return value
+
+    @staticmethod
+    def gather(parts):
+        return list(parts)
+
+    @staticmethod
+    def numbers(func, parts):
+        # the results are here already: the shards are not read again for them
+        return [func(None, part) for part in parts]
+
+    def reduce(self, func, args):
+        """The sum of ``func(shard, *args[i])`` over the shards, in shard order."""
+        parts = self.map(func, args)
+        out = parts[0]
+        for part in parts[1:]:
+            out = ops.add(out, part)
+        return out
+
     def derive(self, func, args):
-        if func is not ops.with_data:
-            raise CosiInputError(f"shards on disk take only their data, not {func.__name__}")
-        return _DiskShards(self.paths, self.columns, self._mapping, list(args), self._directory)
+        """Shards holding their data (:func:`.shards.with_data`), or objects ``func(shard, *args[i])`` remade
+        from each shard as it is loaded (:class:`_DiskDerived`)."""
+        if func is ops.with_data:
+            return _DiskShards(self.paths, self.columns, self._mapping, list(args), self._directory)
+        if self._data is None:
+            raise CosiInputError(f"shards on disk without data cannot make {func.__name__}")
+        return _DiskDerived(self, func, list(args))
 
     def where(self):
         return [str(p) for p in self.paths]
+
+
+class _DiskDerived:
+    """Objects made from shards on disk (the TS map's arrays), remade at each use so that one shard is in memory.
+
+    ``map(f, args)`` loads shard ``i``, makes ``func(shard, *derive_args[i])``, returns
+    ``f(object, *args[i])`` and lets both go before the next shard is read.
+    """
+
+    def __init__(self, shards, func, args):
+        self._shards = shards
+        self._func = func
+        self._args = args
+
+    def __len__(self):
+        return len(self._shards)
+
+    def map(self, func, args):
+        out = []
+        for i, a in enumerate(args):
+            derived = self._func(self._shards._load(i), *self._args[i])
+            out.append(func(derived, *a))
+            del derived
+        return out
 
 
 def save_shard(shard, path):

@@ -21,7 +21,7 @@ import numpy as np
 import sparse
 from histpy import Histogram
 
-from ..engine import ColumnResponse, ResponseEngine
+from ..engine import ColumnResponse, Evaluation, ResponseEngine
 from ..engine.block_ops import BLOCK
 from ..engine.column_response import _row_keep_mask, source_order
 from ..engine.kernel_layout import TILE_BLOCKS
@@ -58,6 +58,40 @@ class ShardSpec:
     model_axes: object
     rtol: float
     dtype: str
+
+
+class SourceRowsMapping:
+    """A shard's sky mapping when the CCM stays with the client: source rows in, source rows out.
+
+    The client folds the image into source rows [n_rows, n_source] once and sends them;
+    the shard's transpose products stay in the row space (:meth:`adjoint_tiled` returns
+    the kernel's tile-major rows themselves), the client adds them over the shards and
+    applies the CCM's transpose once. A shard then holds its response columns and bins,
+    not the CCM.
+
+    Parameters
+    ----------
+    mapping : CCMMapping or PixelMapping
+        The client's mapping (only its shape is kept).
+    """
+
+    def __init__(self, mapping):
+        self.n_rows = int(mapping.n_rows)
+        self.n_model_pix = int(mapping.n_model_pix)
+        self.n_source_pix = int(mapping.n_source_pix)
+
+    def _not_here(self, *args, **kwargs):
+        raise CosiInputError("this shard's sky mapping stays with the client: it takes source rows, not images")
+
+    forward = forward_tiled = _not_here
+
+    def adjoint_tiled(self, tiled, position):
+        """The tile-major rows, copied out of the kernel's buffer (which the next product overwrites)."""
+        return tiled.copy()
+
+    def exposure(self, effective_area):
+        """Unknown here (NaN): exposures and totals are computed by the client, which holds the CCM."""
+        return np.full((self.n_model_pix, np.shape(effective_area)[1]), np.nan)
 
 
 def engine_nbytes(engine):
@@ -103,8 +137,13 @@ def build_shard(spec):
     return engine
 
 
-def with_data(engine, flat_index, counts, data_axes):
-    """A copy of a shard's engine holding the non-empty bins ``flat_index`` (row * n_columns + column)."""
+def with_data(engine, flat_index, counts, data_axes, backgrounds=None):
+    """A copy of a shard's engine holding the non-empty bins ``flat_index`` (row * n_columns + column).
+
+    `backgrounds` maps each template's name to its values at these bins (the client's
+    :meth:`ResponseEngine.background_template_at_bins` slice): the shard evaluates whole
+    expectations, and totals over all bins stay with the client.
+    """
     use_worker_threads()
     shape = tuple(int(n) for n in data_axes.nbins)
     coords = np.unravel_index(np.asarray(flat_index, dtype=np.int64), shape)
@@ -112,7 +151,42 @@ def with_data(engine, flat_index, counts, data_axes):
     new = copy.copy(engine)
     new._row_buffers = {}
     new.set_data(hist, {})
+    new.background_names = list(backgrounds or {})
+    new._bkg_at_bins = {name: np.asarray(values, dtype=np.float64) for name, values in (backgrounds or {}).items()}
     return new
+
+
+def evaluate(engine, image, norms, rows=None):
+    """(expected counts at the shard's non-empty bins, the shard's share ``sum_i d_i ln eps_i`` of the log-likelihood).
+
+    The totals over all bins and the constant are the client's. Raises the engine's error naming the bin
+    where an expectation is not positive.
+    """
+    use_worker_threads()
+    at_bins = engine.expectation_at_bins(image, norms, rows)
+    return at_bins, engine.log_likelihood_from(at_bins, 0.0, 0.0)
+
+
+def log_sum(engine, evaluated):
+    """The number of an :func:`evaluate` result (what travels back; its array stays).
+
+    Taking the shard as well keeps the task where the shard lives: the scheduler never
+    moves a shard, so it never moves the expectations to another worker for this.
+    """
+    return evaluated[1]
+
+
+def ratio_products(engine, evaluated):
+    """The shard's partial transpose and background products of ``d_i / eps_i`` (`evaluated` from :func:`evaluate`)."""
+    use_worker_threads()
+    return engine.ratio_products(Evaluation(np.nan, np.nan, evaluated[0]))
+
+
+def add(a, b):
+    """The sum of two partial results: arrays, or (array, {name: number}) pairs, added in the order given."""
+    if isinstance(a, tuple):
+        return a[0] + b[0], {name: a[1][name] + b[1][name] for name in a[1]}
+    return a + b
 
 
 def sky_at_bins(engine, image, rows, dtype):
@@ -122,7 +196,8 @@ def sky_at_bins(engine, image, rows, dtype):
 
 
 def transpose(engine, weights):
-    """The shard's partial transpose product ``sum_i R_ij w_i`` over its bins, [n_pix, n_ei]."""
+    """The shard's partial transpose product ``sum_i R_ij w_i`` over its bins, [n_pix, n_ei] (tile-major source
+    rows with a :class:`SourceRowsMapping`)."""
     use_worker_threads()
     return engine.transpose_product(weights)
 
@@ -140,9 +215,11 @@ def area_over(engine, columns):
 
 
 def shard_facts(engine):
-    """Sizes of a shard: stored bytes (both copies of the blocks), blocks, non-empty bins."""
+    """Sizes of a shard: stored bytes (both copies of the blocks), its sky mapping's bytes, blocks, non-empty
+    bins."""
     response = engine.response
     return {"response_bytes": int(response.nbytes + response.tiled_blocks().nbytes),
+            "mapping_bytes": int(getattr(engine.mapping, "nbytes", 0)),
             "blocks": int(response.n_blocks),
             "nnz": 0 if engine.data is None else int(engine.data.nnz)}
 

@@ -15,6 +15,7 @@ and the exposure time, so ``x`` is in ph cm-2 s-1 sr-1 and ``eps`` in counts.
 """
 import copy
 import logging
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -30,6 +31,29 @@ from .sky_mapping import CCMMapping, PixelMapping
 from .sparse_data import SparseData, flat_nonzero, gather
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """One state (sky image and background norms) evaluated at the non-empty bins.
+
+    Made by :meth:`ResponseEngine.evaluate`; :meth:`ResponseEngine.ratio_products`
+    takes it back for the transpose products of ``d_i / eps_i``.
+
+    Attributes
+    ----------
+    log_likelihood : float
+        Poisson log-likelihood of the state.
+    total_expected : float
+        Expected counts summed over all bins.
+    at_bins : object
+        The expectations at the non-empty bins, where the engine keeps them (an array
+        here; on a sharded engine, one reference per shard, left on the workers).
+    """
+
+    log_likelihood: float
+    total_expected: float
+    at_bins: object
 
 
 class ResponseEngine:
@@ -292,9 +316,9 @@ class ResponseEngine:
             return float(np.dot(norm, self.background_row_totals(name)))
         return norm * self._bkg_total[name]
 
-    def expectation_at_bins(self, image, bkg_norms=None):
-        """Expected counts (sky + backgrounds) at the non-empty data bins."""
-        return self._add_sky_at_bins(self.background_at_bins(bkg_norms), image)
+    def expectation_at_bins(self, image, bkg_norms=None, rows=None):
+        """Expected counts (sky + backgrounds) at the non-empty data bins (of `rows` instead of `image` if given)."""
+        return self._add_sky_at_bins(self.background_at_bins(bkg_norms), image, rows)
 
     def total_expected(self, image, bkg_norms=None):
         """Expected counts summed over all data bins, from the exposure map."""
@@ -337,6 +361,51 @@ class ResponseEngine:
         return self.log_likelihood_from(self.expectation_at_bins(image, bkg_norms),
                                         self.total_expected(image, bkg_norms))
 
+    def evaluate(self, image, bkg_norms=None, constant=None):
+        """The expectations of a state at the non-empty bins and its log-likelihood, in one call.
+
+        With :meth:`ratio_products`, the step of every EM iteration: an engine whose bins
+        live elsewhere (:class:`~cosi_imaging_plugin.distributed.ShardedEngine`) keeps the
+        expectations there and returns only numbers.
+
+        Parameters
+        ----------
+        image : histpy.Histogram or ndarray
+            Sky image (see :meth:`image_values`).
+        bkg_norms : dict, optional
+            Background normalizations (default 1).
+        constant : float, optional
+            As for :meth:`log_likelihood_from`.
+
+        Returns
+        -------
+        Evaluation
+        """
+        self._require_data()
+        at_bins = self.expectation_at_bins(image, bkg_norms)
+        total = self.total_expected(image, bkg_norms)
+        return Evaluation(self.log_likelihood_from(at_bins, total, constant), total, at_bins)
+
+    def ratio_products(self, evaluation):
+        """Transpose and background products of the ratios ``w_i = d_i / eps_i`` of an evaluated state.
+
+        Parameters
+        ----------
+        evaluation : Evaluation
+            From this engine's :meth:`evaluate`.
+
+        Returns
+        -------
+        (ndarray, dict)
+            ``sum_i R_ij w_i`` [n_pix, n_ei] and ``{background: sum_i B_k,i w_i}``.
+        """
+        weights = self.data.counts / evaluation.at_bins
+        return self.transpose_product(weights), self.background_products(weights)
+
+    def evaluation_at_bins(self, evaluation):
+        """The expectations of an evaluated state at the non-empty bins, as one array (nnz,)."""
+        return evaluation.at_bins
+
     def transpose_product(self, weights):
         """``sum_i R_ij w_i`` over the non-empty bins, as an array [n_pix, n_ei].
 
@@ -345,6 +414,10 @@ class ResponseEngine:
         weights : ndarray, shape (nnz,)
             One weight per non-empty bin in kernel order (e.g. ``d_i / eps_i``).
         """
+        return self.mapping.adjoint_tiled(self._transpose_rows(weights), self.response.inverse_order)
+
+    def _transpose_rows(self, weights):
+        """``sum_i R_ij w_i`` in the source-row space, tile-major (n_tiles, n_rows, tile_width), in a kept buffer."""
         self._require_data()
         # the kernel multiplies in the rows' type (the engine's): weights of that type are exact and lighter
         weights = np.ascontiguousarray(weights, dtype=self.dtype)
@@ -357,7 +430,7 @@ class ResponseEngine:
         tiled.fill(0)
         adjoint_at_bins(self._tile_groups, tiles.tile_ptr, tiles.local_block, tiles.values, self.data.active_cols,
                         self.data.data_ptr, self.data.row, weights, tiled)
-        return self.mapping.adjoint_tiled(tiled, self.response.inverse_order)
+        return tiled
 
     def background_products(self, weights):
         """``sum_i B_k,i w_i`` over the non-empty bins for every background k."""
