@@ -243,6 +243,15 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(blob_dataset, tmp_path):
         LIRA(blob_dataset, checkpoint=path, **{**settings, "seed": 8}).run()
 
 
+def test_chains_in_worker_processes_equal_the_serial_run(blob_dataset):
+    settings = {"n_chains": 2, "n_samples": 10, "burn_in": 5, "seed": 7, "progress": False, "checkpoint_every": 6}
+    serial = LIRA(blob_dataset, **settings).run()
+    parallel = LIRA(blob_dataset, n_jobs=2, **settings).run()
+    assert np.array_equal(parallel.draws, serial.draws)
+    for name in serial.traces:
+        assert np.array_equal(parallel.traces[name], serial.traces[name]), name
+
+
 def test_bad_settings_name_the_key(blob_dataset, caplog):
     with pytest.raises(InvalidValueError, match="delta"):
         LIRA(blob_dataset, delta=0.0)
