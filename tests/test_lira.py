@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import healpy as hp
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from scipy import integrate
@@ -17,6 +18,7 @@ from scipy import integrate
 from cosi_imaging_plugin.errors import CosiInputError, InvalidValueError
 from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat
 from cosi_imaging_plugin.uncertainty.allocation import Allocator
+from cosi_imaging_plugin.uncertainty.plots import plot_summary
 from cosi_imaging_plugin.uncertainty.tree import (
     MultiscaleTree,
     aggregate,
@@ -228,6 +230,17 @@ def test_maps_diagnostics_and_fits(blob_result, tmp_path):
     mean, std = hp.read_map(str(path), field=(0, 1), nest=False)
     assert np.allclose(mean, np.asarray(maps["mean"].contents)[:, 1])
     assert np.allclose(std, np.asarray(maps["std"].contents)[:, 1])
+
+
+def test_summary_figure_shows_the_maps_and_every_trace_with_its_rhat(blob_result):
+    fig = plot_summary(blob_result, energy_index=1)
+    titles = [ax.get_title() for ax in fig.axes]
+    rhats = blob_result.diagnostics(warn=False)["rhat"]
+    for name in ("log_posterior", "smoothing", "background_norms", "total_flux"):
+        assert f"{name}: R-hat {float(np.max(rhats[name])):.3f}" in titles
+    for title in ("posterior mean", "posterior std", "posterior mean / std"):
+        assert any(t.startswith(title + ",") for t in titles), titles
+    plt.close(fig)
 
 
 def test_checkpoint_resume_equals_an_uninterrupted_run(blob_dataset, tmp_path):

@@ -114,7 +114,8 @@ class GibbsSampler:
         self.scale_move = None
         if scale_move:
             fitted = self.names if self.fit_backgrounds else []
-            templates = np.array([engine.background_template_at_bins(n) for n in fitted]).reshape(len(fitted), -1)
+            templates = np.array([engine.background_template_at_bins(n) for n in fitted]).reshape(
+                len(fitted), engine.data.nnz)
             self.scale_move = ScaleMove(engine.data.counts, templates, self.bkg_totals[:len(fitted)],
                                         self.tree.total_prior, self.bkg_prior[:len(fitted)])
 
