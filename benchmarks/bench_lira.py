@@ -6,7 +6,9 @@ file of ``bench_rl.py``), then LIRA's chains (``--chains`` x (``--burn-in`` + ``
 timed per sweep, with the median bulk ESS over the pixels per minute of sampling and the split-R-hat.
 Quality: the L2 error over pixels of the posterior mean and of the RL image against the injected
 sky (relative to the sky's norm). The last printed line is one JSON object with ``sweep_s``,
-``rl_iter_s``, ``sweep_over_rl``, ``ess_per_min``, ``peak_mb`` and the diagnostics.
+``rl_iter_s``, ``sweep_over_rl``, ``ess_per_min``, ``peak_mb`` and the diagnostics; ``sweep_gibbs_s`` is a
+sweep without the joint move of the sky total and the background norms (``scale_move=False``), timed on the
+same chains' last states.
 """
 import logging
 import sys
@@ -20,6 +22,7 @@ from bench_rl import seconds_per_iteration  # noqa: E402
 
 from cosi_imaging_plugin.datasets import COSIDataset  # noqa: E402
 from cosi_imaging_plugin.uncertainty import LIRA  # noqa: E402
+from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler  # noqa: E402
 
 import _dc2  # noqa: E402
 from _common import PeakRSS, report  # noqa: E402
@@ -38,6 +41,7 @@ def main():
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--burn-in", type=int, default=100)
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--n-jobs", type=int, default=1, help="worker processes of the chains")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dc2 = _dc2.build(args)
@@ -46,13 +50,24 @@ def main():
     seconds_per_iteration(engine, args.nside, 1)  # compile the kernels
     rl_iter_s, rl_results = seconds_per_iteration(engine, args.nside, args.rl_iterations)
     rl_image = np.asarray(rl_results[-1]["model"].contents)
-    lira = LIRA(dataset, n_chains=args.chains, n_samples=args.samples, burn_in=args.burn_in, progress=False)
+    lira = LIRA(dataset, n_chains=args.chains, n_samples=args.samples, burn_in=args.burn_in, n_jobs=args.n_jobs,
+                progress=False)
     lira.sampler.sweep(lira.sampler.dispersed_start(np.random.default_rng(0)), np.random.default_rng(0))  # compile
     with PeakRSS() as memory:
         start = time.perf_counter()
         result = lira.run()
         elapsed = time.perf_counter() - start
-    sweep_s = elapsed / (lira.n_sweeps * args.chains)
+    # with workers, the chains' sweeps overlap: the wall time of one sweep of one chain
+    sweep_s = elapsed / (lira.n_sweeps * args.chains) * min(args.n_jobs, args.chains)
+    s = lira.sampler
+    gibbs = GibbsSampler(engine, s.tree.delta, s.tree.total_prior, fit_backgrounds=s.fit_backgrounds,
+                         scale_move=False)
+    rng = np.random.default_rng(1)
+    state = gibbs.dispersed_start(rng)
+    start = time.perf_counter()
+    for _ in range(3):
+        state, _ = gibbs.sweep(state, rng)
+    sweep_gibbs_s = (time.perf_counter() - start) / 3
     diagnostics = result.diagnostics(warn=False)
     ess_pixels = float(np.median(diagnostics["ess"]["pixels"]))
     truth = np.asarray(dc2.image, dtype=np.float64).reshape(rl_image.shape)
@@ -63,6 +78,8 @@ def main():
         "sweep_s": round(sweep_s, 3),
         "rl_iter_s": round(rl_iter_s, 3),
         "sweep_over_rl": round(sweep_s / rl_iter_s, 2),
+        "sweep_gibbs_s": round(sweep_gibbs_s, 3),
+        "n_jobs": args.n_jobs,
         "ess_per_min": round(ess_pixels / (elapsed / 60.0), 1),
         "peak_mb": round(memory.peak_mb, 0),
         "chains": args.chains, "burn_in": args.burn_in, "samples": args.samples,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import healpy as hp
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from scipy import integrate
@@ -17,6 +18,8 @@ from scipy import integrate
 from cosi_imaging_plugin.errors import CosiInputError, InvalidValueError
 from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat
 from cosi_imaging_plugin.uncertainty.allocation import Allocator
+from cosi_imaging_plugin.uncertainty.plots import plot_summary
+from cosi_imaging_plugin.uncertainty.scale import ScaleMove
 from cosi_imaging_plugin.uncertainty.tree import (
     MultiscaleTree,
     aggregate,
@@ -89,6 +92,38 @@ def test_allocation_rejects_fractional_counts():
     engine.data.counts = engine.data.counts + 0.5
     with pytest.raises(CosiInputError, match="whole numbers"):
         Allocator(engine)
+
+
+# ---- the joint move of the sky total and the background norm --------------------------------------
+def test_scale_move_draws_the_conditional_posterior():
+    """Chained moves of (sky total, background norm) given the shape: their means equal those of the
+    conditional posterior (quadrature on a grid of the logarithms) within 4 standard errors from the
+    chain's effective sample size; the acceptance of the independence proposal is high."""
+    rng = np.random.default_rng(12)
+    unit_sky, template = rng.gamma(1.0, 1.0, (2, 200))
+    unit_sky /= 1.25 * unit_sky.sum()  # the non-empty bins hold 80 % of the sky's expected counts
+    template_total = 1.1 * template.sum()
+    counts = rng.poisson(300.0 * unit_sky + 0.5 * template).astype(float)
+    move = ScaleMove(counts, template[None], [template_total], (2.0, 0.01), [[3.0, 1.0]])
+    state, chain, accepted = np.array([100.0, 2.0]), [], 0
+    for _ in range(3000):
+        state, n = move.draw(unit_sky[None], np.array([1.0]), state, rng)
+        chain.append(state)
+        accepted += n
+    chain = np.array(chain[100:])
+    assert accepted > 0.5 * 3 * 3000
+    columns, totals, shape, rate = move._design(unit_sky[None], np.array([1.0]))
+    centre = np.log(chain.mean(axis=0))
+    grid = [c + np.linspace(-8, 8, 401) * np.log(chain).std(axis=0)[i] for i, c in enumerate(centre)]
+    u, v = np.meshgrid(*grid, indexing="ij")
+    log_p = np.array([[move.log_target(np.array([a, b]), columns, totals, counts, shape, rate, np.zeros(200))
+                       for a, b in zip(row_u, row_v)] for row_u, row_v in zip(u, v)])
+    weights = np.exp(log_p - log_p.max())
+    weights /= weights.sum()
+    for i, values in enumerate((np.exp(u), np.exp(v))):
+        expected = float(np.sum(weights * values))
+        error = chain[:, i].std() / math.sqrt(float(ess(chain[None, :, i])))
+        assert abs(chain[:, i].mean() - expected) < 4 * error, (i, chain[:, i].mean(), expected, error)
 
 
 # ---- the multiscale prior ----------------------------------------------------------------------
@@ -230,6 +265,17 @@ def test_maps_diagnostics_and_fits(blob_result, tmp_path):
     assert np.allclose(std, np.asarray(maps["std"].contents)[:, 1])
 
 
+def test_summary_figure_shows_the_maps_and_every_trace_with_its_rhat(blob_result):
+    fig = plot_summary(blob_result, energy_index=1)
+    titles = [ax.get_title() for ax in fig.axes]
+    rhats = blob_result.diagnostics(warn=False)["rhat"]
+    for name in ("log_posterior", "smoothing", "background_norms", "total_flux"):
+        assert f"{name}: R-hat {float(np.max(rhats[name])):.3f}" in titles
+    for title in ("posterior mean", "posterior std", "posterior mean / std"):
+        assert any(t.startswith(title + ",") for t in titles), titles
+    plt.close(fig)
+
+
 def test_checkpoint_resume_equals_an_uninterrupted_run(blob_dataset, tmp_path):
     settings = {"n_chains": 2, "n_samples": 10, "burn_in": 5, "seed": 7, "progress": False}
     whole = LIRA(blob_dataset, **settings).run()
@@ -241,6 +287,15 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(blob_dataset, tmp_path):
     assert np.array_equal(resumed.trace("log_posterior"), whole.trace("log_posterior"))
     with pytest.raises(CosiInputError, match="another run"):
         LIRA(blob_dataset, checkpoint=path, **{**settings, "seed": 8}).run()
+
+
+def test_chains_in_worker_processes_equal_the_serial_run(blob_dataset):
+    settings = {"n_chains": 2, "n_samples": 10, "burn_in": 5, "seed": 7, "progress": False, "checkpoint_every": 6}
+    serial = LIRA(blob_dataset, **settings).run()
+    parallel = LIRA(blob_dataset, n_jobs=2, **settings).run()
+    assert np.array_equal(parallel.draws, serial.draws)
+    for name in serial.traces:
+        assert np.array_equal(parallel.traces[name], serial.traces[name]), name
 
 
 def test_bad_settings_name_the_key(blob_dataset, caplog):

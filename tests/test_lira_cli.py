@@ -41,8 +41,8 @@ def test_lira_writes_maps_summary_and_figures(dataset_dir, tmp_path, capsys):
     mean = Histogram.open(out / "lira_maps.h5", name="mean")
     fits_mean = hp.read_map(str(out / "lira_maps_E0.fits"), field=0, nest=None)
     assert np.allclose(fits_mean, np.asarray(mean.contents)[:, 0])
-    for name in ("lira_mean_E0.png", "lira_std_E0.png", "lira_significance_E0.png", "lira_traces.png",
-                 "lira_checkpoint.npz"):
+    for name in ("lira_mean_E0.png", "lira_std_E0.png", "lira_significance_E0.png", "lira_summary_E0.png",
+                 "lira_traces.png", "lira_checkpoint.npz"):
         assert (out / name).stat().st_size > 0
     # the folder is not replaced by accident
     assert main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA",

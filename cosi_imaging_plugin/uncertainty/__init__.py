@@ -8,8 +8,9 @@
   histograms, HEALPix FITS), traces, split-R-hat and ESS, region fluxes with credible
   intervals; :func:`region_significance`: a region's flux against a null model without the
   feature, by posterior predictive simulation;
-- :mod:`.allocation`, :mod:`.tree`, :mod:`.gibbs`: the data augmentation, the multiscale
-  prior and the sweep; :mod:`.diagnostics`: R-hat and ESS.
+- :mod:`.allocation`, :mod:`.tree`, :mod:`.gibbs`, :mod:`.scale`: the data augmentation, the
+  multiscale prior, the sweep and its joint move of the sky totals and background norms;
+  :mod:`.diagnostics`: R-hat and ESS; :mod:`.plots`: figures (``plot_summary``: all in one).
 """
 from .diagnostics import ess, rhat
 from .lira import LIRA

@@ -13,7 +13,8 @@ The kernels walk the stored response blocks column by column, as the engine's fo
 product does, and draw each multinomial by the inverse CDF at sorted uniforms made from
 exponential spacings (``u_m = (E_1 + ... + E_m) / (E_1 + ... + E_{d+1})``), whose
 exponentials are drawn in numpy from the caller's generator: a run is reproducible
-whatever the number of threads.
+whatever the number of threads. Both stages draw through the same two helpers
+(:func:`_draw_start`, :func:`_draw_cell`).
 """
 import numba
 import numpy as np
@@ -21,6 +22,30 @@ import numpy as np
 from ..engine.block_ops import BLOCK
 from ..engine.sky_mapping import CCMMapping
 from ..errors import CosiInputError
+
+
+@numba.njit(cache=True, inline="always")
+def _draw_start(spacings, o, d, total):
+    """Scale of the sorted targets of a multinomial of `d` counts over weights summing to `total`, and the
+    first partial sum: target ``m`` is ``(E_1 + ... + E_m) * scale``."""
+    norm = 0.0
+    for m in range(d + 1):
+        norm += spacings[o + m]
+    return total / norm, spacings[o]
+
+
+@numba.njit(cache=True, inline="always")
+def _draw_cell(w, cum, m, d, partial, scale, spacings, o):
+    """One cell of the inverse-CDF walk: the weight `w` added to the running sum `cum`; returns the counts
+    of the cell (the sorted targets below the new sum) and the walk's new (cum, m, partial)."""
+    cum += w
+    n = 0
+    while m < d and partial * scale < cum:
+        n += 1
+        m += 1
+        partial += spacings[o + m]
+    return n, cum, m, partial
+
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -74,24 +99,15 @@ def allocate_bins(col_ptr, block, values, active_cols, chunks, data_ptr, data_ro
                     continue
                 ll += counts[q] * np.log(total)
                 o = offsets[q]
-                norm = 0.0
-                for m in range(d + 1):
-                    norm += spacings[o + m]
-                scale = total / norm
+                scale, partial = _draw_start(spacings, o, d, total)
                 m = 0
-                partial = spacings[o]
-                target = partial * scale
                 cum = 0.0
                 last = -1
                 for k in range(n_bkg):
                     w = bkg_weights[k, q]
                     if w > 0.0:
-                        cum += w
-                        while m < d and target < cum:
-                            out_bkg[h, k] += 1.0
-                            m += 1
-                            partial += spacings[o + m]
-                            target = partial * scale
+                        n, cum, m, partial = _draw_cell(w, cum, m, d, partial, scale, spacings, o)
+                        out_bkg[h, k] += n
                         last = -2 - k
                 if m < d:
                     for b in range(col_ptr[c], col_ptr[c + 1]):
@@ -99,12 +115,9 @@ def allocate_bins(col_ptr, block, values, active_cols, chunks, data_ptr, data_ro
                         for u in range(BLOCK):
                             w = np.float64(values[b, u]) * r[base + u]
                             if w > 0.0:
-                                cum += w
-                                while m < d and target < cum:
-                                    acc[s, base + u] += 1.0
-                                    m += 1
-                                    partial += spacings[o + m]
-                                    target = partial * scale
+                                n, cum, m, partial = _draw_cell(w, cum, m, d, partial, scale, spacings, o)
+                                if n:
+                                    acc[s, base + u] += n
                                 last = base + u
                         if m >= d:
                             break
@@ -153,24 +166,16 @@ def allocate_to_sky(indptr, sky_pixel, weight, image, position, source_counts, o
                     for q in range(indptr[row], indptr[row + 1]):
                         total += weight[q] * image[sky_pixel[q], e]
                     o = offsets[s, k]
-                    norm = 0.0
-                    for m in range(d + 1):
-                        norm += spacings[o + m]
-                    scale = total / norm
+                    scale, partial = _draw_start(spacings, o, d, total)
                     m = 0
-                    partial = spacings[o]
-                    target = partial * scale
                     cum = 0.0
                     last = -1
                     for q in range(indptr[row], indptr[row + 1]):
                         w = weight[q] * image[sky_pixel[q], e]
                         if w > 0.0:
-                            cum += w
-                            while m < d and target < cum:
-                                sky[sky_pixel[q], e] += 1.0
-                                m += 1
-                                partial += spacings[o + m]
-                                target = partial * scale
+                            n, cum, m, partial = _draw_cell(w, cum, m, d, partial, scale, spacings, o)
+                            if n:
+                                sky[sky_pixel[q], e] += n
                             last = sky_pixel[q]
                         if m >= d:
                             break

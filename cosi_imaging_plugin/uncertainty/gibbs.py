@@ -10,9 +10,15 @@ templates times their norms ``b``); ``x`` of every Ei bin under the multiscale p
 2. the smoothing parameter of every level given the complete counts, the splits integrated
    out (slice sampling), then the total and the multiscale splits of every Ei bin given the
    complete counts and the smoothing (a blocked step);
-3. the background norms given their counts: ``b_k ~ Gamma(alpha_k + n_k, beta_k + sum_i B_k,i)``.
+3. the background norms given their counts: ``b_k ~ Gamma(alpha_k + n_k, beta_k + sum_i B_k,i)``;
+4. the sky total of every Ei bin and the background norms together given the sky's shape, the
+   allocation integrated out (:mod:`.scale`, an exact Metropolis-Hastings move): the ridge along
+   which a sky total and a background trade counts is crossed in one step, where steps 1-3
+   alone creep along it.
 
-Every step draws from an exact conditional, so the chain's stationary law is the posterior.
+Every step leaves the posterior invariant (1-3 draw from exact conditionals, 4 is a
+Metropolis-Hastings step on the posterior with the allocation integrated out, followed by a
+fresh allocation in the next sweep), so the chain's stationary law is the posterior.
 """
 import logging
 import math
@@ -24,6 +30,7 @@ import numpy as np
 from ..binning import is_nested
 from ..errors import CosiInputError
 from .allocation import Allocator
+from .scale import ScaleMove
 from .tree import MultiscaleTree, fractions_of_image
 
 logger = logging.getLogger(__name__)
@@ -66,9 +73,11 @@ class GibbsSampler:
         Gamma priors (shape, rate) of the background norms; flat (1, 0) where not given.
     fit_backgrounds : bool
         Draw the background norms; if False they stay at their initial values.
+    scale_move : bool
+        Add the joint move of the sky totals and the background norms (:mod:`.scale`) to every sweep.
     """
 
-    def __init__(self, engine, delta, total_prior, background_priors=None, fit_backgrounds=True):
+    def __init__(self, engine, delta, total_prior, background_priors=None, fit_backgrounds=True, scale_move=True):
         self.engine = engine
         axis = engine.model_axes[0]
         self.n_pix, self.n_ei = (int(n) for n in engine.model_axes.nbins)
@@ -102,6 +111,13 @@ class GibbsSampler:
         self.fit_backgrounds = bool(fit_backgrounds)
         self.allocator = Allocator(engine)
         self.solid_angle = 4 * np.pi / self.n_pix
+        self.scale_move = None
+        if scale_move:
+            fitted = self.names if self.fit_backgrounds else []
+            templates = np.array([engine.background_template_at_bins(n) for n in fitted]).reshape(
+                len(fitted), engine.data.nnz)
+            self.scale_move = ScaleMove(engine.data.counts, templates, self.bkg_totals[:len(fitted)],
+                                        self.tree.total_prior, self.bkg_prior[:len(fitted)])
 
     # ---- pixel order -------------------------------------------------------------------------
     def nested(self, values):
@@ -173,8 +189,42 @@ class GibbsSampler:
         if self.fit_backgrounds and self.names:
             shape, rate = self.bkg_prior.T
             norms = rng.gamma(shape + bkg_counts) / (rate + self.bkg_totals)
+        new_image = self.model_order(new_image)
+        if self.scale_move is not None:
+            new_image, norms = self.move_scales(new_image, norms, rng)
+            return self.state(new_image, smoothing, norms), log_like
         log_prior += self._bkg_log_prior(norms)
-        return ChainState(self.model_order(new_image), smoothing, norms, log_prior), log_like
+        return ChainState(new_image, smoothing, norms, log_prior), log_like
+
+    def move_scales(self, image, norms, rng):
+        """The joint move of the sky totals and the (sampled) background norms, the sky's shape fixed.
+
+        Parameters
+        ----------
+        image : ndarray, shape (n_pix, n_ei)
+            Sky image in the model grid's order.
+        norms : ndarray, shape (n_bkg,)
+        rng : numpy.random.Generator
+
+        Returns
+        -------
+        image, norms
+            The image rescaled per Ei bin and the new norms.
+        """
+        engine = self.engine
+        no_background = {n: 0.0 for n in self.names}
+        mu = image.sum(axis=0) * self.exposure_max  # expected complete counts of every Ei bin
+        unit_sky = np.empty((self.n_ei, engine.data.nnz))
+        for e in range(self.n_ei):
+            single = np.zeros_like(image)
+            single[:, e] = image[:, e] / mu[e]
+            unit_sky[e] = engine.expectation_at_bins(single, no_background)
+        unit_totals = (image * self.exposure).sum(axis=0) / mu
+        fitted = self.fit_backgrounds and bool(self.names)
+        offset = None if fitted else engine.background_at_bins(dict(zip(self.names, norms)))
+        current = np.concatenate([mu, norms]) if fitted else mu
+        new, _ = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset)
+        return image * (new[:self.n_ei] / mu), (new[self.n_ei:] if fitted else norms)
 
     def total_flux(self, image):
         """Flux ``sum_j x_j dOmega`` of an image, per Ei bin (ph cm-2 s-1)."""

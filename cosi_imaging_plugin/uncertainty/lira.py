@@ -1,8 +1,15 @@
-"""LIRA on the sphere: several Gibbs chains, their draws, checkpoints and resumption."""
+"""LIRA on the sphere: several Gibbs chains, their draws, checkpoints and resumption.
+
+The chains run segment by segment (the sweeps between two checkpoints), each chain with its
+own generator: in worker processes (``n_jobs > 1``) or in turn, the draws are the same.
+"""
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -17,6 +24,63 @@ from .tree import DEFAULT_DELTA, DEFAULT_TOTAL_PRIOR
 logger = logging.getLogger(__name__)
 
 _WHERE = "LIRA"
+
+#: The sampler of a worker process (set once by :func:`_start_worker`).
+_WORKER_SAMPLER = None
+
+
+def run_segment(sampler, state, rng, start, stop, burn_in, thin):
+    """Sweeps ``start`` to ``stop`` of one chain.
+
+    Parameters
+    ----------
+    sampler : GibbsSampler
+    state : ChainState
+        The state at sweep ``start``.
+    rng : numpy.random.Generator
+        The chain's generator.
+    start, stop : int
+    burn_in, thin : int
+        Which sweeps are kept as draws.
+
+    Returns
+    -------
+    state : ChainState
+        The state at sweep ``stop``.
+    rng : numpy.random.Generator
+    traces : dict of str to ndarray
+        Rows ``start`` to ``stop`` of the chain's traces (the state each sweep starts from).
+    draws : dict of int to ndarray
+        Kept images by draw index.
+    """
+    n = stop - start
+    traces = {"log_likelihood": np.empty(n), "log_posterior": np.empty(n),
+              "smoothing": np.empty((n,) + state.smoothing.shape), "background_norms": np.empty((n, len(state.norms))),
+              "total_flux": np.empty((n, sampler.n_ei))}
+    draws = {}
+    for i, t in enumerate(range(start, stop)):
+        new, log_like = sampler.sweep(state, rng)
+        # the traces describe the state each sweep starts from (its likelihood comes with the sweep)
+        traces["log_likelihood"][i] = log_like
+        traces["log_posterior"][i] = log_like + state.log_prior
+        traces["smoothing"][i] = state.smoothing
+        traces["background_norms"][i] = state.norms
+        traces["total_flux"][i] = sampler.total_flux(state.image)
+        kept = t - burn_in
+        if kept >= 0 and kept % thin == 0:
+            draws[kept // thin] = new.image.astype(np.float32)
+        state = new
+    return state, rng, traces, draws
+
+
+def _start_worker(sampler, threads):
+    global _WORKER_SAMPLER
+    _WORKER_SAMPLER = sampler
+    numba.set_num_threads(threads)
+
+
+def _worker_segment(*args):
+    return run_segment(_WORKER_SAMPLER, *args)
 
 
 class LIRA:
@@ -49,6 +113,10 @@ class LIRA:
         Gamma (shape, rate) priors of background norms; flat where not given.
     fit_backgrounds : bool
         Sample the background norms (else they stay at `initial_norms`).
+    scale_move : bool
+        Add to every sweep the joint move of the sky totals and the background norms (:mod:`.scale`):
+        it crosses in one step the ridge along which a sky total and a background trade counts, at the
+        cost of one forward product per Ei bin.
     initial_norms : dict of str to float, optional
         Starting background norms (1 where not given).
     seed : int
@@ -57,7 +125,11 @@ class LIRA:
         File (``.npz``) where the run is saved every `checkpoint_every` sweeps and at the end,
         atomically; a run finding it resumes from it.
     checkpoint_every : int
-        Sweeps between checkpoints.
+        Sweeps between checkpoints (and between two updates of the progress bar).
+    n_jobs : int
+        Worker processes running the chains in parallel (at most one per chain), each with its own copy of
+        the dataset's engine and ``cores // n_jobs`` threads; 1 runs them in turn in this process. The
+        draws are the same either way.
     progress : bool
         Show a progress bar.
 
@@ -69,8 +141,8 @@ class LIRA:
 
     def __init__(self, dataset, *, n_chains=4, n_samples=200, burn_in=200, thin=1, delta=DEFAULT_DELTA,
                  total_prior=DEFAULT_TOTAL_PRIOR, initial_smoothing=1.0, initial_image=None,
-                 background_priors=None, fit_backgrounds=True, initial_norms=None, seed=0, checkpoint=None,
-                 checkpoint_every=50, progress=True):
+                 background_priors=None, fit_backgrounds=True, scale_move=True, initial_norms=None, seed=0,
+                 checkpoint=None, checkpoint_every=50, n_jobs=1, progress=True):
         self.dataset = dataset
         self.n_chains = validation.number(n_chains, "n_chains", _WHERE, low=1, integer=True)
         self.n_samples = validation.number(n_samples, "n_samples", _WHERE, low=1, integer=True)
@@ -91,16 +163,18 @@ class LIRA:
                 validation.number(prior[0], f"background_priors.{name} shape", _WHERE, low=0, low_open=True),
                 validation.number(prior[1], f"background_priors.{name} rate", _WHERE, low=0))
         self.fit_backgrounds = validation.flag(fit_backgrounds, "fit_backgrounds", _WHERE)
+        self.scale_move = validation.flag(scale_move, "scale_move", _WHERE)
         self.seed = validation.number(seed, "seed", _WHERE, low=0, integer=True)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = validation.number(checkpoint_every, "checkpoint_every", _WHERE, low=1,
                                                   integer=True)
+        self.n_jobs = validation.number(n_jobs, "n_jobs", _WHERE, low=1, integer=True)
         self.progress = validation.flag(progress, "progress", _WHERE)
         if self.n_chains < 2 or self.n_samples < MIN_DRAWS:
             logger.warning("LIRA: %d chain(s) of %d draws: R-hat needs at least 2 chains of %d draws "
                            "(n_chains, n_samples)", self.n_chains, self.n_samples, MIN_DRAWS)
         self.sampler = GibbsSampler(dataset.engine, self.delta, self.total_prior, self.background_priors,
-                                    self.fit_backgrounds)
+                                    self.fit_backgrounds, self.scale_move)
         self.initial_image = None if initial_image is None else dataset.engine.image_values(initial_image)
         norms = dict(initial_norms or {})
         self.initial_norms = np.array([float(norms.get(n, 1.0)) for n in self.sampler.names])
@@ -114,7 +188,8 @@ class LIRA:
         return {"n_chains": self.n_chains, "n_samples": self.n_samples, "burn_in": self.burn_in,
                 "thin": self.thin, "delta": self.delta, "total_prior": list(self.total_prior),
                 "seed": self.seed, "n_pix": self.sampler.n_pix, "n_ei": self.sampler.n_ei,
-                "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds}
+                "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds,
+                "scale_move": self.scale_move}
 
     def _start(self):
         """Fresh chains: generators, dispersed states, empty traces and draws."""
@@ -149,29 +224,37 @@ class LIRA:
         stop = self.n_sweeps if max_sweeps is None else min(self.n_sweeps, run["sweep"] + int(max_sweeps))
         bar = tqdm(total=self.n_sweeps, initial=run["sweep"], desc="LIRA sweeps", unit="sweep",
                    disable=not self.progress)
+        workers = min(self.n_jobs, self.n_chains)
+        pool = None
+        if workers > 1 and run["sweep"] < stop:
+            threads = max(1, numba.get_num_threads() // workers)
+            # spawned workers: forking a process whose compiled kernels hold threads is not safe
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_start_worker, initargs=(s, threads))
         try:
             while run["sweep"] < stop:
-                t = run["sweep"]
-                for c in range(self.n_chains):
-                    state = run["states"][c]
-                    new, log_like = s.sweep(state, run["rngs"][c])
-                    traces = run["traces"]
-                    # the traces describe the state each sweep starts from (its likelihood comes with the sweep)
-                    traces["log_likelihood"][c, t] = log_like
-                    traces["log_posterior"][c, t] = log_like + state.log_prior
-                    traces["smoothing"][c, t] = state.smoothing
-                    traces["background_norms"][c, t] = state.norms
-                    traces["total_flux"][c, t] = s.total_flux(state.image)
-                    run["states"][c] = new
-                    kept = t - self.burn_in
-                    if kept >= 0 and kept % self.thin == 0:
-                        run["draws"][c, kept // self.thin] = new.image
-                run["sweep"] += 1
-                bar.update()
-                if self.checkpoint is not None and run["sweep"] % self.checkpoint_every == 0:
+                start = run["sweep"]
+                end = min(stop, (start // self.checkpoint_every + 1) * self.checkpoint_every)
+                args = [(run["states"][c], run["rngs"][c], start, end, self.burn_in, self.thin)
+                        for c in range(self.n_chains)]
+                if pool is None:
+                    segments = [run_segment(s, *a) for a in args]
+                else:
+                    segments = [f.result() for f in [pool.submit(_worker_segment, *a) for a in args]]
+                for c, (state, rng, traces, draws) in enumerate(segments):
+                    run["states"][c], run["rngs"][c] = state, rng
+                    for name, values in traces.items():
+                        run["traces"][name][c, start:end] = values
+                    for index, image in draws.items():
+                        run["draws"][c, index] = image
+                run["sweep"] = end
+                bar.update(end - start)
+                if self.checkpoint is not None and end % self.checkpoint_every == 0:
                     self._save(run)
         finally:
             bar.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         if self.checkpoint is not None:
             self._save(run)
         if run["sweep"] < self.n_sweeps:

@@ -1,0 +1,170 @@
+"""A joint Metropolis move of the sky totals and the background norms, the sky's shape held fixed.
+
+On a short observation the sky's total counts and a background that is nearly isotropic in
+the spacecraft frame explain the data almost equally well: the Gibbs sweep, which moves them
+in turn through the allocated counts, then wanders along that ridge for hundreds of sweeps.
+This move draws them together from their conditional posterior given the sky's shape (the
+multiscale splits), integrating the allocation out:
+
+``p(mu, b | shape, d) ~ prod_i Poisson(d_i; sum_e mu_e G_e,i + sum_k b_k B_k,i) p(mu) p(b)``
+
+with ``mu_e`` the expected complete counts of Ei bin ``e`` (the tree's total times ``Xmax``),
+``G_e,i`` the expected counts at bin ``i`` per unit ``mu_e`` of the current shape and
+``B_k,i`` the background templates. The proposal is an independent multivariate Student-t
+on the logarithms, centred on the conditional mode with the scale of the curvature there
+(a Laplace approximation). The mode and the curvature depend on the shape and the data only,
+never on the current totals, so the Metropolis-Hastings ratio of an independence sampler
+makes the move exact. On the original scale the log-density with the Jacobian of the
+logarithms is concave (a Poisson likelihood linear in ``(mu, b)`` and Gamma priors of
+positive shape), so the mode is unique and Newton's method with step halving finds it.
+"""
+import numpy as np
+
+#: Degrees of freedom of the Student-t proposal: tails heavier than the posterior's.
+T_DOF = 5.0
+
+
+def _gram(columns, weights):
+    """``columns.T @ diag(weights) @ columns`` by einsum: a few columns over many bins, where a threaded
+    BLAS product costs more in threads than in arithmetic."""
+    return np.einsum("ik,il->kl", columns * weights[:, None], columns)
+
+
+class ScaleMove:
+    """Independence Metropolis-Hastings move of ``(log mu_e, log b_k)`` given the sky's shape.
+
+    Parameters
+    ----------
+    counts : ndarray, shape (nnz,)
+        Counts of the non-empty bins (the empty bins enter through the totals only).
+    templates : ndarray, shape (n_bkg, nnz)
+        Background templates at the non-empty bins (per unit norm).
+    template_totals : ndarray, shape (n_bkg,)
+        Background templates summed over all bins.
+    sky_prior : (float, float)
+        Gamma (shape, rate) prior of every ``mu_e``.
+    bkg_prior : ndarray, shape (n_bkg, 2)
+        Gamma (shape, rate) priors of the norms.
+    n_proposals : int
+        Proposals per move.
+    """
+
+    def __init__(self, counts, templates, template_totals, sky_prior, bkg_prior, n_proposals=3):
+        self.counts = np.asarray(counts, dtype=np.float64)
+        self.templates = np.asarray(templates, dtype=np.float64)
+        self.template_totals = np.asarray(template_totals, dtype=np.float64)
+        self.sky_prior = tuple(float(v) for v in sky_prior)
+        self.bkg_prior = np.asarray(bkg_prior, dtype=np.float64).reshape(-1, 2)
+        self.n_proposals = int(n_proposals)
+
+    def _design(self, unit_sky, unit_totals):
+        """Columns (nnz, n_params) and all-bin totals (n_params,) per unit of every parameter; prior shapes, rates."""
+        columns = np.concatenate([np.asarray(unit_sky, dtype=np.float64).reshape(-1, self.counts.size),
+                                  self.templates]).T
+        totals = np.concatenate([unit_totals, self.template_totals])
+        n_sky = len(unit_totals)
+        shape = np.concatenate([np.full(n_sky, self.sky_prior[0]), self.bkg_prior[:, 0]])
+        rate = np.concatenate([np.full(n_sky, self.sky_prior[1]), self.bkg_prior[:, 1]])
+        return columns, totals, shape, rate
+
+    @staticmethod
+    def log_target(theta, columns, totals, counts, shape, rate, offset):
+        """Log-density of the logarithms ``theta`` (Jacobian included, up to a constant)."""
+        value = np.exp(theta)
+        eps = columns @ value + offset
+        if not np.all(eps > 0):
+            return -np.inf
+        return float(np.sum(counts * np.log(eps))) - float(totals @ value) + float(np.sum(shape * theta - rate * value))
+
+    @staticmethod
+    def mode(columns, totals, counts, shape, rate, offset, max_iter=200):
+        """The conditional mode (on the original scale) and the curvature of the log-density at it.
+
+        Returns
+        -------
+        value : ndarray, shape (n_params,)
+            ``(mu, b)`` at the mode.
+        hessian : ndarray, shape (n_params, n_params)
+            Hessian of the log-density of the logarithms at the mode.
+        """
+        def objective(v):
+            eps = columns @ v + offset
+            if not (np.all(v > 0) and np.all(eps > 0)):
+                return -np.inf
+            return float(np.sum(counts * np.log(eps))) - float(totals @ v) + float(np.sum(shape * np.log(v) - rate * v))
+
+        # a start of the data's own (every parameter given an equal share of the counts), never the chain's
+        # state: the proposal must not depend on it
+        v = max(float(counts.sum()), 1.0) / (totals.size * totals)
+        current = objective(v)
+        for _ in range(max_iter):
+            eps = columns @ v + offset
+            w = counts / eps
+            grad = (columns.T * w).sum(axis=1) - totals + shape / v - rate
+            hess = -_gram(columns, w / eps) - np.diag(shape / v ** 2)
+            step = np.linalg.solve(hess, -grad)
+            t = 1.0
+            while t > 1e-12:
+                trial = v + t * step
+                value = objective(trial) if np.all(trial > 0) else -np.inf
+                if value >= current:
+                    break
+                t *= 0.5
+            if t <= 1e-12:
+                break
+            converged = np.all(np.abs(trial - v) <= 1e-9 * v)
+            v, current = trial, value
+            if converged:
+                break
+        eps = columns @ v + offset
+        hess = -_gram(columns, counts / eps ** 2) - np.diag(shape / v ** 2)
+        # curvature of the log-density of log v: D H D (the gradient vanishes at the mode)
+        return v, v[:, None] * hess * v[None, :]
+
+    def draw(self, unit_sky, unit_totals, current, rng, offset=None):
+        """New ``(mu, b)`` from the move.
+
+        Parameters
+        ----------
+        unit_sky : ndarray, shape (n_ei, nnz)
+            Expected counts at the non-empty bins per unit ``mu_e`` of the current shape.
+        unit_totals : ndarray, shape (n_ei,)
+            The same summed over all bins.
+        current : ndarray, shape (n_ei + n_bkg,)
+            Current ``(mu, b)``.
+        rng : numpy.random.Generator
+        offset : ndarray, shape (nnz,), optional
+            Fixed expected counts at the non-empty bins (backgrounds whose norms are not sampled; their
+            total over all bins is a constant of the target).
+
+        Returns
+        -------
+        ndarray, shape (n_ei + n_bkg,)
+        int
+            Accepted proposals.
+        """
+        columns, totals, shape, rate = self._design(unit_sky, unit_totals)
+        counts = self.counts
+        offset = np.zeros(counts.size) if offset is None else np.asarray(offset, dtype=np.float64)
+        value, hess = self.mode(columns, totals, counts, shape, rate, offset)
+        centre = np.log(value)
+        # Student-t scale: the inverse of the curvature (its Cholesky factor), mode and scale free of `current`
+        chol = np.linalg.cholesky(np.linalg.inv(-hess))
+        n = centre.size
+        inv_chol = np.linalg.inv(chol)
+
+        def log_proposal(theta):
+            z = inv_chol @ (theta - centre)
+            return -0.5 * (T_DOF + n) * np.log1p(z @ z / T_DOF)
+
+        theta = np.log(np.asarray(current, dtype=np.float64))
+        log_ratio_now = self.log_target(theta, columns, totals, counts, shape, rate, offset) - log_proposal(theta)
+        accepted = 0
+        for _ in range(self.n_proposals):
+            z = rng.standard_normal(n) * np.sqrt(T_DOF / rng.chisquare(T_DOF))
+            proposal = centre + chol @ z
+            log_ratio = self.log_target(proposal, columns, totals, counts, shape, rate, offset) - log_proposal(proposal)
+            if np.log(rng.random()) < log_ratio - log_ratio_now:
+                theta, log_ratio_now = proposal, log_ratio
+                accepted += 1
+        return np.exp(theta), accepted
