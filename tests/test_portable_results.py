@@ -12,7 +12,11 @@ from threeML.analysis_results import MLEResults
 
 from cosi_imaging_plugin.sky.functions import Galactic_gaussian
 from cosi_imaging_plugin.sky.rasterize import Rasterizer
-from cosi_imaging_plugin.threeml.portable_results import is_astromodels_function, write_portable_results
+from cosi_imaging_plugin.threeml.portable_results import (
+    is_astromodels_function,
+    relocate_portable_results,
+    write_portable_results,
+)
 
 # reads the file with threeML alone and prints the parameter names and the covariance
 READ = ("import json, sys\n"
@@ -78,6 +82,12 @@ def test_templates_are_recorded_where_the_folder_will_be(fitted, tmp_path):
     work.rename(final)
     read = _read(final / "fit_results.fits", cwd=tmp_path)
     assert "blob.spectrum.main.Gaussian.F" in read["names"]
+    # a folder moved later: relocating the file points it at the templates beside it
+    moved = tmp_path / "elsewhere" / "fit with spaces"
+    moved.parent.mkdir()
+    final.rename(moved)
+    relocate_portable_results(moved / "fit_results.fits")
+    assert _read(moved / "fit_results.fits", cwd=tmp_path)["names"] == read["names"]
 
 
 def test_template_is_the_fitted_shape_normalised(fitted, tmp_path):

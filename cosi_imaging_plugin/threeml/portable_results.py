@@ -10,6 +10,8 @@ shape's parameters are frozen into the map, so the copy's covariance is the fit'
 the remaining free parameters: the marginal of the fit's Gaussian approximation.
 """
 import logging
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,13 @@ from ..sky.rasterize import Rasterizer
 from ..sky.sources import set_value_and_bounds
 from .rl_initializer import healpix_template
 
-__all__ = ["TEMPLATE_NSIDE", "is_astromodels_function", "portable_results", "write_portable_results"]
+__all__ = [
+    "TEMPLATE_NSIDE",
+    "is_astromodels_function",
+    "portable_results",
+    "relocate_portable_results",
+    "write_portable_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +92,7 @@ def portable_results(results, template_dir, nside=TEMPLATE_NSIDE):
         raise CosiInputError(f"sources {unknown} have spectra astromodels does not define: no portable copy")
     if not replaced:
         return results, []
-    template_dir = Path(template_dir)
+    template_dir = Path(template_dir).absolute()  # astromodels opens the file from any working directory
     template_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in replaced:
@@ -127,18 +135,47 @@ def write_portable_results(results, path, final_dir=None, nside=TEMPLATE_NSIDE):
         The templates, where they were written.
     """
     path = Path(path)
-    template_dir = path.parent / f"{path.stem}_templates"
+    template_dir = path.parent / _template_folder(path)
     portable, written = portable_results(results, template_dir, nside)
     with atomic_path(path) as tmp:
         portable.write_to(str(tmp), overwrite=True)
-        here = str(path.parent.absolute())
-        there = str(Path(final_dir).absolute()) if final_dir is not None else here
-        if written and there != here:
+        if written and final_dir is not None:
             # the templates are opened by absolute path when the file is read: record where they will be
-            with fits.open(tmp, mode="update") as hdus:
-                for hdu in hdus[1:]:
-                    if "MODEL" in hdu.header:
-                        hdu.header["MODEL"] = hdu.header["MODEL"].replace(here, there)
+            _record_template_folder(tmp, Path(final_dir) / _template_folder(path))
     logger.info("%s: fit results that load with threeML alone (%d template(s) in %s)", path.name, len(written),
                 template_dir.name)
     return written
+
+
+def relocate_portable_results(path):
+    """Point a moved results file at the templates beside it (``<path stem>_templates/``).
+
+    The model records its templates by absolute path: after moving or copying an output
+    folder, this rewrites those paths (atomically) so that ``load_analysis_results`` finds
+    the templates in their new place.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A results file written by :func:`write_portable_results`.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(path, tmp)
+        _record_template_folder(tmp, path.parent / _template_folder(path))
+
+
+def _template_folder(path):
+    return f"{Path(path).stem}_templates"
+
+
+def _record_template_folder(fits_path, folder):
+    """Rewrite the templates' folder in every serialised model of a results file to `folder`."""
+    folder = Path(folder).absolute()
+    # threeML stores the model's YAML in one header string, its line breaks written as _NEWLINE_:
+    # a template's path is the value that runs, within one line, up to '/<folder name>/'
+    pattern = re.compile(r"(?<=value: )(?:(?!_NEWLINE_).)*?(?=/" + re.escape(folder.name) + "/)")
+    with fits.open(fits_path, mode="update") as hdus:
+        for hdu in hdus[1:]:
+            if "MODEL" in hdu.header:
+                hdu.header["MODEL"] = pattern.sub(lambda _: str(folder.parent), hdu.header["MODEL"])
