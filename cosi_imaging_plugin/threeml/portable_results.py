@@ -86,10 +86,12 @@ def portable_results(results, template_dir, nside=TEMPLATE_NSIDE):
     replaced = [name for name, source in model.extended_sources.items()
                 if not is_astromodels_function(source.spatial_shape)]
     unknown = [name for name, source in model.sources.items()
-               if name not in replaced and not all(is_astromodels_function(c.shape)
-                                                   for c in source.components.values())]
+               if not all(is_astromodels_function(c.shape) for c in source.components.values())]
     if unknown:
         raise CosiInputError(f"sources {unknown} have spectra astromodels does not define: no portable copy")
+    several = [name for name in replaced if len(model.sources[name].components) > 1]
+    if several:
+        raise CosiInputError(f"sources {several} have several spectral components: no portable copy")
     if not replaced:
         return results, []
     template_dir = Path(template_dir).absolute()  # astromodels opens the file from any working directory
@@ -108,7 +110,7 @@ def portable_results(results, template_dir, nside=TEMPLATE_NSIDE):
     # parameters in the order a reader parses them back, which the stored covariance must follow
     model = ModelParser(model_dict=model.to_dict_with_types()).get_model()
     before = list(results.optimized_model.free_parameters)
-    keep = [before.index(path) for path in model.free_parameters]
+    keep = [before.index(parameter) for parameter in model.free_parameters]
     covariance = np.asarray(results.covariance_matrix)[np.ix_(keep, keep)]
     portable = MLEResults(model, covariance, dict(results.optimal_statistic_values),
                           statistical_measures=dict(results.statistical_measures))
