@@ -12,7 +12,8 @@ import warnings
 import distributed
 import numpy as np
 import pytest
-from astromodels import ExtendedSource, Gaussian_on_sphere, Model, Powerlaw
+from astromodels import Powerlaw
+from test_plugin import free_gaussian_model, gaussian_source, truth_image
 from threeML import DataList, JointLikelihood
 
 from cosi_imaging_plugin.cli import main
@@ -33,11 +34,9 @@ from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
 from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.io import write_response
 from cosi_imaging_plugin.pipeline import read_fit_config
-from cosi_imaging_plugin.sky.rasterize import Rasterizer
-from cosi_imaging_plugin.sky.spectra import integrate_spectrum
 from cosi_imaging_plugin.threeml import COSIImagingLike
 
-from small_setup import EI_EDGES, NSIDE_MODEL, dataset_for, generated_response, instrument
+from small_setup import NSIDE_MODEL, dataset_for, generated_response, instrument
 
 RTOL = 1e-10
 
@@ -198,18 +197,10 @@ def test_rl_images_equal_after_several_iterations(pair):
         assert rb["background_normalization"] == pytest.approx(ra["background_normalization"], rel=RTOL)
 
 
-def blob(sigma=12.0, K=1e-3, index=-2.0, lon0=266.4, lat0=-28.9):
-    return ExtendedSource("blob", spatial_shape=Gaussian_on_sphere(lon0=lon0, lat0=lat0, sigma=sigma),
-                          spectral_shape=Powerlaw(K=K, index=index, piv=500.0))
-
-
 @pytest.fixture(scope="module")
 def blob_pair(client):
-    """(single-process dataset, sharded dataset) of data drawn from :func:`blob` and the background."""
-    source = blob()
-    image = Rasterizer(NSIDE_MODEL)(source.spatial_shape)[:, None] * integrate_spectrum(
-        source.spectrum.main.shape, EI_EDGES)[None, :]
-    local, _ = dataset_for(image, background_norm=1.0, seed=5)
+    """(single-process dataset, sharded dataset) of data drawn from a Gaussian blob and the background."""
+    local, _ = dataset_for(truth_image(gaussian_source(sigma=12.0, K=1e-3)), background_norm=1.0, seed=5)
     response, ccm, _, template = instrument()
     sharded = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
                                           dtype=np.float64, client=client)
@@ -217,12 +208,7 @@ def blob_pair(client):
 
 
 def fit_setup(dataset):
-    model = Model(blob(sigma=8.0, K=5e-4, index=-2.3, lon0=262.0, lat0=-25.0))
-    shape = model.blob.spatial_shape
-    for name in ("lon0", "lat0", "sigma"):
-        shape.parameters[name].free = True
-    shape.lon0.bounds, shape.lat0.bounds, shape.sigma.bounds = (240, 290), (-50, -5), (2, 30)
-    model.blob.spectrum.main.Powerlaw.K.bounds = (1e-6, 1e-1)
+    model = free_gaussian_model()
     plugin = COSIImagingLike("cosi", dataset)
     plugin.set_model(model)
     return model, plugin

@@ -168,15 +168,21 @@ def test_point_source_fit_recovers_injected_parameters(point_setup):
                         "cosi_instrumental_norm": 1.0})
 
 
-def test_gaussian_source_fit_recovers_position_size_and_spectrum():
-    source = gaussian_source(sigma=12.0, K=1e-3)
-    dataset, _ = dataset_for(truth_image(source), background_norm=1.0, seed=5)
+def free_gaussian_model():
+    """A Gaussian blob model away from the truth of ``gaussian_source(sigma=12, K=1e-3)``, position and size free."""
     model = Model(gaussian_source(sigma=8.0, K=5e-4, index=-2.3, lon0=262.0, lat0=-25.0))
     shape = model.blob.spatial_shape
     for name in ("lon0", "lat0", "sigma"):
         shape.parameters[name].free = True
     shape.lon0.bounds, shape.lat0.bounds, shape.sigma.bounds = (240, 290), (-50, -5), (2, 30)
     model.blob.spectrum.main.Powerlaw.K.bounds = (1e-6, 1e-1)
+    return model
+
+
+def test_gaussian_source_fit_recovers_position_size_and_spectrum():
+    source = gaussian_source(sigma=12.0, K=1e-3)
+    dataset, _ = dataset_for(truth_image(source), background_norm=1.0, seed=5)
+    model = free_gaussian_model()
     jl = JointLikelihood(model, DataList(COSIImagingLike("cosi", dataset)), verbose=False)
     jl.fit(quiet=True)
     check_recovery(jl, {"blob.Gaussian_on_sphere.lon0": 266.4, "blob.Gaussian_on_sphere.lat0": -28.9,
