@@ -7,7 +7,7 @@ import astropy.units as u
 import healpy as hp
 import numpy as np
 import pytest
-from astromodels import ExtendedSource, Gaussian, Model, PointSource, Powerlaw
+from astromodels import ExtendedSource, Gaussian, Model, Parameter, PointSource, Powerlaw
 from threeML.analysis_results import MLEResults
 
 from cosi_imaging_plugin.sky.functions import Galactic_gaussian
@@ -39,6 +39,8 @@ def fitted():
     point = PointSource("src", ra=83.6, dec=22.0, spectral_shape=Powerlaw(K=1e-4, index=-2.0))
     point.position.ra.free = True
     model = Model(ExtendedSource("blob", spatial_shape=shape, spectral_shape=line), point)
+    # a free parameter outside the sources, as a plugin's background norm is: a reader parses it after them
+    model.add_external_parameter(Parameter("cosi_bkg_norm", 1.0, min_value=0.0, max_value=10.0, free=True))
     # a correlated covariance with errors of 2 % of each value (the samples stay inside the bounds)
     n = len(model.free_parameters)
     root = np.random.default_rng(3).normal(size=(n, n))
