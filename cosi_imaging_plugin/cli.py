@@ -45,7 +45,7 @@ from .datasets import COSIDataset
 from .deconvolution import ImageDeconvolution
 from .deconvolution.parameters import save_options
 from .detection import BackgroundEstimator, SourceDetector, TSMapEstimator
-from .distributed import use_scheduler
+from .distributed import MAPPING_PLACES, use_scheduler
 from .errors import CosiFileError, CosiInputError
 from .io.describe import describe_path
 from .io.manifest import read_manifest
@@ -413,6 +413,9 @@ def _global_options(parser, suppress):
                         **default)
     parser.add_argument("--scheduler", metavar="ADDRESS", help="shard the engine over the workers of this Dask "
                         "scheduler (e.g. tcp://host:8786)", **(default or {"default": None}))
+    parser.add_argument("--mapping-on", choices=MAPPING_PLACES, help="with --scheduler, where the sky mapping (the "
+                        "CCM) lives: auto (on the workers when their memory holds it besides their shards, else on "
+                        "the client), workers or client", **(default or {"default": "auto"}))
 
 
 def _output_options(p, default):
@@ -545,7 +548,7 @@ def release_console():
 
 def _main(args):
     try:
-        with use_scheduler(args.scheduler), interrupts_from_signals(), \
+        with use_scheduler(args.scheduler, mapping_on=args.mapping_on), interrupts_from_signals(), \
                 logging_redirect_tqdm(loggers=[logger, logging.getLogger()]):
             lines = _run(args)
         sys.stdout.write("".join(f"{line}\n" for line in lines or []))

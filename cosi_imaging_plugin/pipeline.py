@@ -42,6 +42,7 @@ from .binning import IMAGE_UNIT
 from .datasets import DEFAULT_RTOL, COSIDataset
 from .deconvolution import ImageDeconvolution
 from .deconvolution.results import load_results
+from .distributed import check_mapping_on
 from .errors import CosiFileError, CosiInputError
 from .io.manifest import read_manifest
 from .io.yaml_files import read_yaml
@@ -70,6 +71,7 @@ SCHEMA = {
     "backgrounds": None,  # per template: BACKGROUND_KEYS
     "fit": {"minimizer": None},
     "scheduler": None,  # a Dask scheduler address: the engine sharded over its workers
+    "mapping_on": None,  # on a scheduler, where the CCM lives: auto, workers or client
 }
 BACKGROUND_KEYS = ("bounds", "prior", "free")
 DATA_KEYS = set(SCHEMA["data"])
@@ -137,6 +139,8 @@ def read_fit_config(config):
         raise CosiInputError(f"{where}: 'model:sources' must list at least one source")
     for name, entry in (config.get("backgrounds") or {}).items():
         validation.check_keys(entry, f"backgrounds.{name}", where, known=BACKGROUND_KEYS)
+    if config.get("mapping_on") is not None:
+        check_mapping_on(config["mapping_on"], key=f"{where}: 'mapping_on'")
     _model(config)
     config["_base"] = base
     return config
@@ -248,11 +252,11 @@ def _input_files(files):
     return flat
 
 
-def _analysis_dataset(files, rtol, progress, scheduler=None):
+def _analysis_dataset(files, rtol, progress, scheduler=None, mapping_on=None):
     """The COSIDataset of the configured files (its engine sharded over a Dask scheduler's workers if given)."""
     roles = ("response", "data", "backgrounds", "ccm", "orientation", "exposure_table")
     return COSIDataset.from_files(**{role: files[role] for role in roles if files.get(role)}, rtol=rtol,
-                                  progress=progress, client=scheduler)
+                                  progress=progress, client=scheduler, mapping_on=mapping_on)
 
 
 def _rl_fingerprint(config, checksums):
@@ -470,7 +474,7 @@ def _run_stages(config, out, progress, start):
         bar.update()
         stage("engine")
         dataset = _analysis_dataset(files, float(config.get("response_rtol", DEFAULT_RTOL)), progress,
-                                    config.get("scheduler"))
+                                    config.get("scheduler"), config.get("mapping_on"))
         bar.update()
         stage("deconvolution")
         rl_image = _rl_stage(config, dataset, files, out, _rl_fingerprint(config, checksums), progress)

@@ -16,6 +16,7 @@ from astromodels import Powerlaw
 from test_plugin import free_gaussian_model, gaussian_source, truth_image
 from threeML import DataList, JointLikelihood
 
+from cosi_imaging_plugin import cli, pipeline
 from cosi_imaging_plugin.cli import main
 from cosi_imaging_plugin.datasets import COSIDataset
 from cosi_imaging_plugin.deconvolution import RichardsonLucy
@@ -25,14 +26,19 @@ from cosi_imaging_plugin.distributed import (
     check_memory,
     check_versions,
     connect,
+    current_mapping_on,
+    current_scheduler,
     out_of_core_engine,
+    place_mapping,
     plan_columns,
     sharded_engine,
     use_scheduler,
 )
+from cosi_imaging_plugin.distributed.cluster import workers_of
 from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
 from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.io import write_response
+from cosi_imaging_plugin.io.histograms import write_histogram
 from cosi_imaging_plugin.pipeline import read_fit_config
 from cosi_imaging_plugin.threeml import COSIImagingLike
 
@@ -447,3 +453,92 @@ def test_ts_map_equals_single_process(pair):
     np.testing.assert_array_equal(a["niter"], b["niter"])
     for name in ("ts", "norm", "norm_err"):
         close(a[name], b[name])
+
+
+def test_place_mapping_by_the_room_of_each_worker():
+    needs = {"a": 100, "b": 120}
+    assert place_mapping("auto", {"a": 200, "b": 200}, needs, 50)[0] == "workers"
+    where, why = place_mapping("auto", {"a": 200, "b": 160}, needs, 50)
+    assert where == "client" and "Dask worker b lacks 0.0 MB" in why
+    assert place_mapping("auto", {"a": None, "b": None}, needs, 10**12)[0] == "workers"  # no limits
+    assert place_mapping("auto", {"a": 10, "b": 10}, needs, 0)[0] == "workers"  # nothing to copy
+    assert place_mapping("workers", {"a": 10, "b": 10}, needs, 50) == ("workers", "as asked")
+    with pytest.raises(CosiInputError, match="mapping_on must be one of"):
+        place_mapping("scheduler", {}, needs, 50)
+
+
+def test_auto_keeps_the_ccm_on_the_workers_only_when_their_memory_holds_it(caplog):
+    """One fresh LocalCluster (2 workers of 1 thread, 2 GB): the memory a worker may fill is Dask's pause
+    fraction of its limit, set here first just below its shard plus the CCM (the CCM stays on the client), then at
+    Dask's default (it goes to the workers). The window is the CCM's size (3.4 MB), far above the drift of an idle
+    worker's memory between two heartbeats (~0.3 MB)."""
+    import dask
+
+    response, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, memory_limit="2GB")
+    try:
+        with distributed.Client(cluster, set_as_default=False) as client:
+            def build(**kwargs):
+                return COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
+                                                   dtype=np.float64, client=client, **kwargs).engine
+
+            asked = build(mapping_on="workers")  # the sizes: shard and CCM, per worker
+            shard = max(asked.placement["needs"].values()) - asked.placement["mapping_bytes"]
+            mapping_bytes = asked.placement["mapping_bytes"]
+            assert mapping_bytes == CCMMapping(ccm).nbytes > 3e6
+            del asked
+            info = workers_of(client)
+            used = max(w["metrics"]["memory"] for w in info.values())
+            limit = min(w["memory_limit"] for w in info.values())
+            with dask.config.set({"distributed.worker.memory.pause": (used + shard + mapping_bytes / 2) / limit}), \
+                    caplog.at_level("INFO", logger="cosi_imaging_plugin.distributed.engine"):
+                tight = build()
+            assert tight.mapping_on == "client", tight.placement
+            assert "sky mapping on the client: Dask worker tcp://" in caplog.text
+            assert all(f["mapping_bytes"] == 0 for f in tight.shard_facts())
+            roomy = build()
+            assert roomy.mapping_on == "workers", roomy.placement
+            assert "holds its shard plus the 3.4 MB sky mapping" in roomy.placement["reason"]
+            image = sky_image()
+            assert tight.log_likelihood(image) == pytest.approx(roomy.log_likelihood(image), rel=RTOL)
+    finally:
+        cluster.close()
+
+
+def test_mapping_place_reaches_the_engine_from_a_scheduler_block_the_command_line_and_a_fit_configuration(
+        client, tmp_path, monkeypatch):
+    response, ccm, _, template = instrument()
+    local, _ = dataset_for(sky_image(), seed=12)
+    with use_scheduler(client, mapping_on="client"):
+        inside = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
+                                             dtype=np.float64)
+        explicit = COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
+                                               dtype=np.float64, mapping_on="workers")
+    assert inside.engine.mapping_on == "client" and explicit.engine.mapping_on == "workers"
+    assert current_mapping_on() == "auto"
+    # the command line's flag sets the block every command builds its datasets in
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda args: seen.append((current_scheduler(), current_mapping_on())))
+    assert main(["--scheduler", client.scheduler.address, "info", "x.h5", "--mapping-on", "client"]) == 0
+    assert seen[0][0] is not None and seen[0][1] == "client"
+    with pytest.raises(SystemExit):
+        main(["--mapping-on", "scheduler", "info", "x.h5"])
+    # a fit configuration's key, through the stage that builds the dataset from the configured files
+    files = {"response": write_response(tmp_path / "response.h5", generated_response().axes,
+                                        generated_response().contents, dtype=np.float64),
+             "data": write_histogram(local.counts, tmp_path / "data.h5"),
+             "backgrounds": {"instrumental": write_histogram(template, tmp_path / "bkg.h5")},
+             "ccm": write_histogram(ccm, tmp_path / "ccm.h5")}
+    source = {"name": "s", "type": "point", "l": 0.0, "b": 0.0,
+              "spectrum": {"function": "Powerlaw", "K": 1e-3, "piv": 100.0, "index": -2.0}}
+    config = pipeline.read_fit_config({"data": {"manifest": "x"}, "model": {"sources": [source]},
+                                       "scheduler": client, "mapping_on": "client"})
+    dataset = pipeline._analysis_dataset({k: files[k] for k in files}, 1e-3, False, config["scheduler"],
+                                         config["mapping_on"])
+    assert dataset.engine.mapping_on == "client"
+    with pytest.raises(CosiInputError, match="'mapping_on' must be one of .*'scheduler'"):
+        pipeline.read_fit_config({**config, "mapping_on": "scheduler"})

@@ -80,7 +80,8 @@ class COSIDataset:
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def from_files(cls, response, data, backgrounds=None, ccm=None, orientation=None, exposure_table=None, *,
-                   name="cosi", rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None, progress=True, client=None):
+                   name="cosi", rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None, progress=True, client=None,
+                   mapping_on=None):
         """Dataset from the files of a COSI analysis, in either frame.
 
         Parameters
@@ -114,16 +115,20 @@ class COSIDataset:
         client : distributed.Client, str or cluster, optional
             Shard the engine over a Dask cluster (a client, a scheduler address or a
             cluster): the workers read the response file, each its own CDS columns.
+        mapping_on : {'auto', 'workers', 'client'}, optional
+            With a client, where the sky mapping (the CCM) lives: 'auto' (the default, or
+            that of an enclosing ``use_scheduler`` block) keeps it on the workers when their
+            memory holds their shards plus the mapping (faster), else on the client.
         """
         built = build_engine(response, data, backgrounds, ccm=ccm, orientation=orientation,
                              exposure_table=exposure_table, rtol=rtol, dtype=dtype, nside_model=nside_model,
-                             progress=progress, client=client)
+                             progress=progress, client=client, mapping_on=mapping_on)
         return cls(built.engine, name=name, counts=built.counts, backgrounds=built.backgrounds,
                    attitudes=built.attitudes, rotated=built.rotated)
 
     @classmethod
     def from_histograms(cls, counts, backgrounds, response, ccm=None, *, galactic=False, name="cosi",
-                        rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, client=None):
+                        rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, client=None, mapping_on=None):
         """Dataset from histograms in memory and a response.
 
         Parameters
@@ -145,14 +150,16 @@ class COSIDataset:
         dtype : numpy dtype
         client : distributed.Client, str or cluster, optional
             Shard the engine over a Dask cluster (see :meth:`from_files`).
+        mapping_on : {'auto', 'workers', 'client'}, optional
+            Where the sky mapping lives on a cluster (see :meth:`from_files`).
         """
         built = build_engine(response, counts, backgrounds, ccm=ccm, galactic_response_given=galactic, rtol=rtol,
-                             dtype=dtype, client=client)
+                             dtype=dtype, client=client, mapping_on=mapping_on)
         return cls(built.engine, name=name, counts=built.counts, backgrounds=built.backgrounds)
 
     @classmethod
     def from_manifest(cls, manifest, frame="spacecraft", *, name="cosi", rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE,
-                      progress=True, client=None):
+                      progress=True, client=None, mapping_on=None):
         """Dataset of a dataset directory (``manifest.yaml``, e.g. written by ``cosi-imaging simulate``).
 
         Parameters
@@ -164,7 +171,7 @@ class COSIDataset:
             Galactic-frame data, the response rotated over the exposure table's
             ScAtt bins (or the orientation's); 'auto': spacecraft when the manifest
             has ScAtt-binned data.
-        name, rtol, dtype, progress, client
+        name, rtol, dtype, progress, client, mapping_on
             As for :meth:`from_files`.
         """
         if not isinstance(manifest, Manifest):
@@ -178,7 +185,8 @@ class COSIDataset:
             return cls.from_files(manifest["response"], manifest["data_scatt"], manifest["backgrounds"],
                                   ccm=manifest["ccm"], exposure_table=manifest.get("exposure_table"),
                                   orientation=manifest.get("orientation"), name=name, rtol=rtol, dtype=dtype,
-                                  progress=progress, client=client)
+                                  progress=progress, client=client,
+                                  mapping_on=mapping_on)
         manifest.require(["response", "data_galactic"], "a Galactic-frame analysis")
         table = manifest.get("exposure_table")
         if table is None:
@@ -186,7 +194,8 @@ class COSIDataset:
         return cls.from_files(manifest["response"], manifest["data_galactic"], manifest["backgrounds_galactic"],
                               ccm=manifest.get("ccm") if table is not None else None,
                               orientation=manifest.get("orientation"), exposure_table=table, name=name,
-                              rtol=rtol, dtype=dtype, progress=progress, client=client)
+                              rtol=rtol, dtype=dtype, progress=progress, client=client,
+                                  mapping_on=mapping_on)
 
     def with_counts(self, counts, name=None):
         """A dataset on other counts with this one's response, sky mapping, exposure and templates.

@@ -25,7 +25,7 @@ import numpy as np
 from histpy import Axes, Histogram
 
 from ..binning import frame_name
-from ..distributed import connect, current_scheduler, sharded_engine
+from ..distributed import check_mapping_on, connect, current_mapping_on, current_scheduler, sharded_engine
 from ..engine import CCMMapping, ColumnResponse, PixelMapping, ResponseEngine, RotatedResponse, galactic_response
 from ..errors import CosiInputError
 from ..exposure import AttitudeBins, ExposureTable, Orientation, coordsys_conversion_matrix, matching_attitude_bins
@@ -143,7 +143,7 @@ def _as_table(table):
 
 def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, exposure_table=None,
                  galactic_response_given=False, rtol=DEFAULT_RTOL, dtype=DEFAULT_DTYPE, nside_model=None,
-                 progress=True, client=None):
+                 progress=True, client=None, mapping_on=None):
     """Engine for binned data in either frame (see module docstring).
 
     Parameters
@@ -179,6 +179,10 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         made here by rotation is rotated in this process and its shards sent out.
         By default, the client of an enclosing
         :func:`~cosi_imaging_plugin.distributed.use_scheduler` block (none: one process).
+    mapping_on : {'auto', 'workers', 'client'}, optional
+        With a client, where the sky mapping (the CCM) lives (see
+        :func:`~cosi_imaging_plugin.distributed.sharded_engine`). By default, that of an
+        enclosing :func:`~cosi_imaging_plugin.distributed.use_scheduler` block, else 'auto'.
 
     Returns
     -------
@@ -195,6 +199,7 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         check_time_overlap(data.axes["Time"], orientation, name)
     backgrounds = {str(k): as_histogram(v, f"background '{k}'") for k, v in (backgrounds or {}).items()}
     client = current_scheduler() if client is None else connect(client)
+    mapping_on = check_mapping_on(current_mapping_on() if mapping_on is None else mapping_on)
     # on a cluster a response file stays a path: the workers read it
     lazy = client is not None and not isinstance(response, ColumnResponse)
     column_response = response if lazy else load_response(response, rtol=rtol, dtype=dtype, progress=progress)
@@ -203,7 +208,7 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         if ccm is not None:
             raise CosiInputError("a Galactic-frame response is folded as it is: give no CCM with it")
         engine = _make_engine(column_response, PixelMapping(response_axes[0].nbins), data, backgrounds, rtol, dtype,
-                              client)
+                              client, mapping_on)
         return BuiltEngine(engine, data, backgrounds)
     frame = psichi_frame(data)
     nside_rsp = response_axes[0].nside
@@ -225,7 +230,7 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
         else:
             ccm = _as_ccm(ccm)
             attitudes = _ccm_attitudes(ccm, exposure_table, orientation)
-        engine = _make_engine(column_response, CCMMapping(ccm), data, backgrounds, rtol, dtype, client)
+        engine = _make_engine(column_response, CCMMapping(ccm), data, backgrounds, rtol, dtype, client, mapping_on)
         return BuiltEngine(engine, data, backgrounds, attitudes)
     ccm, table = _galactic_attitude_bins(exposure_table, ccm, orientation, nside_model or nside_rsp, nside_rsp)
     psichi = data.axes["PsiChi"]
@@ -234,7 +239,8 @@ def build_engine(response, data, backgrounds=None, ccm=None, orientation=None, e
     rotated = RotatedResponse(column_response, table.mean_attitudes(), psichi.nside, str(psichi.scheme).lower())
     gal = galactic_response(column_response, ccm, table.mean_attitudes(), rtol=rtol, dtype=dtype, progress=progress,
                             rotated=rotated)
-    engine = _make_engine(gal, PixelMapping(gal.axes[0].nbins), data, backgrounds, rtol, dtype, client)
+    engine = _make_engine(gal, PixelMapping(gal.axes[0].nbins), data, backgrounds, rtol, dtype, client,
+                          mapping_on)
     return BuiltEngine(engine, data, backgrounds, matching_attitude_bins(table, ccm), rotated)
 
 
@@ -246,11 +252,12 @@ def _response_axes(response):
         return opened.axes
 
 
-def _make_engine(response, mapping, data, backgrounds, rtol, dtype, client):
+def _make_engine(response, mapping, data, backgrounds, rtol, dtype, client, mapping_on):
     """The single-process engine, or with a client the engine sharded over its workers."""
     if client is None:
         return ResponseEngine(response, mapping, data=data, backgrounds=backgrounds, dtype=dtype)
-    return sharded_engine(client, response, mapping, data=data, backgrounds=backgrounds, rtol=rtol, dtype=dtype)
+    return sharded_engine(client, response, mapping, data=data, backgrounds=backgrounds, rtol=rtol, dtype=dtype,
+                          mapping_on=mapping_on)
 
 
 def _ccm_attitudes(ccm, exposure_table, orientation):

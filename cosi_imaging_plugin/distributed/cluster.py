@@ -58,11 +58,21 @@ def connect(client=None, timeout=10):
     return out
 
 
-_CURRENT = contextvars.ContextVar("cosi_imaging_scheduler", default=None)
+#: Where the sky mapping (the CCM) of a sharded engine may live: 'auto' chooses between the other two.
+MAPPING_PLACES = ("auto", "workers", "client")
+
+_CURRENT = contextvars.ContextVar("cosi_imaging_scheduler", default=(None, "auto"))
+
+
+def check_mapping_on(value, key="mapping_on"):
+    """`value` if it is one of :data:`MAPPING_PLACES`, else an error naming `key`."""
+    if value not in MAPPING_PLACES:
+        raise CosiInputError(f"{key} must be one of {list(MAPPING_PLACES)}, got {value!r}")
+    return value
 
 
 @contextlib.contextmanager
-def use_scheduler(scheduler, timeout=10):
+def use_scheduler(scheduler, timeout=10, mapping_on="auto"):
     """Within the block, datasets built without a ``client`` are sharded over this scheduler's workers.
 
     Parameters
@@ -71,16 +81,20 @@ def use_scheduler(scheduler, timeout=10):
         As for :func:`connect`; None leaves the single-process engine.
     timeout : float
         Seconds to wait for the scheduler.
+    mapping_on : {'auto', 'workers', 'client'}
+        Where those datasets' sky mapping lives (see
+        :func:`~cosi_imaging_plugin.distributed.sharded_engine`).
 
     Yields
     ------
     distributed.Client or None
     """
+    check_mapping_on(mapping_on)
     if scheduler is None:
         yield None
         return
     client = connect(scheduler, timeout=timeout)
-    token = _CURRENT.set(client)
+    token = _CURRENT.set((client, mapping_on))
     try:
         yield client
     finally:
@@ -91,7 +105,12 @@ def use_scheduler(scheduler, timeout=10):
 
 def current_scheduler():
     """The client set by the enclosing :func:`use_scheduler` block, or None."""
-    return _CURRENT.get()
+    return _CURRENT.get()[0]
+
+
+def current_mapping_on():
+    """The sky mapping's place set by the enclosing :func:`use_scheduler` block ('auto' outside one)."""
+    return _CURRENT.get()[1]
 
 
 def workers_of(client):
@@ -117,6 +136,27 @@ def check_versions(client, local=None):
             raise CosiInputError(f"Dask worker {worker} runs other package versions than this client: {listing}")
 
 
+def _pause_fraction():
+    import dask
+
+    return dask.config.get("distributed.worker.memory.pause", 0.8) or 1.0
+
+
+def memory_room(client):
+    """{worker: bytes it may still fill} (None for a worker without a memory limit).
+
+    A worker is given at most Dask's pause fraction of its limit
+    (``distributed.worker.memory.pause``, 0.8 by default) less what it uses now.
+    """
+    pause = _pause_fraction()
+    room = {}
+    for worker, info in workers_of(client).items():
+        limit = info.get("memory_limit") or 0
+        used = (info.get("metrics") or {}).get("memory") or 0
+        room[worker] = pause * limit - used if limit else None
+    return room
+
+
 def check_memory(client, needs):
     """Raise if a worker's memory limit cannot hold its shards besides what it already uses.
 
@@ -129,9 +169,7 @@ def check_memory(client, needs):
     needs : dict of str to int
         Bytes each worker (address) will hold.
     """
-    import dask
-
-    pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 1.0
+    pause = _pause_fraction()
     workers = workers_of(client)
     for worker, need in needs.items():
         info = workers[worker]

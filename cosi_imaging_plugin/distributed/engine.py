@@ -39,7 +39,7 @@ from ..engine.block_ops import BLOCK
 from ..errors import CosiInputError
 from ..io.response import FullDetectorResponse
 from . import shards as ops
-from .cluster import check_memory, check_versions, connect, workers_of
+from .cluster import check_mapping_on, check_memory, check_versions, connect, memory_room, workers_of
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ class ShardedEngine(ResponseEngine):
                  mapping_on="workers"):
         self._shards = shards  # without data; replaced by the shards holding the data in set_data
         self.mapping_on = mapping_on
+        #: How the sky mapping's place was chosen (set by :func:`sharded_engine`).
+        self.placement = {"mapping_on": mapping_on, "reason": "as asked"}
         super().__init__(response, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes, dtype=dtype)
 
     @property
@@ -319,8 +321,40 @@ def _response_source(response, rtol, dtype):
     return path, axes, unit, source_order(axes[0], axes[1].nbins)
 
 
+def place_mapping(mapping_on, room, needs, mapping_bytes):
+    """(where the sky mapping lives, why): 'workers' or 'client'.
+
+    'auto' keeps the mapping on the workers (no row-space traffic: faster) when every
+    worker's room holds its shards plus a copy of the mapping, and on the client
+    otherwise, where the workers hold their shards alone. An explicit place is kept.
+
+    Parameters
+    ----------
+    mapping_on : {'auto', 'workers', 'client'}
+    room : dict of str to float or None
+        Bytes each worker may still fill (:func:`~.cluster.memory_room`; None: no limit).
+    needs : dict of str to int
+        Bytes of the shards each worker will hold.
+    mapping_bytes : int
+        Bytes of one copy of the mapping.
+    """
+    check_mapping_on(mapping_on)
+    if mapping_on != "auto":
+        return mapping_on, "as asked"
+    if not mapping_bytes:
+        return "workers", "the sky mapping holds nothing to copy"
+    short = {worker: need + mapping_bytes - room[worker] for worker, need in needs.items()
+             if room.get(worker) is not None and need + mapping_bytes > room[worker]}
+    if not short:
+        return "workers", (f"every worker's memory holds its shard plus the {mapping_bytes / 1e6:.1f} MB sky "
+                           f"mapping")
+    worker = max(short, key=short.get)
+    return "client", (f"Dask worker {worker} lacks {short[worker] / 1e6:.1f} MB to hold its shard "
+                      f"({needs[worker] / 1e6:.1f} MB) plus the {mapping_bytes / 1e6:.1f} MB sky mapping")
+
+
 def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_shards=None, rtol=0.0,
-                   dtype=np.float32, model_axes=None, mapping_on="workers", check=True):
+                   dtype=np.float32, model_axes=None, mapping_on="auto", check=True):
     """A :class:`ShardedEngine`: the response cut into column shards built on the workers.
 
     Parameters
@@ -339,12 +373,14 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         Number of column ranges (default: one per worker).
     rtol : float
         Truncation tolerance when compressing a file (as :meth:`ColumnResponse.from_file`).
-    mapping_on : {'workers', 'client'}
+    mapping_on : {'auto', 'workers', 'client'}
         Where the sky mapping (the CCM) lives. ``'workers'``: every worker holds a copy
         and receives the image (``8 n_pix n_ei`` bytes) at each fold. ``'client'``: only
         this process holds it; each worker receives the source rows (``n_rows n_source``
         values in `dtype`) and returns its transpose products in that space, so a worker
-        holds its shard alone.
+        holds its shard alone. ``'auto'``: on the workers when each worker's memory limit
+        holds its shard plus the mapping, else on the client (:func:`place_mapping`);
+        the choice and its reason are logged and kept in ``engine.placement``.
     check : bool
         Check the workers' package versions and memory before building.
 
@@ -354,8 +390,7 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         Unreachable scheduler, no workers, different package versions, or a worker with
         too little memory for its shard (before anything is built).
     """
-    if mapping_on not in ("workers", "client"):
-        raise CosiInputError(f"mapping_on must be 'workers' or 'client', got {mapping_on!r}")
+    check_mapping_on(mapping_on)
     client = connect(client)
     workers = list(workers_of(client))
     if not workers:
@@ -372,10 +407,15 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
                                        mapping.n_rows)
     n_shards = len(workers) if n_shards is None else int(n_shards)
     columns = ops.plan_columns(weights, n_shards)
-    placement = [workers[i % len(workers)] for i in range(n_shards)]
+    owners = [workers[i % len(workers)] for i in range(n_shards)]
     needs = {}
-    for (lo, hi), worker in zip(columns, placement):
+    for (lo, hi), worker in zip(columns, owners):
         needs[worker] = needs.get(worker, 0) + int(weights[lo:hi].sum()) * per_block + fixed
+    mapping_bytes = int(getattr(mapping, "nbytes", 0))
+    mapping_on, reason = place_mapping(mapping_on, memory_room(client), needs, mapping_bytes)
+    logger.info("sky mapping on the %s: %s", mapping_on, reason)
+    if mapping_on == "workers":
+        needs = {worker: need + mapping_bytes for worker, need in needs.items()}
     if check:
         check_memory(client, needs)
     shard_mapping, shard_axes = mapping, model_axes
@@ -391,7 +431,7 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         # a slice in memory travels inside its task, so the scheduler can rebuild the shard from it
         warnings.filterwarnings("ignore", message="Sending large graph")
         futures = [client.submit(ops.build_shard, spec, workers=[worker], allow_other_workers=True, pure=False)
-                   for spec, worker in zip(specs, placement)]
+                   for spec, worker in zip(specs, owners)]
     shards = _Shards(client, futures, columns)
     areas = shards.map(ops.area_over, [(None,)] * n_shards)
     facts = shards.map(ops.shard_facts, [()] * n_shards)
@@ -399,8 +439,10 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
     logger.info("engine sharded over %d workers: %d column ranges, %.1f MB of response in all", len(workers),
                 n_shards, nbytes / 1e6)
     summary = ShardedResponse(shards, axes, unit, rtol, order, _ordered_sum(areas), nbytes)
-    return ShardedEngine(shards, summary, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes,
-                         dtype=dtype, mapping_on=mapping_on)
+    engine = ShardedEngine(shards, summary, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes,
+                           dtype=dtype, mapping_on=mapping_on)
+    engine.placement = {"mapping_on": mapping_on, "reason": reason, "needs": needs, "mapping_bytes": mapping_bytes}
+    return engine
 
 
 def _blocks_per_column(client, path, rtol, n_pix, n_ei, n_workers):
