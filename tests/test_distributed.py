@@ -6,6 +6,7 @@ transpose products, the exposure) are added in another order (float64, ~1e-16).
 """
 import os
 import signal
+import time
 import tracemalloc
 import warnings
 
@@ -250,6 +251,34 @@ def test_plugin_log_likelihood_and_3ml_fit_equal(blob_pair):
     assert np.all(pulls < 1e-4), pulls
 
 
+def test_plugin_likelihood_calls_bring_back_only_numbers(blob_pair, client, monkeypatch):
+    """The sources' folds stay on the workers: a spectral or a spatial change, a background norm, and the client
+    receives one number per shard at each call, the single-process likelihood to 1e-10."""
+    (model_a, plugin_a), (model_b, plugin_b) = (fit_setup(dataset) for dataset in blob_pair)
+    received = []
+    gather = client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        out = gather(futures, *args, **kwargs)
+        received.extend(out if isinstance(out, list) else [out])
+        return out
+
+    monkeypatch.setattr(client, "gather", recording_gather)
+    changes = [("blob.spectrum.main.Powerlaw.K", 8e-4), ("blob.spectrum.main.Powerlaw.index", -2.1),
+               ("blob.Gaussian_on_sphere.sigma", 11.0), ("blob.Gaussian_on_sphere.lon0", 265.0),
+               ("cosi_instrumental_norm", 1.05)]
+    for name, value in changes:
+        for model, plugin in ((model_a, plugin_a), (model_b, plugin_b)):
+            (plugin.background_parameters["instrumental"] if name.startswith("cosi") else model[name]).value = value
+        received.clear()
+        assert plugin_b.get_log_like() == pytest.approx(plugin_a.get_log_like(), rel=RTOL)
+        assert len(received) == plugin_b.engine.n_shards, name
+        assert all(np.ndim(part) == 0 for part in received), name
+    monkeypatch.undo()
+    at_bins, total = plugin_a.expectation_at_bins()
+    close(at_bins, plugin_b.expectation_at_bins()[0])  # the folds still read back when asked
+
+
 def test_each_worker_holds_about_half_the_response(pair):
     _, sharded, _ = pair
     response = instrument()[0]
@@ -468,45 +497,59 @@ def test_place_mapping_by_the_room_of_each_worker():
 
 
 def test_auto_keeps_the_ccm_on_the_workers_only_when_their_memory_holds_it(caplog):
-    """One fresh LocalCluster (2 workers of 1 thread, 2 GB): the memory a worker may fill is Dask's pause
-    fraction of its limit, set here first just below its shard plus the CCM (the CCM stays on the client), then at
-    Dask's default (it goes to the workers). The window is the CCM's size (3.4 MB), far above the drift of an idle
-    worker's memory between two heartbeats (~0.3 MB)."""
+    """Two fresh LocalClusters (2 workers of 1 thread, 2 GB). In the first the workers' memory holds their shards
+    plus the CCM: it goes to the workers. In the second the memory a worker may fill (Dask's pause fraction of its
+    limit) is set just below what its fresh process uses plus its shard plus the CCM: the CCM stays on the client.
+    The window is the CCM's size (3.4 MB), far above the drift of an idle fresh worker's memory (~0.3 MB)."""
     import dask
 
     response, ccm, _, template = instrument()
     local, _ = dataset_for(sky_image(), seed=11)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, memory_limit="2GB")
-    try:
-        with distributed.Client(cluster, set_as_default=False) as client:
-            def build(**kwargs):
-                return COSIDataset.from_histograms(local.counts, {"instrumental": template}, response, ccm,
-                                                   dtype=np.float64, client=client, **kwargs).engine
+    image = sky_image()
 
-            asked = build(mapping_on="workers")  # the sizes: shard and CCM, per worker
-            shard = max(asked.placement["needs"].values()) - asked.placement["mapping_bytes"]
-            mapping_bytes = asked.placement["mapping_bytes"]
-            assert mapping_bytes == CCMMapping(ccm).nbytes > 3e6
-            del asked
+    def on_a_fresh_cluster(run):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, memory_limit="2GB")
+        try:
+            with distributed.Client(cluster, set_as_default=False) as client:
+                return run(client, lambda: COSIDataset.from_histograms(
+                    local.counts, {"instrumental": template}, response, ccm, dtype=np.float64, client=client).engine)
+        finally:
+            cluster.close()
+
+    def roomy(client, build):
+        engine = build()
+        assert engine.mapping_on == "workers", engine.placement
+        assert "holds its shard plus the 3.4 MB sky mapping" in engine.placement["reason"]
+        return dict(engine.placement), engine.log_likelihood(image)
+
+    placement, log_like = on_a_fresh_cluster(roomy)
+    shard = max(placement["needs"].values()) - placement["mapping_bytes"]
+    assert placement["mapping_bytes"] == CCMMapping(ccm).nbytes > 3e6
+
+    def tight(client, build):
+        check_versions(client)  # what the build does first, so that its memory is counted below
+        readings = [-1.0]
+        for _ in range(30):  # a started worker's memory grows as it imports: wait until it settles
+            time.sleep(1.0)
             info = workers_of(client)
-            used = max(w["metrics"]["memory"] for w in info.values())
-            limit = min(w["memory_limit"] for w in info.values())
-            with dask.config.set({"distributed.worker.memory.pause": (used + shard + mapping_bytes / 2) / limit}), \
-                    caplog.at_level("INFO", logger="cosi_imaging_plugin.distributed.engine"):
-                tight = build()
-            assert tight.mapping_on == "client", tight.placement
-            assert "sky mapping on the client: Dask worker tcp://" in caplog.text
-            assert all(f["mapping_bytes"] == 0 for f in tight.shard_facts())
-            roomy = build()
-            assert roomy.mapping_on == "workers", roomy.placement
-            assert "holds its shard plus the 3.4 MB sky mapping" in roomy.placement["reason"]
-            image = sky_image()
-            assert tight.log_likelihood(image) == pytest.approx(roomy.log_likelihood(image), rel=RTOL)
-    finally:
-        cluster.close()
+            readings.append(max(w["metrics"]["memory"] for w in info.values()))
+            if abs(readings[-1] - readings[-2]) < 0.5e6:
+                break
+        used = readings[-1]
+        limit = min(w["memory_limit"] for w in info.values())
+        with dask.config.set({"distributed.worker.memory.pause":
+                              (used + shard + placement["mapping_bytes"] / 2) / limit}), \
+                caplog.at_level("INFO", logger="cosi_imaging_plugin.distributed.engine"):
+            engine = build()
+        assert engine.mapping_on == "client", engine.placement
+        assert "sky mapping on the client: Dask worker tcp://" in caplog.text
+        assert all(f["mapping_bytes"] == 0 for f in engine.shard_facts())
+        return engine.log_likelihood(image)
+
+    assert on_a_fresh_cluster(tight) == pytest.approx(log_like, rel=RTOL)
 
 
 def test_mapping_place_reaches_the_engine_from_a_scheduler_block_the_command_line_and_a_fit_configuration(

@@ -102,6 +102,21 @@ class ShardedResponse:
                 f"cds={self.cds_shape}, {len(self._shards)} shards, {self.nbytes / 1e6:.1f} MB)")
 
 
+class KeptAtBins:
+    """Arrays at the non-empty bins kept on the workers: one future per shard, its bins' part (k, nnz_shard).
+
+    Released on the workers with this object; rebuilt from the shards if a worker is lost.
+    """
+
+    def __init__(self, parts, n):
+        self.parts = parts
+        #: Number of arrays (k).
+        self.n = int(n)
+
+    def __repr__(self):
+        return f"KeptAtBins({self.n} arrays, {len(self.parts)} shards)"
+
+
 def _ordered_sum(parts):
     out = np.array(parts[0], dtype=np.float64)
     for part in parts[1:]:
@@ -275,6 +290,44 @@ class ShardedEngine(ResponseEngine):
     def evaluation_at_bins(self, evaluation):
         """The expectations of an evaluated state, gathered from the workers into one array (nnz,)."""
         return np.concatenate([part[0] for part in self._shards.gather(evaluation.at_bins)])
+
+    # ---- arrays kept at the bins (the 3ML plugin's folds): parts on the workers, numbers back --------
+    def sky_folds_at_bins(self, images=None, rows=None):
+        """As :meth:`ResponseEngine.sky_folds_at_bins`: each shard folds the stack and keeps its part.
+
+        The images (with the CCM on the client: their float64 source rows) go out once
+        per worker; a :class:`KeptAtBins` of the parts comes back.
+        """
+        self._require_data()
+        if rows is None and self.mapping_on == "client":
+            rows = [self.mapping.forward(self.image_values(image), dtype=np.float64) for image in images]
+        if rows is None:
+            sent = (self._shards.share([self.image_values(image) for image in images]), None)
+        else:
+            sent = (None, self._shards.share([np.asarray(r, dtype=np.float64) for r in rows]))
+        parts = self._shards.submit(ops.sky_folds, [sent] * len(self._shards))
+        return KeptAtBins(parts, len(images if rows is None else rows))
+
+    def keep_at_bins(self, values):
+        """As :meth:`ResponseEngine.keep_at_bins`: each shard's slice sent to it and kept there."""
+        values = super().keep_at_bins(values)
+        parts = self._shards.submit(ops.keep, [(values[:, a:b],) for a, b in self._bounds])
+        return KeptAtBins(parts, values.shape[0])
+
+    def kept_values(self, kept):
+        """The kept parts gathered from the workers into one array (k, nnz)."""
+        return np.concatenate(self._shards.gather(kept.parts), axis=1)
+
+    def log_likelihood_of_terms(self, terms, bkg_norms=None, total_expected=0.0, constant=None):
+        """As :meth:`ResponseEngine.log_likelihood_of_terms`, on the workers: the weights and normalizations go
+        out, one partial sum ``sum_i d_i ln eps_i`` per shard comes back."""
+        self._require_data()
+        norms = self.background_norms(bkg_norms)
+        terms = [(np.asarray(weights, dtype=np.float64), kept) for weights, kept in terms]
+        sums = self._shards.map(ops.log_sum_of_terms,
+                                [([(w, kept.parts[i]) for w, kept in terms], norms) for i in range(len(self._shards))])
+        constant = self.data.log_factorial if constant is None else constant
+        return float(sum(sums) - total_expected - constant)
 
     @property
     def shard_bins(self):

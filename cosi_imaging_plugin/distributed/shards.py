@@ -182,6 +182,23 @@ def ratio_products(engine, evaluated):
     return engine.ratio_products(Evaluation(np.nan, np.nan, evaluated[0]))
 
 
+def sky_folds(engine, images, rows):
+    """The shard's float64 folds of a stack of images (or source rows) at its non-empty bins, (k, nnz_shard)."""
+    use_worker_threads()
+    return engine.sky_folds_at_bins(images, rows)
+
+
+def keep(engine, values):
+    """The shard's part of arrays at the bins, kept where the shard lives (taking the shard places it there)."""
+    return np.asarray(values, dtype=np.float64)
+
+
+def log_sum_of_terms(engine, terms, norms):
+    """The shard's share ``sum_i d_i ln eps_i`` of the log-likelihood of kept terms plus the backgrounds."""
+    use_worker_threads()
+    return engine.log_likelihood_of_terms(terms, norms, 0.0, 0.0)
+
+
 def add(a, b):
     """The sum of two partial results: arrays, or (array, {name: number}) pairs, added in the order given."""
     if isinstance(a, tuple):

@@ -26,7 +26,7 @@ from ..binning import EXPOSURE_UNIT, IMAGE_UNIT, check_axes_match, dense_values
 from ..errors import AxisMismatchError, CosiInputError
 from .kernel_layout import column_chunks, tile_groups, tiled_rows
 from .kernels import adjoint_at_bins, forward_at_bins
-from .reductions import dot, poisson_log_likelihood
+from .reductions import combine_rows, dot, poisson_log_likelihood
 from .sky_mapping import CCMMapping, PixelMapping
 from .sparse_data import SparseData, flat_nonzero, gather
 
@@ -258,12 +258,70 @@ class ResponseEngine:
     def background_at_bins(self, bkg_norms=None):
         """Summed background at the non-empty bins for the given normalizations (default 1)."""
         self._require_data()
+        return self._add_background_at_bins(np.zeros(self.data.nnz), bkg_norms)
+
+    def _add_background_at_bins(self, out, bkg_norms=None):
+        """Add the backgrounds at the non-empty bins to `out` (float64, shape (nnz,)) in place, in template order."""
         norms = self.background_norms(bkg_norms)
-        out = np.zeros(self.data.nnz)
         for name in self.background_names:
             norm = norms[name]
             out += (norm[self.data.row] if np.ndim(norm) else norm) * self._bkg_at_bins[name]
         return out
+
+    # ---- arrays kept at the bins: the 3ML plugin's cached folds -------------------------------------
+    def sky_folds_at_bins(self, images=None, rows=None):
+        """Expected sky counts at the non-empty bins of each of a stack of images (or of source rows).
+
+        Folded with float64 rows (a smooth likelihood for the minimizer) and kept where the
+        bins live: here an array of shape (k, nnz); on an engine whose bins live elsewhere
+        (:class:`~cosi_imaging_plugin.distributed.ShardedEngine`) a handle to their parts
+        there. :meth:`log_likelihood_of_terms` combines them; :meth:`kept_values` reads them.
+
+        Parameters
+        ----------
+        images : sequence of ndarray, optional
+            Sky images [n_pix, n_ei].
+        rows : sequence of ndarray, optional
+            Source rows [n_rows, n_source], instead of `images`.
+        """
+        self._require_data()
+        stack = images if rows is None else rows
+        out = np.empty((len(stack), self.data.nnz))
+        for k, item in enumerate(stack):
+            out[k] = (self.sky_expectation_at_bins(item, dtype=np.float64) if rows is None
+                      else self.sky_expectation_at_bins(rows=item, dtype=np.float64))
+        return out
+
+    def keep_at_bins(self, values):
+        """Arrays at the non-empty bins, shape (k, nnz), kept where the bins live (see :meth:`sky_folds_at_bins`)."""
+        self._require_data()
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.data.nnz:
+            raise CosiInputError(f"values at the bins of shape {values.shape}, expected (k, {self.data.nnz})")
+        return values
+
+    def kept_values(self, kept):
+        """The values of arrays kept at the bins, shape (k, nnz)."""
+        return kept
+
+    def log_likelihood_of_terms(self, terms, bkg_norms=None, total_expected=0.0, constant=None):
+        """Poisson log-likelihood of the expectations ``sum_t weights_t @ kept_t`` plus the backgrounds.
+
+        Parameters
+        ----------
+        terms : sequence of (ndarray, kept)
+            Weights (k,) and arrays kept at the bins (k, nnz) (:meth:`sky_folds_at_bins`,
+            :meth:`keep_at_bins`), e.g. a source's folds per Ei bin and its bin fluxes.
+        bkg_norms : dict, optional
+            Background normalizations (default 1).
+        total_expected, constant
+            As for :meth:`log_likelihood_from`.
+        """
+        self._require_data()
+        eps = np.zeros(self.data.nnz)
+        for weights, kept in terms:
+            eps += combine_rows(np.asarray(weights, dtype=np.float64), kept)
+        return self.log_likelihood_from(self._add_background_at_bins(eps, bkg_norms), total_expected, constant)
 
     def background_norms(self, bkg_norms=None):
         """Normalizations for every background (1 where not given); unknown names are errors.

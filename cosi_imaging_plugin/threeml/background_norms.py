@@ -63,8 +63,12 @@ class BackgroundNormalization:
         norms = self.norms()
         return float(norms[0]) if self.row_group is None else norms[self.row_group]
 
+    def total(self):
+        """Expected counts over all bins."""
+        return float(self.norms() @ self.totals)
+
     def expectation(self):
         """(expected counts at the non-empty bins, expected counts over all bins)."""
         norms = self.norms()
         at_bins = norms[0] * self.at_bins if self.bin_group is None else norms[self.bin_group] * self.at_bins
-        return at_bins, float(norms @ self.totals)
+        return at_bins, self.total()

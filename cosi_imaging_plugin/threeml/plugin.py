@@ -221,10 +221,25 @@ class COSIImagingLike(PluginPrototype):
         return eps, total
 
     def get_log_like(self):
-        """Poisson log-likelihood of the data for the current model (see ``log_like_offset``)."""
-        eps, total = self.expectation_at_bins()
+        """Poisson log-likelihood of the data for the current model (see ``log_like_offset``).
+
+        Each source's folds stay where the engine keeps its bins (on the workers of a
+        sharded engine); only its bin fluxes and the background norms go there, and the
+        engine returns the likelihood (:meth:`ResponseEngine.log_likelihood_of_terms
+        <cosi_imaging_plugin.engine.ResponseEngine.log_likelihood_of_terms>`).
+        """
+        if self._model is None:
+            raise CosiInputError(f"plugin {self.name}: set_model() has not been called")
+        terms, total = [], 0.0
+        for folder in self._folders.values():
+            weights, kept, summed = folder.term()
+            terms.append((weights, kept))
+            total += summed
+        for background in self._backgrounds:
+            total += background.total()
         try:
-            log_like = self._dataset.log_likelihood_from(eps, total, self._constant)
+            log_like = self._engine.log_likelihood_of_terms(terms, self.background_row_norms(), total,
+                                                            self._constant)
         except CosiInputError as exc:
             state = ", ".join(f"{p.path}={p.value:.6g}" for p in self._model.free_parameters.values())
             raise CosiInputError(f"plugin {self.name}: {exc}, for model state [{state}]") from exc

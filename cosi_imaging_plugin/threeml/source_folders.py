@@ -51,8 +51,9 @@ class _Fold(NamedTuple):
 
     #: The morphology on the model grid (sr^-1): model maps and, without a path, the fold itself.
     spatial_map: np.ndarray
-    #: Expected counts at the non-empty bins, shape (n_ei, nnz).
-    folded: np.ndarray
+    #: Expected counts at the non-empty bins, shape (n_ei, nnz), kept where the engine keeps its bins
+    #: (:meth:`ResponseEngine.sky_folds_at_bins <cosi_imaging_plugin.engine.ResponseEngine.sky_folds_at_bins>`).
+    folded: object
     #: Expected counts over all bins, shape (n_ei,).
     exposure: np.ndarray
     #: The dwell ``D[row, nu]`` (s) of a point source folded along its path (local CDS), else None.
@@ -115,7 +116,7 @@ class _SeparableSourceFolder(_SourceFolder):
     @property
     def folded(self):
         """Expected counts at the non-empty bins per unit flux in each Ei bin, shape (n_ei, nnz)."""
-        return self.fold.folded
+        return self.dataset.engine.kept_values(self.fold.folded)
 
     def spatial_state(self):
         """Values of the parameters that define the morphology (the cache key)."""
@@ -153,15 +154,12 @@ class _SeparableSourceFolder(_SourceFolder):
         engine = self.dataset.engine
         spatial_map = self.spatial_image()
         n_ei = self.ei_edges.size - 1
-        folded = np.empty((n_ei, engine.data.nnz))
-        unit_image = np.zeros((spatial_map.size, n_ei))
+        unit_images = np.zeros((n_ei, spatial_map.size, n_ei))
         for e in range(n_ei):
-            unit_image[:, e] = spatial_map
-            # float64 rows: a smooth likelihood for the minimizer
-            folded[e] = engine.sky_expectation_at_bins(unit_image, dtype=np.float64)
-            unit_image[:, e] = 0.0
+            unit_images[e, :, e] = spatial_map
         # expected counts over all bins per unit flux in each Ei bin
-        return _Fold(spatial_map, folded, np.einsum("j,je->e", spatial_map, engine.exposure_map))
+        return _Fold(spatial_map, engine.sky_folds_at_bins(list(unit_images)),
+                     np.einsum("j,je->e", spatial_map, engine.exposure_map))
 
     def bin_fluxes(self, allow_negative=True):
         """Photon flux integrated over each Ei bin (ph cm-2 s-1)."""
@@ -196,11 +194,18 @@ class _SeparableSourceFolder(_SourceFolder):
         self.update()
         return None if self.fold.cds is None else self.bin_fluxes() @ self.fold.cds
 
-    def expectation(self):
-        """(expected counts at the non-empty bins, expected counts over all bins)."""
+    def term(self):
+        """(weights, folds kept at the bins, expected counts over all bins): the expectation at the bins is
+        ``weights @ folds`` (:meth:`ResponseEngine.log_likelihood_of_terms
+        <cosi_imaging_plugin.engine.ResponseEngine.log_likelihood_of_terms>`)."""
         self.update()
         fluxes = self.bin_fluxes()
-        return combine_rows(fluxes, self.fold.folded), float(fluxes @ self.fold.exposure)
+        return fluxes, self.fold.folded, float(fluxes @ self.fold.exposure)
+
+    def expectation(self):
+        """(expected counts at the non-empty bins, expected counts over all bins)."""
+        weights, kept, total = self.term()
+        return combine_rows(weights, self.dataset.engine.kept_values(kept)), total
 
 
 class PointSourceFolder(_SeparableSourceFolder):
@@ -236,18 +241,17 @@ class PointSourceFolder(_SeparableSourceFolder):
         engine = self.dataset.engine
         cds = self.dataset.point_source_cds(direction)
         if cds is not None:  # Galactic CDS: one row, the data bins index the CDS
-            return _Fold(self.spatial_image(), cds[:, engine.data.column], cds.sum(axis=1), cds=cds)
+            return _Fold(self.spatial_image(), engine.keep_at_bins(cds[:, engine.data.column]), cds.sum(axis=1),
+                         cds=cds)
         dwell = self.dataset.point_source_dwell(direction)
         if dwell is None:
             return super()._fold()
         n_ei = self.ei_edges.size - 1
         n_rows, n_nu = dwell.shape
-        folded = np.empty((n_ei, engine.data.nnz))
-        rows = np.zeros((n_rows, n_nu, n_ei))
+        rows = np.zeros((n_ei, n_rows, n_nu, n_ei))
         for e in range(n_ei):
-            rows[:, :, e] = dwell
-            folded[e] = engine.sky_expectation_at_bins(rows=rows.reshape(n_rows, -1), dtype=np.float64)
-            rows[:, :, e] = 0.0
+            rows[e, :, :, e] = dwell
+        folded = engine.sky_folds_at_bins(rows=list(rows.reshape(n_ei, n_rows, -1)))
         return _Fold(self.spatial_image(), folded, dwell.sum(axis=0) @ engine.response.effective_area, dwell)
 
 
@@ -288,7 +292,7 @@ class Function3DSourceFolder(_SourceFolder):
 
     def check(self):
         """Fold once at the current values (NaN or negative brightness are errors)."""
-        self.expectation()
+        self.term()
 
     def image(self):
         """Sky image [n_pix, n_ei] (ph cm-2 s-1 sr-1 integrated over each Ei bin)."""
@@ -298,17 +302,22 @@ class Function3DSourceFolder(_SourceFolder):
         """Response source rows ``[n_rows, n_nu * n_ei]`` of this source."""
         return self.dataset.engine.source_rows(self.image(), dtype=np.float64)
 
-    def expectation(self):
-        """(expected counts at the non-empty bins, expected counts over all bins)."""
+    def term(self):
+        """(weights, the fold kept at the bins, expected counts over all bins), as
+        :meth:`_SeparableSourceFolder.term` with one weight of 1."""
         state = _parameter_state(self.source.parameters)
         if state != self._state:
             engine = self.dataset.engine
             image = self.image()
-            self._cached = (engine.sky_expectation_at_bins(image, dtype=np.float64),
-                            float(np.sum(engine.exposure_map * image)))
+            self._cached = (np.ones(1), engine.sky_folds_at_bins([image]), float(np.sum(engine.exposure_map * image)))
             self._state = state
             self.n_folds += 1
         return self._cached
+
+    def expectation(self):
+        """(expected counts at the non-empty bins, expected counts over all bins)."""
+        _, kept, total = self.term()
+        return self.dataset.engine.kept_values(kept)[0], total
 
 
 def folder_for(source, dataset, rasterizer, ei_edges):
