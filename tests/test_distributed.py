@@ -36,6 +36,7 @@ from cosi_imaging_plugin.distributed import (
     use_scheduler,
 )
 from cosi_imaging_plugin.distributed.cluster import workers_of
+from cosi_imaging_plugin.distributed.engine import column_work
 from cosi_imaging_plugin.engine import CCMMapping, ColumnResponse
 from cosi_imaging_plugin.errors import CosiInputError
 from cosi_imaging_plugin.io import write_response
@@ -290,6 +291,27 @@ def test_each_worker_holds_about_half_the_response(pair):
     total = response.nbytes + response.tiled_blocks().nbytes
     for fact in facts:
         assert 0.8 * total / 2 < fact["response_bytes"] < 1.2 * total / 2, fact
+
+
+def test_shards_can_be_balanced_by_the_em_steps_work(pair, client):
+    """Cut by the EM step's work (blocks x non-empty bins per column): each shard within one column's work of an
+    equal split, and closer to it than the default cut by stored blocks; the same total, the same likelihood."""
+    local, sharded, image = pair
+    response, ccm, _, template = instrument()
+    by_work = sharded_engine(client, response, CCMMapping(ccm), data=local.counts,
+                             backgrounds={"instrumental": template}, dtype=np.float64, balance="work")
+    by_blocks = sharded.engine  # the default: equal memory
+    work = [f["work"] for f in by_work.shard_facts()]
+    work_by_blocks = [f["work"] for f in by_blocks.shard_facts()]
+    le = local.engine
+    per_column = column_work(np.diff(le.response.col_ptr), local.counts, le.n_rows)
+    assert sum(work) == sum(work_by_blocks) == int(per_column.sum()) == \
+        int(np.diff(le.response.col_ptr)[le.data.column].sum())
+    assert abs(work[0] - sum(work) / 2) <= per_column.max()
+    assert max(work) / min(work) < max(work_by_blocks) / min(work_by_blocks), (work, work_by_blocks)
+    assert by_work.log_likelihood(image) == pytest.approx(by_blocks.log_likelihood(image), rel=RTOL)
+    with pytest.raises(CosiInputError, match="balance must be one of"):
+        sharded_engine(client, response, CCMMapping(ccm), balance="bins")
 
 
 def test_shards_read_the_file_on_the_workers(client, tmp_path, monkeypatch):

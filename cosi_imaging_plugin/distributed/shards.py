@@ -233,12 +233,14 @@ def area_over(engine, columns):
 
 def shard_facts(engine):
     """Sizes of a shard: stored bytes (both copies of the blocks), its sky mapping's bytes, blocks, non-empty
-    bins."""
+    bins and the EM step's work (stored blocks summed over the non-empty bins)."""
     response = engine.response
     return {"response_bytes": int(response.nbytes + response.tiled_blocks().nbytes),
             "mapping_bytes": int(getattr(engine.mapping, "nbytes", 0)),
             "blocks": int(response.n_blocks),
-            "nnz": 0 if engine.data is None else int(engine.data.nnz)}
+            "nnz": 0 if engine.data is None else int(engine.data.nnz),
+            # the EM step's inner loop: every stored block of each non-empty bin's column
+            "work": 0 if engine.data is None else int(np.diff(response.col_ptr)[engine.data.column].sum())}
 
 
 #: Copies of every stored block in a shard: column-major (dense folds) and tile-major (sparse-data kernels).
