@@ -24,7 +24,11 @@ less the single-process iteration, in ms), ``overhead_fraction``, ``shard_mb``
 blocks), ``worker_rss_mb`` (largest growth of a worker's resident memory when its
 shard was built, freed heap pages handed back), ``worker_limit_mb`` (when ``--worker-memory`` is given) and
 ``max_rel_diff``; ``worker_memory_ratio`` (``worker_rss_mb / (total_response_mb / 2)``, target 1.2);
-``mapping_on`` (``--mapping-on``: whether the workers or the client hold the CCM);
+``mapping_on`` (where the CCM went: ``--mapping-on`` workers, client, or auto, the choice
+by the workers' memory limit, asked in ``mapping_on_asked``); ``balance`` (``--balance``: the columns cut
+by stored blocks or by the EM step's work) and ``worker_compute_s_2_each`` (each worker's task seconds per
+iteration with two workers), ``shard_work`` and ``shard_mb_each`` (each shard's EM-step work, its stored
+blocks summed over its non-empty bins, and its bytes);
 ``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
 busiest worker's tasks, from Dask's task stream: the split of the work, free of the load that
 other processes put on a shared machine) and ``compute_scaling_efficiency`` from them.
@@ -91,7 +95,8 @@ def trimmed_rss():
     return rss()
 
 
-def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats, memory_limit, mapping_on):
+def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats, memory_limit, mapping_on,
+               balance="blocks"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -101,7 +106,7 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
         before = client.run(trimmed_rss)
         start = time.perf_counter()
         engine = sharded_engine(client, response, dc2.mapping, data=data, backgrounds={"activation": background},
-                                dtype=np.float32, mapping_on=mapping_on)
+                                dtype=np.float32, mapping_on=mapping_on, balance=balance)
         built_s = time.perf_counter() - start
         # the pickled slices received are freed once unpacked: count what the shards hold
         growth = max(after - before[w] for w, after in client.run(trimmed_rss).items())
@@ -115,6 +120,7 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
                     busy[task["worker"]] = busy.get(task["worker"], 0.0) + part["stop"] - part["start"]
                 elif part["action"] == "transfer":  # results moved between workers (the reduction tree)
                     moved += 1
+        each_s = sorted(round(b / (repeats + 1), 3) for b in busy.values())
         compute_s = max(busy.values()) / (repeats + 1)
         logger.info("seconds per iteration in each worker's tasks: %s; %d transfers between workers",
                     [round(b / (repeats + 1), 3) for b in busy.values()], moved)
@@ -122,6 +128,8 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
         logger.info("%d workers: %.3f s per iteration (%.3f s in the busiest worker's tasks), shards %s MB, "
                     "built in %.1f s", n_workers, iter_s, compute_s, [round(f["response_bytes"] / 1e6) for f in facts],
                     built_s)
+        facts[0]["placement"] = engine.placement["mapping_on"]
+        facts[0]["compute_each_s"] = each_s
         return iter_s, product, facts, growth, compute_s
 
 
@@ -130,8 +138,10 @@ def main():
     parser.add_argument("--em-bins", type=int, default=1, help="Ei/Em bins (1: the 511 keV line bin)")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per engine")
     parser.add_argument("--worker-memory", default="auto", help="memory limit of each worker (e.g. '1.5GB')")
-    parser.add_argument("--mapping-on", choices=("workers", "client"), default="client",
+    parser.add_argument("--mapping-on", choices=("auto", "workers", "client"), default="client",
                         help="where the CCM lives (sharded_engine's mapping_on)")
+    parser.add_argument("--balance", choices=("blocks", "work"), default="blocks",
+                        help="how the columns are cut (sharded_engine's balance)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -161,14 +171,14 @@ def main():
     figures = {}
     try:
         iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
-                                                          args.repeats, limit, args.mapping_on)
+                                                          args.repeats, limit, args.mapping_on, args.balance)
     except CosiInputError as err:  # one worker may not hold the whole response: measured without the limit
         logger.info("one worker refused, as it should: %s", err)
         figures["one_worker_refused"] = True
         iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
-                                                          args.repeats, "auto", args.mapping_on)
+                                                          args.repeats, "auto", args.mapping_on, args.balance)
     iter_s_2, product_2, facts, growth, compute_2 = on_cluster(2, response, dc2, data, background, image, norms,
-                                                               args.repeats, limit, args.mapping_on)
+                                                               args.repeats, limit, args.mapping_on, args.balance)
     diff = max(float(np.max(np.abs(p - expected)) / np.max(np.abs(expected))) for p in (product_1, product_2))
     overhead_s = iter_s_1 - single_s
     figures = {
@@ -186,7 +196,12 @@ def main():
         "total_response_mb": round(total / 1e6, 1),
         "worker_rss_mb": round(growth / 1e6, 1),
         "worker_memory_ratio": round(growth / (total / 2), 2),
-        "mapping_on": args.mapping_on,
+        "mapping_on": facts[0]["placement"],
+        "mapping_on_asked": args.mapping_on,
+        "balance": args.balance,
+        "worker_compute_s_2_each": facts[0]["compute_each_s"],
+        "shard_work": [f["work"] for f in facts],
+        "shard_mb_each": [round(f["response_bytes"] / 1e6, 1) for f in facts],
         "single_fused_over_client_side": round(min(fused) / min(client_side), 3),
         **({"worker_limit_mb": round(_bytes(limit) / 1e6)} if limit != "auto" else {}),
         **figures,
