@@ -130,9 +130,15 @@ def test_fused_step_keeps_the_bins_on_the_workers_and_equals_single_process(pair
         return out
 
     monkeypatch.setattr(client, "gather", recording_gather)
+    # the ratio products were started with the evaluation: asking for them submits nothing more
+    assert all(isinstance(part, distributed.Future) for part in b.products)
+    submitted = []
+    submit = client.submit
+    monkeypatch.setattr(client, "submit", lambda *args, **kwargs: submitted.append(args[0]) or submit(*args, **kwargs))
     (ta, pa), (tb, pb) = le.ratio_products(a), se.ratio_products(b)
     close(ta, tb)
     assert pb == pytest.approx(pa, rel=RTOL)
+    assert submitted == []
     # what travelled back: the two shards' partial skies and background products, nothing per bin
     assert len(received) == 2
     assert all(part[0].shape == ta.shape for part in received)
@@ -427,7 +433,7 @@ def test_worker_killed_mid_run_gives_the_same_images(tmp_path):
         cluster.close()
 
 
-def test_out_of_core_engine_within_a_memory_bound_smaller_than_the_response(tmp_path):
+def test_out_of_core_engine_within_a_memory_bound_smaller_than_the_response(tmp_path, monkeypatch):
     """Shards of at most a third of the response, streamed from disk: the single engine's results."""
     generated = generated_response()
     path = write_response(tmp_path / "response.h5", generated.axes, generated.contents, dtype=np.float64)
@@ -457,6 +463,16 @@ def test_out_of_core_engine_within_a_memory_bound_smaller_than_the_response(tmp_
     rl_single = RichardsonLucy(COSIDataset(single, counts=local.counts), iterations=3).run()
     rl_disk = RichardsonLucy(COSIDataset(engine, counts=local.counts), iterations=3).run()
     close(rl_single[-1]["model"], rl_disk[-1]["model"])
+    # the plugin's folds, made by streaming the shards once, then likelihood calls without reading them
+    (_, plugin_single), (model_disk, plugin_disk) = (fit_setup(COSIDataset(e, counts=local.counts))
+                                                     for e in (single, engine))
+    assert plugin_disk.get_log_like() == pytest.approx(plugin_single.get_log_like(), rel=RTOL)
+    loads = []
+    with monkeypatch.context() as patched:
+        patched.setattr(engine._shards, "_load", lambda i: loads.append(i))
+        model_disk.blob.spectrum.main.Powerlaw.K.value = 7e-4
+        plugin_disk.get_log_like()
+    assert loads == []
     # the TS map's sums read the stored blocks: each Newton iteration streams the shards from disk
     estimator = TSMapEstimator(Powerlaw(K=1.0, index=-2.0, piv=500.0), nside=NSIDE_MODEL)
     a = estimator.run(COSIDataset(single, counts=local.counts), progress=False)

@@ -29,6 +29,7 @@ is lost, the scheduler rebuilds its shards on another worker from their specs
 """
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,14 @@ class ShardedResponse:
                 f"cds={self.cds_shape}, {len(self._shards)} shards, {self.nbytes / 1e6:.1f} MB)")
 
 
+@dataclass
+class ShardedEvaluation(Evaluation):
+    """An :class:`~cosi_imaging_plugin.engine.Evaluation` whose ratio products may be under way on the workers."""
+
+    #: Futures of the partial ratio products started with the evaluation (None: not started).
+    products: object = None
+
+
 class KeptAtBins:
     """Arrays at the non-empty bins kept on the workers: one future per shard, its bins' part (k, nnz_shard).
 
@@ -172,10 +181,18 @@ class _Shards:
         receives two results whatever the number of workers, and the order of the
         additions, hence the result to the bit, does not depend on where they ran.
         """
+        return self.sum_of(self.reduce_submit(func, args))
+
+    def reduce_submit(self, func, args):
+        """The futures of :meth:`reduce`'s two last partial sums (or one), left computing on the workers."""
         level = self._submit(func, args)
         while len(level) > 2:
             level = [self.client.submit(ops.add, *level[i:i + 2], pure=False) if i + 1 < len(level) else level[i]
                      for i in range(0, len(level), 2)]
+        return level
+
+    def sum_of(self, level):
+        """The sum of :meth:`reduce_submit`'s futures, added here in their order."""
         parts = self.client.gather(level)
         return parts[0] if len(parts) == 1 else ops.add(parts[0], parts[1])
 
@@ -202,6 +219,9 @@ class ShardedEngine(ResponseEngine):
                  mapping_on="workers"):
         self._shards = shards  # without data; replaced by the shards holding the data in set_data
         self.mapping_on = mapping_on
+        #: Start the ratio products of every evaluated state with its evaluation (what RL asks next), on a
+        #: cluster (shards on disk would be read once more for nothing).
+        self.prefetch_products = shards.client is not None
         #: How the sky mapping's place was chosen (set by :func:`sharded_engine`).
         self.placement = {"mapping_on": mapping_on, "reason": "as asked"}
         super().__init__(response, mapping, data=data, backgrounds=backgrounds, model_axes=model_axes, dtype=dtype)
@@ -278,14 +298,20 @@ class ShardedEngine(ResponseEngine):
         sent = (None, norms, self._shards.share(self.mapping.forward(values, dtype=self.dtype))) \
             if self.mapping_on == "client" else (values, norms)
         at_bins = self._shards.submit(ops.evaluate, [sent] * len(self._shards))
+        # RL asks for the ratio products of every state it evaluates: started now, each worker goes on to them
+        # without waiting for this process to ask (one round trip per iteration instead of two)
+        products = self._shards.reduce_submit(ops.ratio_products, [(part,) for part in at_bins]) \
+            if self.prefetch_products else None
         sums = self._shards.numbers(ops.log_sum, at_bins)
         total = self.total_expected(values, norms)
         constant = self.data.log_factorial if constant is None else constant
-        return Evaluation(float(sum(sums) - total - constant), total, at_bins)
+        return ShardedEvaluation(float(sum(sums) - total - constant), total, at_bins, products)
 
     def ratio_products(self, evaluation):
         """As :meth:`ResponseEngine.ratio_products`, on the workers: only the summed sky and numbers come back."""
-        sky, products = self._shards.reduce(ops.ratio_products, [(part,) for part in evaluation.at_bins])
+        started = getattr(evaluation, "products", None)
+        sky, products = self._shards.sum_of(started) if started is not None else \
+            self._shards.reduce(ops.ratio_products, [(part,) for part in evaluation.at_bins])
         return self._to_sky(sky), products
 
     def evaluation_at_bins(self, evaluation):
@@ -312,8 +338,10 @@ class ShardedEngine(ResponseEngine):
     def keep_at_bins(self, values):
         """As :meth:`ResponseEngine.keep_at_bins`: each shard's slice sent to it and kept there."""
         values = super().keep_at_bins(values)
-        parts = self._shards.submit(ops.keep, [(values[:, a:b],) for a, b in self._bounds])
-        return KeptAtBins(parts, values.shape[0])
+        slices = [(values[:, a:b],) for a, b in self._bounds]
+        if self.client is None:  # shards on disk: the slices stay here, no shard is read for them
+            return KeptAtBins([part for part, in slices], values.shape[0])
+        return KeptAtBins(self._shards.submit(ops.keep, slices), values.shape[0])
 
     def kept_values(self, kept):
         """The kept parts gathered from the workers into one array (k, nnz)."""
@@ -323,6 +351,9 @@ class ShardedEngine(ResponseEngine):
         """As :meth:`ResponseEngine.log_likelihood_of_terms`, on the workers: the weights and normalizations go
         out, one partial sum ``sum_i d_i ln eps_i`` per shard comes back."""
         self._require_data()
+        if self.client is None:  # shards on disk: the bins are here, the response need not be read for this
+            return super().log_likelihood_of_terms([(w, self.kept_values(kept)) for w, kept in terms], bkg_norms,
+                                                   total_expected, constant)
         norms = self.background_norms(bkg_norms)
         terms = [(np.asarray(weights, dtype=np.float64), kept) for weights, kept in terms]
         sums = self._shards.map(ops.log_sum_of_terms,
