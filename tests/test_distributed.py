@@ -109,6 +109,17 @@ def test_sharded_engine_equals_single_process_engine(pair):
     rows = le.source_rows(image, dtype=np.float64)
     close(le.sky_expectation_at_bins(rows=rows, dtype=np.float64),
           se.sky_expectation_at_bins(rows=rows, dtype=np.float64))
+    # folds kept on the workers (the plugin's): of images, of source rows, of arrays from here
+    images = [image, 0.5 * image]
+    close(le.sky_folds_at_bins(images), se.kept_values(se.sky_folds_at_bins(images)))
+    close(le.sky_folds_at_bins(rows=[rows, 2 * rows]), se.kept_values(se.sky_folds_at_bins(rows=[rows, 2 * rows])))
+    values = np.random.default_rng(1).uniform(size=(2, le.data.nnz))
+    close(values, se.kept_values(se.keep_at_bins(values)))
+    w = np.array([0.3, 0.7])
+    local_terms = [(w, le.sky_folds_at_bins(images)), (np.array([1.0, 0.5]), le.keep_at_bins(values))]
+    sharded_terms = [(w, se.sky_folds_at_bins(images)), (np.array([1.0, 0.5]), se.keep_at_bins(values))]
+    assert se.log_likelihood_of_terms(sharded_terms, norms, 10.0) == pytest.approx(
+        le.log_likelihood_of_terms(local_terms, norms, 10.0), rel=RTOL)
 
 
 def test_fused_step_keeps_the_bins_on_the_workers_and_equals_single_process(pair, client, monkeypatch):

@@ -328,10 +328,11 @@ class ShardedEngine(ResponseEngine):
         self._require_data()
         if rows is None and self.mapping_on == "client":
             rows = [self.mapping.forward(self.image_values(image), dtype=np.float64) for image in images]
+        # one at a time: a stack of source rows can be large (n_ei x n_rows x n_source)
         if rows is None:
-            sent = (self._shards.share([self.image_values(image) for image in images]), None)
+            sent = ([self._shards.share(self.image_values(image)) for image in images], None)
         else:
-            sent = (None, self._shards.share([np.asarray(r, dtype=np.float64) for r in rows]))
+            sent = (None, [self._shards.share(np.asarray(r, dtype=np.float64)) for r in rows])
         parts = self._shards.submit(ops.sky_folds, [sent] * len(self._shards))
         return KeptAtBins(parts, len(images if rows is None else rows))
 

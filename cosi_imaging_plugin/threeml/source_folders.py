@@ -246,13 +246,27 @@ class PointSourceFolder(_SeparableSourceFolder):
         dwell = self.dataset.point_source_dwell(direction)
         if dwell is None:
             return super()._fold()
-        n_ei = self.ei_edges.size - 1
-        n_rows, n_nu = dwell.shape
-        rows = np.zeros((n_ei, n_rows, n_nu, n_ei))
-        for e in range(n_ei):
-            rows[e, :, :, e] = dwell
-        folded = engine.sky_folds_at_bins(rows=list(rows.reshape(n_ei, n_rows, -1)))
+        folded = engine.sky_folds_at_bins(rows=_UnitRows(dwell, self.ei_edges.size - 1))
         return _Fold(self.spatial_image(), folded, dwell.sum(axis=0) @ engine.response.effective_area, dwell)
+
+
+class _UnitRows:
+    """The source rows of a dwell with unit flux in one Ei bin, for each bin, made one at a time when read
+    (n_ei of them at once would take n_ei times the memory of one)."""
+
+    def __init__(self, dwell, n_ei):
+        self.dwell = dwell
+        self.n_ei = n_ei
+
+    def __len__(self):
+        return self.n_ei
+
+    def __getitem__(self, e):
+        if not 0 <= e < self.n_ei:
+            raise IndexError(e)
+        rows = np.zeros((*self.dwell.shape, self.n_ei))
+        rows[:, :, e] = self.dwell
+        return rows.reshape(self.dwell.shape[0], -1)
 
 
 class ExtendedSourceFolder(_SeparableSourceFolder):
