@@ -492,9 +492,10 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         Cut the columns into ranges of equal stored blocks (equal memory: each worker
         holds about 1/N of the response) or of equal EM-step work (stored blocks x
         non-empty bins per column, :func:`column_work`; needs `data`, else by blocks),
-        which evens the workers' time per iteration but not their memory (in the tests'
-        small setup, 0.73 and 1.27 times half the response). The memory check applies
-        to either.
+        which does not even their memory (in the tests' small setup, 0.73 and 1.27 times
+        half the response). At DC2 scale the kernels' time follows the stored blocks more
+        than this product (benchmarks/RESULTS.md): 'blocks' evens both there. The memory
+        check applies to either.
     check : bool
         Check the workers' package versions and memory before building.
 
