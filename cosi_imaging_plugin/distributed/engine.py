@@ -299,7 +299,7 @@ class ShardedEngine(ResponseEngine):
             if self.mapping_on == "client" else (values, norms)
         at_bins = self._shards.submit(ops.evaluate, [sent] * len(self._shards))
         # RL asks for the ratio products of every state it evaluates: started now, each worker goes on to them
-        # without waiting for this process to ask (one round trip per iteration instead of two)
+        # without waiting for this process to ask (no round trip to the client between the two)
         products = self._shards.reduce_submit(ops.ratio_products, [(part,) for part in at_bins]) \
             if self.prefetch_products else None
         sums = self._shards.numbers(ops.log_sum, at_bins)
