@@ -6,6 +6,7 @@ Monte Carlo errors of the quantities tested; every generator is seeded.
 """
 import logging
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from scipy import integrate
 
 from cosi_imaging_plugin.errors import CosiInputError, InvalidValueError
-from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat
+from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat, sharing
 from cosi_imaging_plugin.uncertainty.allocation import Allocator
 from cosi_imaging_plugin.uncertainty.plots import plot_summary
 from cosi_imaging_plugin.uncertainty.scale import ScaleMove
@@ -296,6 +297,23 @@ def test_chains_in_worker_processes_equal_the_serial_run(blob_dataset):
     assert np.array_equal(parallel.draws, serial.draws)
     for name in serial.traces:
         assert np.array_equal(parallel.traces[name], serial.traces[name]), name
+
+
+def test_workers_receive_the_engine_through_shared_memory(blob_dataset):
+    """The workers' pickle refers to shared blocks instead of carrying the engine's arrays, and the
+    sampler it loads sweeps to the same bits as the original."""
+    sampler = LIRA(blob_dataset, progress=False).sampler
+    state = sampler.dispersed_start(np.random.default_rng(3))
+    expected, _ = sampler.sweep(state, np.random.default_rng(4))
+    whole = len(pickle.dumps(sampler, protocol=pickle.HIGHEST_PROTOCOL))
+    with sharing.SharedPickle(sampler) as shared:
+        assert len(shared.payload) < 0.05 * whole
+        assert shared.shared_bytes > 0.9 * whole
+        loaded = sharing.load(shared.payload)
+        assert loaded.engine._row_buffers == {}
+        np.testing.assert_array_equal(loaded.engine.response.values, sampler.engine.response.values)
+        swept, _ = loaded.sweep(state, np.random.default_rng(4))
+    assert np.array_equal(swept.image, expected.image) and np.array_equal(swept.norms, expected.norms)
 
 
 def test_bad_settings_name_the_key(blob_dataset, caplog):

@@ -23,7 +23,7 @@ walk is exact in any fixed order of the cells, so the tile-major order changes n
 import numba
 import numpy as np
 
-from ..engine.block_ops import BLOCK, dot_blocks_1
+from ..engine.block_ops import BLOCK, GROUP, dot_blocks_1, dot_blocks_4
 from ..engine.kernel_layout import TILE_WIDTH, column_chunks, tiled_offsets
 from ..engine.kernels import forward_at_bins
 from ..engine.sky_mapping import CCMMapping
@@ -97,7 +97,8 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
         last = np.full(n, -1, dtype=np.int64)  # the last cell with weight: entry, or -2 - background
         last_tile = np.full(n, -1, dtype=np.int64)  # the last tile with weight that was summed, not walked
         tile_sum = np.zeros(n)
-        bin_rows = data_row[first:last_bin]
+        active = np.empty(n, dtype=np.int64)
+        active_rows = np.empty(n, dtype=np.int32)
         for i in range(n):
             q = first + i
             d = int(counts[q])
@@ -128,14 +129,30 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
                 b1 = blocks[c + 1]
                 if b0 == b1:
                     continue
+                # the tile's sum for every bin of the column still drawing, four bins per vector operation
+                n_active = 0
                 for q in range(data_ptr[c], data_ptr[c + 1]):
                     i = q - first
+                    if drawn[i] < counts[q]:
+                        active[n_active] = i
+                        active_rows[n_active] = data_row[q]
+                        n_active += 1
+                j = 0
+                while j < n_active:
+                    tile_sum[j] = 0.0
+                    j += 1
+                j = 0
+                while j + GROUP <= n_active:
+                    dot_blocks_4(rows, active_rows, j, local_block, values, b0, b1, tile_sum)
+                    j += GROUP
+                while j < n_active:
+                    dot_blocks_1(rows, active_rows, j, local_block, values, b0, b1, tile_sum)
+                    j += 1
+                for j in range(n_active):
+                    i = active[j]
+                    q = first + i
                     d = int(counts[q])
-                    if drawn[i] >= d:
-                        continue
-                    tile_sum[i] = 0.0
-                    dot_blocks_1(rows, bin_rows, i, local_block, values, b0, b1, tile_sum)
-                    s_ = tile_sum[i]
+                    s_ = tile_sum[j]
                     if not s_ > 0.0:
                         continue
                     if cum[i] + s_ <= partial[i] * scale[i]:

@@ -154,6 +154,9 @@ class ScaleMove:
         current, grad, hess = terms(v)
         for _ in range(max_iter):
             step = np.linalg.solve(hess, -grad)
+            # Newton's decrement: half of it bounds what a full step can still gain near the mode
+            if float(grad @ step) < 1e-10:
+                break
             t = 1.0
             while t > 1e-12:
                 trial = v + t * step
