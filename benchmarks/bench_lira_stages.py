@@ -5,9 +5,9 @@ On the DC2-scale inputs of ``_dc2.py``: the seconds of one RL iteration (the eng
 each run the way the sweep runs it, best of ``--repeats``:
 
 - ``scale_forward``: the forward product of the sky's unit shape per Ei bin (source rows through the
-  CCM, then the engine's forward kernel at the bins), shared by the scale move and the allocation;
+  CCM, then the engine's forward kernel at the bins), shared by the scale move and the allocation
+  (its expectations at the bins and its source rows);
 - ``scale_move``: the Newton solve for the conditional mode and the Metropolis proposals;
-- ``alloc_rows``: the image's source rows through the CCM, tile by tile;
 - ``alloc_stage1``: bins to (row, source entry) and backgrounds, exponential spacings included;
 - ``alloc_stage2``: the stage-one counts gathered, then (row, source entry) to sky pixels through the CCM;
 - ``tree``: the exposure augmentation and the multiscale tree's draws; ``background``: the norms' draw;
@@ -71,7 +71,7 @@ def main():
     current = np.concatenate([mu, state.norms])
     seconds["scale_move"], _ = best(lambda: sampler.scale_move.draw(unit_sky, unit_totals, current, rng),
                                     args.repeats)
-    seconds["alloc_rows"], rows = best(lambda: alloc.tiled_rows(image), args.repeats)
+    rows = alloc.tiled_rows(image)
 
     data = engine.data
     tiles = engine.response.tiled_blocks()
@@ -114,7 +114,7 @@ def main():
     seconds["tree"], _ = best(tree, args.repeats)
     seconds["background"], _ = best(lambda: rng.gamma(1.0 + np.ones(len(sampler.names))) / sampler.bkg_totals,
                                     args.repeats)
-    stages = ("scale_forward", "scale_move", "alloc_rows", "alloc_stage1", "alloc_stage2", "tree", "background")
+    stages = ("scale_forward", "scale_move", "alloc_stage1", "alloc_stage2", "tree", "background")
     seconds["stages_total"] = sum(seconds[k] for k in stages)
     result = {k: round(v, 4) for k, v in seconds.items()}
     result.update({f"{k}_over_rl": round(v / seconds["rl_iter"], 2) for k, v in seconds.items() if k != "rl_iter"})

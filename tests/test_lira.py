@@ -306,7 +306,7 @@ def test_workers_receive_the_engine_through_shared_memory(blob_dataset):
     state = sampler.dispersed_start(np.random.default_rng(3))
     expected, _ = sampler.sweep(state, np.random.default_rng(4))
     whole = len(pickle.dumps(sampler, protocol=pickle.HIGHEST_PROTOCOL))
-    with sharing.SharedPickle(sampler) as shared:
+    with sharing.SharedPickle(sampler, min_bytes=1 << 16) as shared:
         assert len(shared.payload) < 0.05 * whole
         assert shared.shared_bytes > 0.9 * whole
         loaded = sharing.load(shared.payload)

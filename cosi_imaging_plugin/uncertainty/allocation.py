@@ -331,7 +331,7 @@ class Allocator:
                         data.data_ptr, data.row, tiled_rows, out)
         return out
 
-    def draw(self, image, norms, rng, sky_at_bins=None):
+    def draw(self, image, norms, rng, sky_at_bins=None, tiled_rows=None):
         """One allocation of the counts.
 
         Parameters
@@ -344,6 +344,8 @@ class Allocator:
         sky_at_bins : ndarray, shape (nnz,), optional
             The image's expected counts at the non-empty bins, if the caller has them (float64, as the
             engine's forward product with float64 rows gives them); else computed here.
+        tiled_rows : ndarray, shape (n_tiles, n_rows, TILE_WIDTH), optional
+            The image's source rows as :meth:`tiled_rows` gives them, if the caller has them.
 
         Returns
         -------
@@ -357,7 +359,7 @@ class Allocator:
         engine = self.engine
         data = engine.data
         image = np.ascontiguousarray(image, dtype=np.float64)
-        rows = self.tiled_rows(image)
+        rows = self.tiled_rows(image) if tiled_rows is None else tiled_rows
         if sky_at_bins is None:
             sky_at_bins = self.sky_at_bins(rows)
         bkg_weights = np.ascontiguousarray(self._templates * np.asarray(norms, dtype=np.float64)[:, None])

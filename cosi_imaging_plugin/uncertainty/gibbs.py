@@ -169,11 +169,11 @@ class GibbsSampler:
         float
             Log-likelihood of the state the sweep started from.
         """
-        current, norms, sky_at_bins = state.image, state.norms, None
+        current, norms, sky_at_bins, rows = state.image, state.norms, None, None
         if self.scale_move is not None:
             # first, so that its forward product of the sky's shape serves the allocation too
-            current, norms, sky_at_bins, data_term = self._scale_step(current, norms, rng)
-        sky, bkg_counts, allocated_term = self.allocator.draw(current, norms, rng, sky_at_bins)
+            current, norms, sky_at_bins, rows, data_term = self._scale_step(current, norms, rng)
+        sky, bkg_counts, allocated_term = self.allocator.draw(current, norms, rng, sky_at_bins, rows)
         log_like = self.log_likelihood(allocated_term if self.scale_move is None else data_term, state)
         sky = self.nested(sky)
         image = self.nested(current)
@@ -212,19 +212,21 @@ class GibbsSampler:
         image, norms
             The image rescaled per Ei bin and the new norms.
         """
-        image, norms, _, _ = self._scale_step(image, norms, rng)
-        return image, norms
+        return self._scale_step(image, norms, rng)[:2]
 
     def _scale_step(self, image, norms, rng):
-        """:meth:`move_scales`, also returning the new image's expected counts at the non-empty bins and
-        ``sum d ln eps`` of the state it started from: one forward product per Ei bin gives all three."""
+        """:meth:`move_scales`, also returning the new image's expected counts at the non-empty bins, its
+        tiled source rows and ``sum d ln eps`` of the state it started from: one forward product per Ei bin
+        gives them all."""
         engine = self.engine
         mu = image.sum(axis=0) * self.exposure_max  # expected complete counts of every Ei bin
         unit_sky = np.empty((self.n_ei, engine.data.nnz))
+        unit_rows = []
         for e in range(self.n_ei):
             single = np.zeros_like(image)
             single[:, e] = image[:, e] / mu[e]
-            unit_sky[e] = self.allocator.sky_at_bins(self.allocator.tiled_rows(single))
+            unit_rows.append(self.allocator.tiled_rows(single))
+            unit_sky[e] = self.allocator.sky_at_bins(unit_rows[e])
         unit_totals = (image * self.exposure).sum(axis=0) / mu
         fitted = self.fit_backgrounds and bool(self.names)
         background = engine.background_at_bins(dict(zip(self.names, norms)))
@@ -233,7 +235,12 @@ class GibbsSampler:
         current = np.concatenate([mu, norms]) if fitted else mu
         new, _ = self.scale_move.draw(unit_sky, unit_totals, current, rng, None if fitted else background)
         mu_new = new[:self.n_ei]
-        return image * (mu_new / mu), (new[self.n_ei:] if fitted else norms), mu_new @ unit_sky, data_term
+        rows = unit_rows[0]
+        rows *= mu_new[0]
+        for e in range(1, self.n_ei):
+            rows += mu_new[e] * unit_rows[e]
+        return (image * (mu_new / mu), (new[self.n_ei:] if fitted else norms), mu_new @ unit_sky, rows,
+                data_term)
 
     def total_flux(self, image):
         """Flux ``sum_j x_j dOmega`` of an image, per Ei bin (ph cm-2 s-1)."""

@@ -116,8 +116,9 @@ class LIRA:
         Sample the background norms (else they stay at `initial_norms`).
     scale_move : bool
         Add to every sweep the joint move of the sky totals and the background norms (:mod:`.scale`):
-        it crosses in one step the ridge along which a sky total and a background trade counts, at the
-        cost of one forward product per Ei bin.
+        it crosses in one step the ridge along which a sky total and a background trade counts. Its
+        forward product of the sky's shape (one per Ei bin) replaces the one the allocation would make,
+        so with one Ei bin it adds only a few passes over the non-empty bins.
     initial_norms : dict of str to float, optional
         Starting background norms (1 where not given).
     seed : int
