@@ -85,7 +85,8 @@ def main():
         spacings = rng.standard_exponential(alloc._n_spacings)
         allocation.allocate_bins(tiles.tile_ptr, tiles.local_block, tiles.values, data.active_cols, alloc._chunks,
                                  data.data_ptr, data.row, data.counts, alloc._offsets, spacings, expectation, rows,
-                                 bkg_weights, out_source, out_bkg, np.full(n_tasks, -1, dtype=np.int64))
+                                 bkg_weights, out_source, out_bkg, np.zeros(n_tasks),
+                                 np.full(n_tasks, -1, dtype=np.int64))
         return out_source
 
     seconds["alloc_stage1"], out_source = best(stage1, args.repeats)

@@ -55,7 +55,7 @@ def _draw_cell(w, cum, m, d, partial, scale, spacings, o):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, data_row, counts, offsets,
-                  spacings, expectation, tiled_rows, bkg_weights, out_source, out_bkg, failed):
+                  spacings, expectation, tiled_rows, bkg_weights, out_source, out_bkg, loglike, failed):
     """Stage one: the counts of every non-empty bin split over response entries and backgrounds.
 
     Parameters
@@ -79,6 +79,8 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
     out_source : ndarray of int32, shape (n_tasks, n_tiles, n_rows, TILE_WIDTH)
         Counts given to each (row, internal source entry), tile by tile, one partial array per task.
     out_bkg : ndarray of float64, shape (n_tasks, n_bkg)
+    loglike : ndarray of float64, shape (n_tasks,)
+        ``sum d_i ln eps_i`` of each task's bins.
     failed : ndarray of int64, shape (n_tasks,)
         A bin with counts and zero expectation, or -1.
     """
@@ -99,6 +101,7 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
         tile_sum = np.zeros(n)
         active = np.empty(n, dtype=np.int64)
         active_rows = np.empty(n, dtype=np.int32)
+        ll = 0.0
         for i in range(n):
             q = first + i
             d = int(counts[q])
@@ -107,6 +110,7 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
                 failed[h] = q
                 drawn[i] = d
                 continue
+            ll += counts[q] * np.log(total)
             o = offsets[q]
             scale[i], partial[i] = _draw_start(spacings, o, d, total)
             m = 0
@@ -119,6 +123,7 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
                     out_bkg[h, k] += nk
                     last[i] = -2 - k
             cum[i], drawn[i], partial[i] = c_, m, p
+        loglike[h] = ll
         for t in range(n_tiles):
             rows = tiled_rows[t]
             blocks = tile_ptr[t]
@@ -368,17 +373,17 @@ class Allocator:
         n_tasks = self._chunks.size - 1
         out_source = np.zeros((n_tasks,) + rows.shape, dtype=np.int32)
         out_bkg = np.zeros((n_tasks, bkg_weights.shape[0]))
+        loglike = np.zeros(n_tasks)
         failed = np.full(n_tasks, -1, dtype=np.int64)
         spacings = rng.standard_exponential(self._n_spacings)
         allocate_bins(tiles.tile_ptr, tiles.local_block, tiles.values, data.active_cols, self._chunks,
                       data.data_ptr, data.row, data.counts, self._offsets, spacings, expectation, rows,
-                      bkg_weights, out_source, out_bkg, failed)
+                      bkg_weights, out_source, out_bkg, loglike, failed)
         if np.any(failed >= 0):
             q = int(failed[failed >= 0][0])
             raise CosiInputError(f"zero expected counts at a bin with {data.counts[q]:g} counts "
                                  f"({engine.describe_bin(q)}): the image and backgrounds cannot produce the data")
-        with np.errstate(divide="ignore"):
-            data_term = float(np.dot(data.counts, np.log(expectation)))
+        data_term = float(loglike.sum())  # the tasks are fixed at construction: the same sum in every process
         n_source = engine.response.n_source
         source = np.empty((engine.n_rows, n_source), dtype=np.int64)
         needs = np.empty(engine.n_rows, dtype=np.int64)

@@ -229,11 +229,9 @@ class GibbsSampler:
             unit_sky[e] = self.allocator.sky_at_bins(unit_rows[e])
         unit_totals = (image * self.exposure).sum(axis=0) / mu
         fitted = self.fit_backgrounds and bool(self.names)
-        background = engine.background_at_bins(dict(zip(self.names, norms)))
-        with np.errstate(divide="ignore"):
-            data_term = float(np.dot(engine.data.counts, np.log(mu @ unit_sky + background)))
         current = np.concatenate([mu, norms]) if fitted else mu
-        new, _ = self.scale_move.draw(unit_sky, unit_totals, current, rng, None if fitted else background)
+        offset = None if fitted else engine.background_at_bins(dict(zip(self.names, norms)))
+        new, _, data_term = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset, data_term=True)
         mu_new = new[:self.n_ei]
         rows = unit_rows[0]
         rows *= mu_new[0]

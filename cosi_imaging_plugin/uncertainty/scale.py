@@ -25,6 +25,9 @@ import numpy as np
 T_DOF = 5.0
 #: Fixed pieces of the sums over bins: the sums do not depend on the number of threads.
 _PIECES = 32
+#: Above this many bins, the mode search starts from the mode of every ``STRIDE``-th bin.
+SUBSAMPLE_BINS = 1 << 16
+STRIDE = 16
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -76,7 +79,8 @@ def poisson_terms(columns, offset, counts, value, derivatives=True):
     """
     n = columns.shape[1]
     out = np.empty((_PIECES, 1 + n + n * n))
-    _poisson_pieces(np.ascontiguousarray(columns.T), offset, counts, np.asarray(value, dtype=np.float64),
+    _poisson_pieces(np.ascontiguousarray(columns.T), np.ascontiguousarray(offset, dtype=np.float64),
+                    np.ascontiguousarray(counts, dtype=np.float64), np.asarray(value, dtype=np.float64),
                     derivatives, out)
     total = out.sum(axis=0)
     return float(total[0]), total[1:1 + n], total[1 + n:].reshape(n, n)
@@ -133,6 +137,11 @@ class ScaleMove:
     def mode(columns, totals, counts, shape, rate, offset, max_iter=200):
         """The conditional mode (on the original scale) and the curvature of the log-density at it.
 
+        Newton's method with step halving, from the mode of a subsample of the bins (every ``STRIDE``-th,
+        its totals and prior scaled alike) where there are many: each step is one pass over the bins, and
+        the subsample's mode leaves the full solve one or two steps. The start depends on the data and
+        the shape only, never on the chain's state.
+
         Returns
         -------
         value : ndarray, shape (n_params,)
@@ -148,9 +157,12 @@ class ScaleMove:
             value = data_term - float(totals @ v) + float(np.sum(shape * np.log(v) - rate * v))
             return value, grad - totals + shape / v - rate, hess - np.diag(shape / v ** 2)
 
-        # a start of the data's own (every parameter given an equal share of the counts), never the chain's
-        # state: the proposal must not depend on it
-        v = max(float(counts.sum()), 1.0) / (totals.size * totals)
+        # a start of the data's own, never the chain's state: the proposal must not depend on it
+        if counts.size > SUBSAMPLE_BINS:
+            v = ScaleMove.mode(columns[::STRIDE], totals / STRIDE, counts[::STRIDE], shape / STRIDE,
+                               rate / STRIDE, offset[::STRIDE], max_iter)[0]
+        else:  # every parameter given an equal share of the counts
+            v = max(float(counts.sum()), 1.0) / (totals.size * totals)
         current, grad, hess = terms(v)
         for _ in range(max_iter):
             step = np.linalg.solve(hess, -grad)
@@ -173,7 +185,7 @@ class ScaleMove:
         # curvature of the log-density of log v: D H D (the gradient vanishes at the mode)
         return v, v[:, None] * hess * v[None, :]
 
-    def draw(self, unit_sky, unit_totals, current, rng, offset=None):
+    def draw(self, unit_sky, unit_totals, current, rng, offset=None, data_term=False):
         """New ``(mu, b)`` from the move.
 
         Parameters
@@ -188,12 +200,16 @@ class ScaleMove:
         offset : ndarray, shape (nnz,), optional
             Fixed expected counts at the non-empty bins (backgrounds whose norms are not sampled; their
             total over all bins is a constant of the target).
+        data_term : bool
+            Also return ``sum_i d_i ln eps_i`` at `current`, which the move computes anyway.
 
         Returns
         -------
         ndarray, shape (n_ei + n_bkg,)
         int
             Accepted proposals.
+        float
+            With `data_term`: ``sum_i d_i ln eps_i`` at `current`.
         """
         columns, totals, shape, rate = self._design(unit_sky, unit_totals)
         counts = self.counts
@@ -209,8 +225,12 @@ class ScaleMove:
             z = inv_chol @ (theta - centre)
             return -0.5 * (T_DOF + n) * np.log1p(z @ z / T_DOF)
 
-        theta = np.log(np.asarray(current, dtype=np.float64))
-        log_ratio_now = self.log_target(theta, columns, totals, counts, shape, rate, offset) - log_proposal(theta)
+        value = np.asarray(current, dtype=np.float64)
+        theta = np.log(value)
+        data_now = poisson_terms(columns, offset, counts, value, derivatives=False)[0]
+        log_target = (data_now - float(totals @ value) + float(np.sum(shape * theta - rate * value))
+                      if np.isfinite(data_now) else -np.inf)
+        log_ratio_now = log_target - log_proposal(theta)
         accepted = 0
         for _ in range(self.n_proposals):
             z = rng.standard_normal(n) * np.sqrt(T_DOF / rng.chisquare(T_DOF))
@@ -219,4 +239,4 @@ class ScaleMove:
             if np.log(rng.random()) < log_ratio - log_ratio_now:
                 theta, log_ratio_now = proposal, log_ratio
                 accepted += 1
-        return np.exp(theta), accepted
+        return (np.exp(theta), accepted, data_now) if data_term else (np.exp(theta), accepted)
