@@ -87,6 +87,21 @@ def test_allocation_mean_is_the_em_expectation():
     assert np.all(np.abs(base - base_expected) < 4.5 * np.sqrt(base_expected / n_draws))
 
 
+def test_allocation_gives_targets_past_the_weights_to_the_last_cell():
+    """An expectation above the weights' sum (what rounding can do, here 30 % so that it happens at most
+    bins) leaves sorted targets past the last cell: every count is still allocated, to cells with weight."""
+    image = blob_sky()
+    engine = dataset_for(image, seed=3)[0].engine
+    allocator = Allocator(engine)
+    exact = allocator.sky_at_bins(allocator.tiled_rows(image))
+    rng = np.random.default_rng(4)
+    sky, bkg, _ = allocator.draw(image, [0.0], rng, sky_at_bins=1.3 * exact)
+    assert sky.sum() == engine.data.total_counts and bkg[0] == 0.0  # a zero norm: no count to the background
+    assert np.all(sky[engine.exposure_map <= 0] == 0)
+    sky, bkg, _ = allocator.draw(image, [1.0], rng)
+    assert sky.sum() + bkg.sum() == engine.data.total_counts
+
+
 def test_allocation_rejects_fractional_counts():
     dataset = dataset_for(blob_sky(), seed=1)[0]
     engine = dataset.engine

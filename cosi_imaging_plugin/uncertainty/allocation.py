@@ -96,8 +96,8 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
         partial = np.empty(n)
         scale = np.empty(n)
         drawn = np.zeros(n, dtype=np.int64)
-        last = np.full(n, -1, dtype=np.int64)  # the last cell with weight: entry, or -2 - background
-        last_tile = np.full(n, -1, dtype=np.int64)  # the last tile with weight that was summed, not walked
+        last = np.full(n, -1, dtype=np.int64)  # the last background with weight, as -2 - k
+        last_tile = np.full(n, -1, dtype=np.int64)  # the last tile with weight: its cells come after the backgrounds
         tile_sum = np.zeros(n)
         active = np.empty(n, dtype=np.int64)
         active_rows = np.empty(n, dtype=np.int32)
@@ -172,17 +172,22 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
                     c_, m, p, sc = cum[i], drawn[i], partial[i], scale[i]
                     for b in range(b0, b1):
                         base = local_block[b] * BLOCK
+                        block_sum = 0.0
+                        for u in range(BLOCK):
+                            block_sum += np.float64(values[b, u]) * r[base + u]
+                        if c_ + block_sum <= p * sc:
+                            c_ += block_sum  # no target in this block either
+                            continue
                         for u in range(BLOCK):
                             w = np.float64(values[b, u]) * r[base + u]
                             if w > 0.0:
                                 nk, c_, m, p = _draw_cell(w, c_, m, d, p, sc, spacings, o)
                                 if nk:
                                     out_row[base + u] += nk
-                                last[i] = t * TILE_WIDTH + base + u
                         if m >= d:
                             break
                     cum[i], drawn[i], partial[i] = c_, m, p
-                    last_tile[i] = -1
+                    last_tile[i] = t
         # rounding may leave the largest targets past the summed weights: they belong to the last cell
         for a in range(chunks[h], chunks[h + 1]):
             c = active_cols[a]
@@ -193,16 +198,15 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
                     continue
                 s = data_row[q]
                 t = last_tile[i]
-                if t >= 0:  # the last cell with weight lies in a tile that was only summed: find it
+                if t >= 0:  # the last cell with weight: the last entry with weight of that tile
                     r = tiled_rows[t, s]
+                    entry = -1
                     for b in range(tile_ptr[t, c], tile_ptr[t, c + 1]):
                         base = local_block[b] * BLOCK
                         for u in range(BLOCK):
                             if np.float64(values[b, u]) * r[base + u] > 0.0:
-                                last[i] = t * TILE_WIDTH + base + u
-                if last[i] >= 0:
-                    entry = last[i]
-                    acc[entry // TILE_WIDTH, s, entry % TILE_WIDTH] += left
+                                entry = base + u
+                    acc[t, s, entry] += left
                 elif last[i] < -1:
                     out_bkg[h, -2 - last[i]] += left
 
