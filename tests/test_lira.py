@@ -102,6 +102,17 @@ def test_allocation_gives_targets_past_the_weights_to_the_last_cell():
     assert sky.sum() + bkg.sum() == engine.data.total_counts
 
 
+def test_expectation_split_by_ei_bin_in_one_pass():
+    """The one-pass split of the expected counts by Ei bin equals the engine's product of each Ei bin's image."""
+    image = np.random.default_rng(6).gamma(1.0, 1e-3, (N_PIX, 3))
+    engine = dataset_for(image, seed=2)[0].engine
+    allocator = Allocator(engine)
+    split = allocator.sky_at_bins_per_ei(allocator.tiled_rows(image))
+    for e in range(3):
+        single = np.where(np.arange(3) == e, image, 0.0)
+        np.testing.assert_allclose(split[e], engine.sky_expectation_at_bins(single, dtype=np.float64), rtol=1e-12)
+
+
 def test_allocation_rejects_fractional_counts():
     dataset = dataset_for(blob_sky(), seed=1)[0]
     engine = dataset.engine

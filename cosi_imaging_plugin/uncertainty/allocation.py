@@ -212,6 +212,27 @@ def allocate_bins(tile_ptr, local_block, values, active_cols, chunks, data_ptr, 
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
+def forward_per_ei(tile_ptr, local_block, values, active_cols, chunks, data_ptr, data_row, tiled_rows, ei_of, out):
+    """Expected counts at the non-empty bins of every Ei bin's part of the rows, in one pass over the response:
+    ``out[e, q] = sum_{k of Ei bin e} M[row_q, k] R[k, c_q]``; ``ei_of[t, u]``: the Ei bin of entry ``u`` of
+    tile ``t``. The arguments are otherwise those of the engine's ``forward_at_bins``."""
+    n_tiles = tile_ptr.shape[0]
+    for h in numba.prange(chunks.shape[0] - 1):
+        for t in range(n_tiles):
+            rows = tiled_rows[t]
+            blocks = tile_ptr[t]
+            ei = ei_of[t]
+            for a in range(chunks[h], chunks[h + 1]):
+                c = active_cols[a]
+                for q in range(data_ptr[c], data_ptr[c + 1]):
+                    r = rows[data_row[q]]
+                    for b in range(blocks[c], blocks[c + 1]):
+                        base = local_block[b] * BLOCK
+                        for u in range(BLOCK):
+                            out[ei[base + u], q] += np.float64(values[b, u]) * r[base + u]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
 def gather_source_counts(parts, entry_offsets, row_width, out, needs):
     """The tasks' partial counts summed, per (row, source index) in the original numbering.
 
@@ -317,6 +338,7 @@ class Allocator:
         n_rows = engine.n_rows
         self._row_chunks = np.linspace(0, n_rows, min(self.n_tasks, n_rows) + 1).round().astype(np.int64)
         self._entry_offsets = tiled_offsets(engine.response.inverse_order, n_rows)
+        self._ei_of = None
         self._ccm = isinstance(engine.mapping, CCMMapping)
         if self._ccm:
             ccm = engine.mapping.matrix()
@@ -338,6 +360,30 @@ class Allocator:
         out = np.zeros(data.nnz)
         forward_at_bins(tiles.tile_ptr, tiles.local_block, tiles.values, data.active_cols, self._chunks,
                         data.data_ptr, data.row, tiled_rows, out)
+        return out
+
+    def ei_of_entries(self):
+        """The Ei bin of every tiled source entry, (n_tiles, TILE_WIDTH) (0 on the padding)."""
+        if self._ei_of is None:
+            response = self.engine.response
+            n_ei = int(self.engine.model_axes.nbins[1])
+            n_tiles = response.tiled_blocks().n_tiles
+            ei_of = np.zeros(n_tiles * TILE_WIDTH, dtype=np.int64)
+            ei_of[:response.n_source] = response.order % n_ei
+            self._ei_of = ei_of.reshape(n_tiles, TILE_WIDTH)
+        return self._ei_of
+
+    def sky_at_bins_per_ei(self, tiled_rows):
+        """Expected sky counts at the non-empty bins of every Ei bin, (n_ei, nnz), in one pass."""
+        engine = self.engine
+        n_ei = int(engine.model_axes.nbins[1])
+        if n_ei == 1:
+            return self.sky_at_bins(tiled_rows)[None]
+        tiles = engine.response.tiled_blocks()
+        data = engine.data
+        out = np.zeros((n_ei, data.nnz))
+        forward_per_ei(tiles.tile_ptr, tiles.local_block, tiles.values, data.active_cols, self._chunks,
+                       data.data_ptr, data.row, tiled_rows, self.ei_of_entries(), out)
         return out
 
     def draw(self, image, norms, rng, sky_at_bins=None, tiled_rows=None):

@@ -216,27 +216,23 @@ class GibbsSampler:
 
     def _scale_step(self, image, norms, rng):
         """:meth:`move_scales`, also returning the new image's expected counts at the non-empty bins, its
-        tiled source rows and ``sum d ln eps`` of the state it started from: one forward product per Ei bin
-        gives them all."""
+        tiled source rows and ``sum d ln eps`` of the state it started from: one forward product, split by
+        Ei bin, gives them all."""
         engine = self.engine
         mu = image.sum(axis=0) * self.exposure_max  # expected complete counts of every Ei bin
-        unit_sky = np.empty((self.n_ei, engine.data.nnz))
-        unit_rows = []
-        for e in range(self.n_ei):
-            single = np.zeros_like(image)
-            single[:, e] = image[:, e] / mu[e]
-            unit_rows.append(self.allocator.tiled_rows(single))
-            unit_sky[e] = self.allocator.sky_at_bins(unit_rows[e])
+        rows = self.allocator.tiled_rows(image / mu)
+        unit_sky = self.allocator.sky_at_bins_per_ei(rows)
         unit_totals = (image * self.exposure).sum(axis=0) / mu
         fitted = self.fit_backgrounds and bool(self.names)
         current = np.concatenate([mu, norms]) if fitted else mu
         offset = None if fitted else engine.background_at_bins(dict(zip(self.names, norms)))
         new, _, data_term = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset, data_term=True)
         mu_new = new[:self.n_ei]
-        rows = unit_rows[0]
-        rows *= mu_new[0]
-        for e in range(1, self.n_ei):
-            rows += mu_new[e] * unit_rows[e]
+        if self.n_ei == 1:
+            rows *= mu_new[0]
+        else:  # every entry by its Ei bin's new total
+            ei_of = self.allocator.ei_of_entries()
+            rows *= mu_new[ei_of][:, None, :]
         return (image * (mu_new / mu), (new[self.n_ei:] if fitted else norms), mu_new @ unit_sky, rows,
                 data_term)
 
