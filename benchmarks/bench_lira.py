@@ -8,9 +8,12 @@ Quality: the L2 error over pixels of the posterior mean and of the RL image agai
 sky (relative to the sky's norm). The last printed line is one JSON object with ``sweep_s``,
 ``rl_iter_s``, ``sweep_over_rl``, ``ess_per_min``, ``peak_mb`` and the diagnostics; ``sweep_gibbs_s`` is a
 sweep without the joint move of the sky total and the background norms (``scale_move=False``), timed on the
-same chains' last states.
+same chains' last states. ``worker_pickle_mb`` is what a worker process would receive as a pickled copy of
+the sampler, ``worker_payload_mb`` what it receives with the engine's arrays in shared memory (``shared_mb``,
+placed once for all workers).
 """
 import logging
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rl import seconds_per_iteration  # noqa: E402
 
 from cosi_imaging_plugin.datasets import COSIDataset  # noqa: E402
-from cosi_imaging_plugin.uncertainty import LIRA  # noqa: E402
+from cosi_imaging_plugin.uncertainty import LIRA, sharing  # noqa: E402
 from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler  # noqa: E402
 
 import _dc2  # noqa: E402
@@ -68,6 +71,10 @@ def main():
     for _ in range(3):
         state, _ = gibbs.sweep(state, rng)
     sweep_gibbs_s = (time.perf_counter() - start) / 3
+    # what each worker process receives: the whole pickled sampler before, the shared-memory payload now
+    whole_mb = len(pickle.dumps(lira.sampler, protocol=pickle.HIGHEST_PROTOCOL)) / 1e6
+    with sharing.SharedPickle(lira.sampler) as shared:
+        payload_mb, shared_mb = len(shared.payload) / 1e6, shared.shared_bytes / 1e6
     diagnostics = result.diagnostics(warn=False)
     ess_pixels = float(np.median(diagnostics["ess"]["pixels"]))
     truth = np.asarray(dc2.image, dtype=np.float64).reshape(rl_image.shape)
@@ -89,6 +96,9 @@ def main():
         "rhat_max_traced": {k: round(float(np.max(v)), 3) for k, v in diagnostics["rhat"].items() if k != "pixels"},
         "l2_lira_mean": round(relative_l2(mean, truth), 4),
         "l2_rl": round(relative_l2(rl_image, truth), 4),
+        "worker_pickle_mb": round(whole_mb, 1),
+        "worker_payload_mb": round(payload_mb, 3),
+        "shared_mb": round(shared_mb, 1),
         "scatt_bins": engine.n_rows,
         "nnz": engine.data.nnz,
     })

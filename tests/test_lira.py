@@ -6,6 +6,7 @@ Monte Carlo errors of the quantities tested; every generator is seeded.
 """
 import logging
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from scipy import integrate
 
 from cosi_imaging_plugin.errors import CosiInputError, InvalidValueError
-from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat
+from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat, sharing
 from cosi_imaging_plugin.uncertainty.allocation import Allocator
 from cosi_imaging_plugin.uncertainty.plots import plot_summary
 from cosi_imaging_plugin.uncertainty.scale import ScaleMove
@@ -84,6 +85,32 @@ def test_allocation_mean_is_the_em_expectation():
     nested = hp.nest2ring(NSIDE_MODEL, np.arange(N_PIX))  # the RING pixel of every NESTED one
     base, base_expected = aggregate(mean[nested], 3)[0], aggregate(expected_sky[nested], 3)[0]
     assert np.all(np.abs(base - base_expected) < 4.5 * np.sqrt(base_expected / n_draws))
+
+
+def test_allocation_gives_targets_past_the_weights_to_the_last_cell():
+    """An expectation above the weights' sum (what rounding can do, here 30 % so that it happens at most
+    bins) leaves sorted targets past the last cell: every count is still allocated, to cells with weight."""
+    image = blob_sky()
+    engine = dataset_for(image, seed=3)[0].engine
+    allocator = Allocator(engine)
+    exact = allocator.sky_at_bins(allocator.tiled_rows(image))
+    rng = np.random.default_rng(4)
+    sky, bkg, _ = allocator.draw(image, [0.0], rng, sky_at_bins=1.3 * exact)
+    assert sky.sum() == engine.data.total_counts and bkg[0] == 0.0  # a zero norm: no count to the background
+    assert np.all(sky[engine.exposure_map <= 0] == 0)
+    sky, bkg, _ = allocator.draw(image, [1.0], rng)
+    assert sky.sum() + bkg.sum() == engine.data.total_counts
+
+
+def test_expectation_split_by_ei_bin_in_one_pass():
+    """The one-pass split of the expected counts by Ei bin equals the engine's product of each Ei bin's image."""
+    image = np.random.default_rng(6).gamma(1.0, 1e-3, (N_PIX, 3))
+    engine = dataset_for(image, seed=2)[0].engine
+    allocator = Allocator(engine)
+    split = allocator.sky_at_bins_per_ei(allocator.tiled_rows(image))
+    for e in range(3):
+        single = np.where(np.arange(3) == e, image, 0.0)
+        np.testing.assert_allclose(split[e], engine.sky_expectation_at_bins(single, dtype=np.float64), rtol=1e-12)
 
 
 def test_allocation_rejects_fractional_counts():
@@ -296,6 +323,23 @@ def test_chains_in_worker_processes_equal_the_serial_run(blob_dataset):
     assert np.array_equal(parallel.draws, serial.draws)
     for name in serial.traces:
         assert np.array_equal(parallel.traces[name], serial.traces[name]), name
+
+
+def test_workers_receive_the_engine_through_shared_memory(blob_dataset):
+    """The workers' pickle refers to shared blocks instead of carrying the engine's arrays, and the
+    sampler it loads sweeps to the same bits as the original."""
+    sampler = LIRA(blob_dataset, progress=False).sampler
+    state = sampler.dispersed_start(np.random.default_rng(3))
+    expected, _ = sampler.sweep(state, np.random.default_rng(4))
+    whole = len(pickle.dumps(sampler, protocol=pickle.HIGHEST_PROTOCOL))
+    with sharing.SharedPickle(sampler, min_bytes=1 << 16) as shared:
+        assert len(shared.payload) < 0.05 * whole
+        assert shared.shared_bytes > 0.9 * whole
+        loaded = sharing.load(shared.payload)
+        assert loaded.engine._row_buffers == {}
+        np.testing.assert_array_equal(loaded.engine.response.values, sampler.engine.response.values)
+        swept, _ = loaded.sweep(state, np.random.default_rng(4))
+    assert np.array_equal(swept.image, expected.image) and np.array_equal(swept.norms, expected.norms)
 
 
 def test_bad_settings_name_the_key(blob_dataset, caplog):

@@ -10,7 +10,8 @@
   feature, by posterior predictive simulation;
 - :mod:`.allocation`, :mod:`.tree`, :mod:`.gibbs`, :mod:`.scale`: the data augmentation, the
   multiscale prior, the sweep and its joint move of the sky totals and background norms;
-  :mod:`.diagnostics`: R-hat and ESS; :mod:`.plots`: figures (``plot_summary``: all in one).
+  :mod:`.diagnostics`: R-hat and ESS; :mod:`.plots`: figures (``plot_summary``: all in one);
+  :mod:`.sharing`: the engine handed to worker processes once, through shared memory.
 """
 from .diagnostics import ess, rhat
 from .lira import LIRA

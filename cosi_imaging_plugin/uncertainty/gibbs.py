@@ -4,21 +4,22 @@ The model: counts ~ Poisson(engine expectation of the sky image ``x`` plus the b
 templates times their norms ``b``); ``x`` of every Ei bin under the multiscale prior of
 :mod:`.tree`; ``b_k`` under Gamma priors (flat by default). A sweep draws, in turn,
 
-1. the allocation of the counts to sky pixels and backgrounds given ``(x, b)``
+1. the sky total of every Ei bin and the background norms together given the sky's shape, the
+   allocation integrated out (:mod:`.scale`, an exact Metropolis-Hastings move): the ridge along
+   which a sky total and a background trade counts is crossed in one step, where steps 2-4
+   alone creep along it. Its forward product of the sky's shape also gives the expectation at
+   the bins that the allocation needs, so the move costs no pass over the response of its own;
+2. the allocation of the counts to sky pixels and backgrounds given ``(x, b)``
    (:mod:`.allocation`), completed by the counts that a uniform exposure ``Xmax`` would
    have added, ``Poisson(x_p (Xmax - X_p))`` (LIRA's exposure augmentation);
-2. the smoothing parameter of every level given the complete counts, the splits integrated
+3. the smoothing parameter of every level given the complete counts, the splits integrated
    out (slice sampling), then the total and the multiscale splits of every Ei bin given the
    complete counts and the smoothing (a blocked step);
-3. the background norms given their counts: ``b_k ~ Gamma(alpha_k + n_k, beta_k + sum_i B_k,i)``;
-4. the sky total of every Ei bin and the background norms together given the sky's shape, the
-   allocation integrated out (:mod:`.scale`, an exact Metropolis-Hastings move): the ridge along
-   which a sky total and a background trade counts is crossed in one step, where steps 1-3
-   alone creep along it.
+4. the background norms given their counts: ``b_k ~ Gamma(alpha_k + n_k, beta_k + sum_i B_k,i)``.
 
-Every step leaves the posterior invariant (1-3 draw from exact conditionals, 4 is a
+Every step leaves the posterior invariant (2-4 draw from exact conditionals, 1 is a
 Metropolis-Hastings step on the posterior with the allocation integrated out, followed by a
-fresh allocation in the next sweep), so the chain's stationary law is the posterior.
+fresh allocation), so the chain's stationary law is the posterior.
 """
 import logging
 import math
@@ -168,10 +169,14 @@ class GibbsSampler:
         float
             Log-likelihood of the state the sweep started from.
         """
-        sky, bkg_counts, data_term = self.allocator.draw(state.image, state.norms, rng)
-        log_like = self.log_likelihood(data_term, state)
+        current, norms, sky_at_bins, rows = state.image, state.norms, None, None
+        if self.scale_move is not None:
+            # first, so that its forward product of the sky's shape serves the allocation too
+            current, norms, sky_at_bins, rows, data_term = self._scale_step(current, norms, rng)
+        sky, bkg_counts, allocated_term = self.allocator.draw(current, norms, rng, sky_at_bins, rows)
+        log_like = self.log_likelihood(allocated_term if self.scale_move is None else data_term, state)
         sky = self.nested(sky)
-        image = self.nested(state.image)
+        image = self.nested(current)
         exposure = self.nested(self.exposure)
         new_image = np.empty_like(image)
         smoothing = state.smoothing.copy()
@@ -185,14 +190,10 @@ class GibbsSampler:
             log_prior += self.tree.log_prior(log_total, lf, smoothing[:, e], self.exposure_max[e])
             # a floor far below any counted flux: an underflowed pixel would never be allocated a count again
             new_image[:, e] = np.exp(np.maximum(log_x, log_total - 600.0))
-        norms = state.norms
         if self.fit_backgrounds and self.names:
             shape, rate = self.bkg_prior.T
             norms = rng.gamma(shape + bkg_counts) / (rate + self.bkg_totals)
         new_image = self.model_order(new_image)
-        if self.scale_move is not None:
-            new_image, norms = self.move_scales(new_image, norms, rng)
-            return self.state(new_image, smoothing, norms), log_like
         log_prior += self._bkg_log_prior(norms)
         return ChainState(new_image, smoothing, norms, log_prior), log_like
 
@@ -211,20 +212,29 @@ class GibbsSampler:
         image, norms
             The image rescaled per Ei bin and the new norms.
         """
+        return self._scale_step(image, norms, rng)[:2]
+
+    def _scale_step(self, image, norms, rng):
+        """:meth:`move_scales`, also returning the new image's expected counts at the non-empty bins, its
+        tiled source rows and ``sum d ln eps`` of the state it started from: one forward product, split by
+        Ei bin, gives them all."""
         engine = self.engine
-        no_background = {n: 0.0 for n in self.names}
         mu = image.sum(axis=0) * self.exposure_max  # expected complete counts of every Ei bin
-        unit_sky = np.empty((self.n_ei, engine.data.nnz))
-        for e in range(self.n_ei):
-            single = np.zeros_like(image)
-            single[:, e] = image[:, e] / mu[e]
-            unit_sky[e] = engine.expectation_at_bins(single, no_background)
+        rows = self.allocator.tiled_rows(image / mu)
+        unit_sky = self.allocator.sky_at_bins_per_ei(rows)
         unit_totals = (image * self.exposure).sum(axis=0) / mu
         fitted = self.fit_backgrounds and bool(self.names)
-        offset = None if fitted else engine.background_at_bins(dict(zip(self.names, norms)))
         current = np.concatenate([mu, norms]) if fitted else mu
-        new, _ = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset)
-        return image * (new[:self.n_ei] / mu), (new[self.n_ei:] if fitted else norms)
+        offset = None if fitted else engine.background_at_bins(dict(zip(self.names, norms)))
+        new, _, data_term = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset, data_term=True)
+        mu_new = new[:self.n_ei]
+        if self.n_ei == 1:
+            rows *= mu_new[0]
+        else:  # every entry by its Ei bin's new total
+            ei_of = self.allocator.ei_of_entries()
+            rows *= mu_new[ei_of][:, None, :]
+        return (image * (mu_new / mu), (new[self.n_ei:] if fitted else norms), mu_new @ unit_sky, rows,
+                data_term)
 
     def total_flux(self, image):
         """Flux ``sum_j x_j dOmega`` of an image, per Ei bin (ph cm-2 s-1)."""

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .. import validation
 from .._atomic import atomic_path
 from ..errors import CosiFileError, CosiInputError
+from . import sharing
 from .diagnostics import MIN_DRAWS
 from .gibbs import GibbsSampler
 from .results import LIRAResult
@@ -73,9 +74,9 @@ def run_segment(sampler, state, rng, start, stop, burn_in, thin):
     return state, rng, traces, draws
 
 
-def _start_worker(sampler, threads):
+def _start_worker(payload, threads):
     global _WORKER_SAMPLER
-    _WORKER_SAMPLER = sampler
+    _WORKER_SAMPLER = sharing.load(payload)
     numba.set_num_threads(threads)
 
 
@@ -115,8 +116,9 @@ class LIRA:
         Sample the background norms (else they stay at `initial_norms`).
     scale_move : bool
         Add to every sweep the joint move of the sky totals and the background norms (:mod:`.scale`):
-        it crosses in one step the ridge along which a sky total and a background trade counts, at the
-        cost of one forward product per Ei bin.
+        it crosses in one step the ridge along which a sky total and a background trade counts. Its
+        forward product of the sky's shape (one per Ei bin) replaces the one the allocation would make,
+        so with one Ei bin it adds only a few passes over the non-empty bins.
     initial_norms : dict of str to float, optional
         Starting background norms (1 where not given).
     seed : int
@@ -127,8 +129,9 @@ class LIRA:
     checkpoint_every : int
         Sweeps between checkpoints (and between two updates of the progress bar).
     n_jobs : int
-        Worker processes running the chains in parallel (at most one per chain), each with its own copy of
-        the dataset's engine and ``cores // n_jobs`` threads; 1 runs them in turn in this process. The
+        Worker processes running the chains in parallel (at most one per chain), each with
+        ``cores // n_jobs`` threads; the engine's arrays reach them once, in shared memory
+        (:mod:`.sharing`), not as one copy per worker. 1 runs the chains in turn in this process. The
         draws are the same either way.
     progress : bool
         Show a progress bar.
@@ -225,12 +228,16 @@ class LIRA:
         bar = tqdm(total=self.n_sweeps, initial=run["sweep"], desc="LIRA sweeps", unit="sweep",
                    disable=not self.progress)
         workers = min(self.n_jobs, self.n_chains)
-        pool = None
+        pool = shared = None
         if workers > 1 and run["sweep"] < stop:
             threads = max(1, numba.get_num_threads() // workers)
+            # the engine's arrays go to the workers once, in shared memory
+            shared = sharing.SharedPickle(s)
+            logger.info("LIRA workers: %.1f MB shared, %.1f MB pickled", shared.shared_bytes / 1e6,
+                        len(shared.payload) / 1e6)
             # spawned workers: forking a process whose compiled kernels hold threads is not safe
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_start_worker, initargs=(s, threads))
+                                       initializer=_start_worker, initargs=(shared.payload, threads))
         try:
             while run["sweep"] < stop:
                 start = run["sweep"]
@@ -255,6 +262,8 @@ class LIRA:
             bar.close()
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+            if shared is not None:
+                shared.close()
         if self.checkpoint is not None:
             self._save(run)
         if run["sweep"] < self.n_sweeps:

@@ -18,16 +18,72 @@ makes the move exact. On the original scale the log-density with the Jacobian of
 logarithms is concave (a Poisson likelihood linear in ``(mu, b)`` and Gamma priors of
 positive shape), so the mode is unique and Newton's method with step halving finds it.
 """
+import numba
 import numpy as np
 
 #: Degrees of freedom of the Student-t proposal: tails heavier than the posterior's.
 T_DOF = 5.0
+#: Fixed pieces of the sums over bins: the sums do not depend on the number of threads.
+_PIECES = 32
+#: Above this many bins, the mode search starts from the mode of every ``STRIDE``-th bin.
+SUBSAMPLE_BINS = 1 << 16
+STRIDE = 16
 
 
-def _gram(columns, weights):
-    """``columns.T @ diag(weights) @ columns`` by einsum: a few columns over many bins, where a threaded
-    BLAS product costs more in threads than in arithmetic."""
-    return np.einsum("ik,il->kl", columns * weights[:, None], columns)
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _poisson_pieces(columns, offset, counts, value, derivatives, out):
+    """Per piece of the bins: ``sum d ln eps`` (``out[h, 0]``; -inf where an ``eps <= 0``) and, with
+    `derivatives`, the gradient ``sum d / eps G_j`` and the Hessian ``-sum d / eps^2 G_j G_l`` of it with
+    respect to `value`, where ``eps = sum_j value_j G_j + offset`` and ``columns`` is ``G`` (n_params, nnz)."""
+    n_params, nnz = columns.shape
+    n_pieces = out.shape[0]
+    for h in numba.prange(n_pieces):
+        ll = 0.0
+        grad = np.zeros(n_params)
+        hess = np.zeros((n_params, n_params))
+        for i in range(h * nnz // n_pieces, (h + 1) * nnz // n_pieces):
+            eps = offset[i]
+            for j in range(n_params):
+                eps += value[j] * columns[j, i]
+            if not eps > 0.0:
+                ll = -np.inf
+                continue
+            ll += counts[i] * np.log(eps)
+            if derivatives:
+                w = counts[i] / eps
+                for j in range(n_params):
+                    grad[j] += w * columns[j, i]
+                    for k in range(j + 1):
+                        hess[j, k] -= w / eps * columns[j, i] * columns[k, i]
+        out[h, 0] = ll
+        for j in range(n_params):
+            out[h, 1 + j] = grad[j]
+            for k in range(n_params):
+                out[h, 1 + n_params + j * n_params + k] = hess[max(j, k), min(j, k)]
+
+
+def poisson_terms(columns, offset, counts, value, derivatives=True):
+    """``sum_i d_i ln eps_i`` with ``eps = columns @ value + offset`` (-inf where an ``eps <= 0``), and
+    its gradient and Hessian in `value`: one pass over the bins.
+
+    Parameters
+    ----------
+    columns : ndarray, shape (nnz, n_params)
+    offset, counts : ndarray, shape (nnz,)
+    value : ndarray, shape (n_params,)
+    derivatives : bool
+
+    Returns
+    -------
+    float, ndarray (n_params,), ndarray (n_params, n_params)
+    """
+    n = columns.shape[1]
+    out = np.empty((_PIECES, 1 + n + n * n))
+    _poisson_pieces(np.ascontiguousarray(columns.T), np.ascontiguousarray(offset, dtype=np.float64),
+                    np.ascontiguousarray(counts, dtype=np.float64), np.asarray(value, dtype=np.float64),
+                    derivatives, out)
+    total = out.sum(axis=0)
+    return float(total[0]), total[1:1 + n], total[1 + n:].reshape(n, n)
 
 
 class ScaleMove:
@@ -59,6 +115,7 @@ class ScaleMove:
 
     def _design(self, unit_sky, unit_totals):
         """Columns (nnz, n_params) and all-bin totals (n_params,) per unit of every parameter; prior shapes, rates."""
+        # stored parameter by parameter: the kernels read each parameter's column contiguously
         columns = np.concatenate([np.asarray(unit_sky, dtype=np.float64).reshape(-1, self.counts.size),
                                   self.templates]).T
         totals = np.concatenate([unit_totals, self.template_totals])
@@ -71,14 +128,19 @@ class ScaleMove:
     def log_target(theta, columns, totals, counts, shape, rate, offset):
         """Log-density of the logarithms ``theta`` (Jacobian included, up to a constant)."""
         value = np.exp(theta)
-        eps = columns @ value + offset
-        if not np.all(eps > 0):
+        data_term = poisson_terms(columns, offset, counts, value, derivatives=False)[0]
+        if not np.isfinite(data_term):
             return -np.inf
-        return float(np.sum(counts * np.log(eps))) - float(totals @ value) + float(np.sum(shape * theta - rate * value))
+        return data_term - float(totals @ value) + float(np.sum(shape * theta - rate * value))
 
     @staticmethod
     def mode(columns, totals, counts, shape, rate, offset, max_iter=200):
         """The conditional mode (on the original scale) and the curvature of the log-density at it.
+
+        Newton's method with step halving, from the mode of a subsample of the bins (every ``STRIDE``-th,
+        its totals and prior scaled alike) where there are many: each step is one pass over the bins, and
+        the subsample's mode leaves the full solve one or two steps. The start depends on the data and
+        the shape only, never on the chain's state.
 
         Returns
         -------
@@ -87,41 +149,43 @@ class ScaleMove:
         hessian : ndarray, shape (n_params, n_params)
             Hessian of the log-density of the logarithms at the mode.
         """
-        def objective(v):
-            eps = columns @ v + offset
-            if not (np.all(v > 0) and np.all(eps > 0)):
-                return -np.inf
-            return float(np.sum(counts * np.log(eps))) - float(totals @ v) + float(np.sum(shape * np.log(v) - rate * v))
+        def terms(v):
+            """Log-density on the original scale, its gradient and Hessian (-inf outside the domain)."""
+            if not np.all(v > 0):
+                return -np.inf, None, None
+            data_term, grad, hess = poisson_terms(columns, offset, counts, v)
+            value = data_term - float(totals @ v) + float(np.sum(shape * np.log(v) - rate * v))
+            return value, grad - totals + shape / v - rate, hess - np.diag(shape / v ** 2)
 
-        # a start of the data's own (every parameter given an equal share of the counts), never the chain's
-        # state: the proposal must not depend on it
-        v = max(float(counts.sum()), 1.0) / (totals.size * totals)
-        current = objective(v)
+        # a start of the data's own, never the chain's state: the proposal must not depend on it
+        if counts.size > SUBSAMPLE_BINS:
+            v = ScaleMove.mode(columns[::STRIDE], totals / STRIDE, counts[::STRIDE], shape / STRIDE,
+                               rate / STRIDE, offset[::STRIDE], max_iter)[0]
+        else:  # every parameter given an equal share of the counts
+            v = max(float(counts.sum()), 1.0) / (totals.size * totals)
+        current, grad, hess = terms(v)
         for _ in range(max_iter):
-            eps = columns @ v + offset
-            w = counts / eps
-            grad = (columns.T * w).sum(axis=1) - totals + shape / v - rate
-            hess = -_gram(columns, w / eps) - np.diag(shape / v ** 2)
             step = np.linalg.solve(hess, -grad)
+            # Newton's decrement: half of it bounds what a full step can still gain near the mode
+            if float(grad @ step) < 1e-10:
+                break
             t = 1.0
             while t > 1e-12:
                 trial = v + t * step
-                value = objective(trial) if np.all(trial > 0) else -np.inf
+                value, trial_grad, trial_hess = terms(trial)
                 if value >= current:
                     break
                 t *= 0.5
             if t <= 1e-12:
                 break
             converged = np.all(np.abs(trial - v) <= 1e-9 * v)
-            v, current = trial, value
+            v, current, grad, hess = trial, value, trial_grad, trial_hess
             if converged:
                 break
-        eps = columns @ v + offset
-        hess = -_gram(columns, counts / eps ** 2) - np.diag(shape / v ** 2)
         # curvature of the log-density of log v: D H D (the gradient vanishes at the mode)
         return v, v[:, None] * hess * v[None, :]
 
-    def draw(self, unit_sky, unit_totals, current, rng, offset=None):
+    def draw(self, unit_sky, unit_totals, current, rng, offset=None, data_term=False):
         """New ``(mu, b)`` from the move.
 
         Parameters
@@ -136,12 +200,16 @@ class ScaleMove:
         offset : ndarray, shape (nnz,), optional
             Fixed expected counts at the non-empty bins (backgrounds whose norms are not sampled; their
             total over all bins is a constant of the target).
+        data_term : bool
+            Also return ``sum_i d_i ln eps_i`` at `current`, which the move computes anyway.
 
         Returns
         -------
         ndarray, shape (n_ei + n_bkg,)
         int
             Accepted proposals.
+        float
+            With `data_term`: ``sum_i d_i ln eps_i`` at `current`.
         """
         columns, totals, shape, rate = self._design(unit_sky, unit_totals)
         counts = self.counts
@@ -157,8 +225,12 @@ class ScaleMove:
             z = inv_chol @ (theta - centre)
             return -0.5 * (T_DOF + n) * np.log1p(z @ z / T_DOF)
 
-        theta = np.log(np.asarray(current, dtype=np.float64))
-        log_ratio_now = self.log_target(theta, columns, totals, counts, shape, rate, offset) - log_proposal(theta)
+        value = np.asarray(current, dtype=np.float64)
+        theta = np.log(value)
+        data_now = poisson_terms(columns, offset, counts, value, derivatives=False)[0]
+        log_target = (data_now - float(totals @ value) + float(np.sum(shape * theta - rate * value))
+                      if np.isfinite(data_now) else -np.inf)
+        log_ratio_now = log_target - log_proposal(theta)
         accepted = 0
         for _ in range(self.n_proposals):
             z = rng.standard_normal(n) * np.sqrt(T_DOF / rng.chisquare(T_DOF))
@@ -167,4 +239,4 @@ class ScaleMove:
             if np.log(rng.random()) < log_ratio - log_ratio_now:
                 theta, log_ratio_now = proposal, log_ratio
                 accepted += 1
-        return np.exp(theta), accepted
+        return (np.exp(theta), accepted, data_now) if data_term else (np.exp(theta), accepted)
