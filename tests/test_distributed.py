@@ -43,6 +43,7 @@ from cosi_imaging_plugin.io import write_response
 from cosi_imaging_plugin.io.histograms import write_histogram
 from cosi_imaging_plugin.pipeline import read_fit_config
 from cosi_imaging_plugin.threeml import COSIImagingLike
+from cosi_imaging_plugin.uncertainty import LIRA
 
 from small_setup import NSIDE_MODEL, dataset_for, generated_response, instrument
 
@@ -634,3 +635,11 @@ def test_mapping_place_reaches_the_engine_from_a_scheduler_block_the_command_lin
     assert dataset.engine.mapping_on == "client"
     with pytest.raises(CosiInputError, match="'mapping_on' must be one of .*'scheduler'"):
         pipeline.read_fit_config({**config, "mapping_on": "scheduler"})
+
+
+def test_lira_on_a_sharded_engine_is_refused_by_name(pair):
+    """The allocation walks every response entry in one process: a sharded dataset gets a clear error, not an
+    AttributeError from deep inside the sampler."""
+    _, sharded, _ = pair
+    with pytest.raises(CosiInputError, match="LIRA.*single-process engine.*without a Dask client"):
+        LIRA(sharded, n_chains=1, n_samples=2, burn_in=0, progress=False).run()

@@ -23,6 +23,7 @@ walk is exact in any fixed order of the cells, so the tile-major order changes n
 import numba
 import numpy as np
 
+from ..distributed import ShardedEngine
 from ..engine.block_ops import BLOCK, GROUP, dot_blocks_1, dot_blocks_4
 from ..engine.kernel_layout import TILE_WIDTH, column_chunks, tiled_offsets
 from ..engine.kernels import forward_at_bins
@@ -318,10 +319,15 @@ class Allocator:
     Raises
     ------
     CosiInputError
-        If the counts are not integers (the augmentation draws whole counts).
+        If the counts are not integers (the augmentation draws whole counts), or the engine is
+        sharded over a Dask cluster (the allocation walks the response where it is held).
     """
 
     def __init__(self, engine, n_tasks=None):
+        if isinstance(engine, ShardedEngine):
+            raise CosiInputError("the Bayesian deconvolution (LIRA) runs on the single-process engine: its "
+                                 "allocation walks every response entry in this process; build the dataset "
+                                 "without a Dask client or scheduler")
         engine._require_data()
         self.engine = engine
         data = engine.data
