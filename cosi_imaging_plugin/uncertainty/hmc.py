@@ -111,29 +111,56 @@ class ImageHMC:
         accept_probability : float
             ``min(1, exp(-dH))`` of the trajectory (0 where it diverged).
         """
-        theta = np.log(image)
-        value, grad = self.log_density(theta, smoothing, norms)
-        if grad is None:
-            return image, 0.0
-        eps = step * rng.uniform(0.8, 1.2)
-        momentum = rng.standard_normal(theta.shape)
-        h0 = -value + 0.5 * float(np.sum(momentum ** 2))
-        new = theta.copy()
-        p = momentum + 0.5 * eps * grad
-        for k in range(self.n_steps):
-            new += eps * p
-            new_value, new_grad = self.log_density(new, smoothing, norms)
-            if new_grad is None:
-                return image, 0.0
-            p += (eps if k < self.n_steps - 1 else 0.5 * eps) * new_grad
-        h1 = -new_value + 0.5 * float(np.sum(p ** 2))
-        log_ratio = h0 - h1
-        if not math.isfinite(log_ratio):
-            return image, 0.0
-        accept = min(1.0, math.exp(min(log_ratio, 0.0)))
-        if rng.random() < accept:
-            return np.exp(new), accept
-        return image, accept
+        def target(theta):
+            return self.log_density(theta, smoothing, norms)
+
+        theta, accept, accepted = hmc_draw(target, np.log(image), step, self.n_steps, rng)
+        return (np.exp(theta) if accepted else image), accept
+
+
+def hmc_draw(log_density, theta, step, n_steps, rng):
+    """One Hamiltonian Monte Carlo transition (identity mass matrix, leapfrog, Metropolis-Hastings).
+
+    Parameters
+    ----------
+    log_density : callable
+        ``theta -> (log-density, gradient)``; ``(-inf, None)`` outside the support.
+    theta : ndarray
+        Current position.
+    step : float
+        Leapfrog step, jittered by a factor uniform in [0.8, 1.2] (independent of the state, so the
+        transition stays reversible).
+    n_steps : int
+        Leapfrog steps.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    theta : ndarray
+        The new position (the current one where rejected).
+    accept : float
+        The acceptance probability ``min(1, exp(-dH))`` (0 for a trajectory that left the support).
+    accepted : bool
+    """
+    value, grad = log_density(theta)
+    if grad is None:
+        return theta, 0.0, False
+    eps = step * rng.uniform(0.8, 1.2)
+    momentum = rng.standard_normal(np.shape(theta))
+    new = np.array(theta, dtype=np.float64)
+    p = momentum + 0.5 * eps * grad
+    for k in range(n_steps):
+        new += eps * p
+        new_value, new_grad = log_density(new)
+        if new_grad is None:
+            return theta, 0.0, False
+        p += (eps if k < n_steps - 1 else 0.5 * eps) * new_grad
+    log_ratio = (new_value - 0.5 * float(np.sum(p ** 2))) - (value - 0.5 * float(np.sum(momentum ** 2)))
+    if not math.isfinite(log_ratio):
+        return theta, 0.0, False
+    accept = math.exp(min(log_ratio, 0.0))
+    accepted = bool(rng.random() < accept)
+    return (new if accepted else theta), accept, accepted
 
 
 def tuned_step(tuning, accept_probability):
