@@ -19,8 +19,9 @@ from cosi_imaging_plugin.uncertainty.lira import run_segment
 from cosi_imaging_plugin.uncertainty.tree import MultiscaleTree, image_from_tree, log_dirichlet_draw
 
 sys.path.insert(0, str(Path(__file__).parent))
-from small_setup import dataset_for  # noqa: E402
 from test_lira import blob_sky  # noqa: E402
+
+from small_setup import dataset_for  # noqa: E402
 
 
 def tree_parameters_to_image(params, levels):
