@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosi_imaging_plugin.uncertainty import LIRA, ess
+from cosi_imaging_plugin.uncertainty import LIRA, ess, hmc
 from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler
 from cosi_imaging_plugin.uncertainty.hmc import hmc_draw
 from cosi_imaging_plugin.uncertainty.lira import run_segment
@@ -129,15 +129,19 @@ def test_hmc_transition_keeps_a_correlated_gaussian():
         assert abs(chain[:, j].var() - cov[j, j]) < 4 * cov[j, j] * math.sqrt(2.0 / n_eff)
 
 
-def test_step_size_is_tuned_during_the_burn_in_only(blob_sampler):
+def test_step_size_and_mass_are_tuned_during_the_burn_in_only(blob_sampler, monkeypatch):
+    monkeypatch.setattr(hmc, "FIRST_WINDOW", 3)  # windows of 3, then 6 sweeps
     state = blob_sampler.dispersed_start(np.random.default_rng(9), blob_sky())
     rng = np.random.default_rng(10)
     state, rng, traces, _ = run_segment(blob_sampler, state, rng, 0, 8, burn_in=6, thin=1)
-    assert state.tuning[1] == 6
-    tuned = state.tuning.copy()
+    assert state.tuning[3] == 1 and state.tuning[2] == 3  # one window closed, the second half-way
+    inverse_mass = state.metric[0]
+    assert np.all(inverse_mass > 0) and inverse_mass.std() > 0
+    assert math.exp(state.tuning[0]) != pytest.approx(hmc.INITIAL_STEP)  # moved from its initial value
+    tuned, metric = state.tuning.copy(), state.metric.copy()
     state, rng, _, draws = run_segment(blob_sampler, state, rng, 8, 12, burn_in=6, thin=1)
     np.testing.assert_array_equal(state.tuning, tuned)
-    assert math.exp(tuned[0]) != pytest.approx(0.02)  # moved from its initial value
+    np.testing.assert_array_equal(state.metric, metric)
 
 
 def test_image_move_setting_is_checked_and_checkpointed(tmp_path, caplog):

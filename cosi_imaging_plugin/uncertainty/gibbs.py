@@ -35,7 +35,7 @@ import numpy as np
 from ..binning import is_nested
 from ..errors import CosiInputError
 from .allocation import Allocator
-from .hmc import INITIAL_STEP, ImageHMC, tuned_step
+from .hmc import ImageHMC, new_tuning, tuned
 from .scale import ScaleMove
 from .tree import MultiscaleTree, fractions_of_image
 
@@ -59,8 +59,10 @@ class ChainState:
         Background normalizations.
     log_prior : float
         Log prior density of the state (tree parametrization).
-    tuning : ndarray, shape (2,)
-        The image move's ``(ln step, trajectories tuned)`` (:mod:`.hmc`).
+    tuning : ndarray, shape (4,)
+        The image move's step-size tuning (:func:`.hmc.new_tuning`).
+    metric : ndarray, shape (3, n_pix, n_ei)
+        The image move's inverse mass matrix and the sums it is estimated from (:func:`.hmc.new_tuning`).
     """
 
     image: np.ndarray
@@ -68,10 +70,11 @@ class ChainState:
     norms: np.ndarray
     log_prior: float
     tuning: np.ndarray = None
+    metric: np.ndarray = None
 
     def __post_init__(self):
-        if self.tuning is None:
-            self.tuning = np.array([np.log(INITIAL_STEP), 0.0])
+        if self.tuning is None or self.metric is None:
+            self.tuning, self.metric = new_tuning(np.shape(self.image))
 
 
 class GibbsSampler:
@@ -151,7 +154,7 @@ class GibbsSampler:
         return values if self.to_model is None else values[self.to_model]
 
     # ---- states ------------------------------------------------------------------------------
-    def state(self, image, smoothing, norms, tuning=None):
+    def state(self, image, smoothing, norms, tuning=None, metric=None):
         """A chain state from an image, smoothing parameters and norms (its log prior computed)."""
         image = np.array(image, dtype=np.float64).reshape(self.n_pix, self.n_ei)
         if np.any(image <= 0) or not np.all(np.isfinite(image)):
@@ -165,7 +168,7 @@ class GibbsSampler:
             log_total, lf = fractions_of_image(nested[:, e], self.tree.levels)
             log_prior += self.tree.log_prior(log_total, lf, smoothing[:, e], self.exposure_max[e])
         return ChainState(image, smoothing, np.array(norms, dtype=np.float64).reshape(len(self.names)),
-                          log_prior + self._bkg_log_prior(norms), tuning)
+                          log_prior + self._bkg_log_prior(norms), tuning, metric)
 
     def _bkg_log_prior(self, norms):
         shape, rate = self.bkg_prior.T
@@ -219,17 +222,17 @@ class GibbsSampler:
             shape, rate = self.bkg_prior.T
             norms = rng.gamma(shape + bkg_counts) / (rate + self.bkg_totals)
         new_image = self.model_order(new_image)
-        tuning = state.tuning
+        tuning, metric = state.tuning, state.metric
         if self.hmc is not None:
-            new_image, accept = self.hmc.draw(new_image, smoothing, norms, math.exp(tuning[0]), rng)
+            new_image, accept = self.hmc.draw(new_image, smoothing, norms, math.exp(tuning[0]), rng, metric[0])
             if adapt:
-                tuning = tuned_step(tuning, accept)
+                tuning, metric = tuned(tuning, metric, accept, np.log(new_image))
         if self.scale_move is not None:
             new_image, norms = self.move_scales(new_image, norms, rng)
         if self.hmc is not None or self.scale_move is not None:
-            return self.state(new_image, smoothing, norms, tuning), log_like
+            return self.state(new_image, smoothing, norms, tuning, metric), log_like
         log_prior += self._bkg_log_prior(norms)
-        return ChainState(new_image, smoothing, norms, log_prior, tuning), log_like
+        return ChainState(new_image, smoothing, norms, log_prior, tuning, metric), log_like
 
     def move_scales(self, image, norms, rng):
         """The joint move of the sky totals and the (sampled) background norms, the sky's shape fixed.

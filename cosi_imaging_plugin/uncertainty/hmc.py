@@ -30,6 +30,8 @@ import numpy as np
 TARGET_ACCEPT = 0.7
 #: Initial leapfrog step on ``ln x`` (the tuning moves it within tens of sweeps).
 INITIAL_STEP = 0.02
+#: Sweeps of the first window over which the mass matrix is estimated (the next ones twice as long each).
+FIRST_WINDOW = 25
 
 
 class ImageHMC:
@@ -91,7 +93,7 @@ class ImageHMC:
         grad_x += self.model_order(prior_grad)
         return value, image * grad_x + 1.0
 
-    def draw(self, image, smoothing, norms, step, rng):
+    def draw(self, image, smoothing, norms, step, rng, inverse_mass=None):
         """One trajectory from the image and its accept or reject.
 
         Parameters
@@ -103,6 +105,8 @@ class ImageHMC:
         step : float
             Leapfrog step (before its jitter).
         rng : numpy.random.Generator
+        inverse_mass : ndarray, shape (n_pix, n_ei), optional
+            Diagonal of the inverse mass matrix (identity by default).
 
         Returns
         -------
@@ -114,12 +118,12 @@ class ImageHMC:
         def target(theta):
             return self.log_density(theta, smoothing, norms)
 
-        theta, accept, accepted = hmc_draw(target, np.log(image), step, self.n_steps, rng)
+        theta, accept, accepted = hmc_draw(target, np.log(image), step, self.n_steps, rng, inverse_mass)
         return (np.exp(theta) if accepted else image), accept
 
 
-def hmc_draw(log_density, theta, step, n_steps, rng):
-    """One Hamiltonian Monte Carlo transition (identity mass matrix, leapfrog, Metropolis-Hastings).
+def hmc_draw(log_density, theta, step, n_steps, rng, inverse_mass=None):
+    """One Hamiltonian Monte Carlo transition (diagonal mass matrix, leapfrog, Metropolis-Hastings).
 
     Parameters
     ----------
@@ -133,6 +137,8 @@ def hmc_draw(log_density, theta, step, n_steps, rng):
     n_steps : int
         Leapfrog steps.
     rng : numpy.random.Generator
+    inverse_mass : ndarray, optional
+        Diagonal of the inverse mass matrix (the scale of each coordinate squared); identity by default.
 
     Returns
     -------
@@ -145,17 +151,19 @@ def hmc_draw(log_density, theta, step, n_steps, rng):
     value, grad = log_density(theta)
     if grad is None:
         return theta, 0.0, False
+    inverse_mass = np.ones(np.shape(theta)) if inverse_mass is None else inverse_mass
     eps = step * rng.uniform(0.8, 1.2)
-    momentum = rng.standard_normal(np.shape(theta))
+    momentum = rng.standard_normal(np.shape(theta)) / np.sqrt(inverse_mass)
     new = np.array(theta, dtype=np.float64)
     p = momentum + 0.5 * eps * grad
     for k in range(n_steps):
-        new += eps * p
+        new += eps * inverse_mass * p
         new_value, new_grad = log_density(new)
         if new_grad is None:
             return theta, 0.0, False
         p += (eps if k < n_steps - 1 else 0.5 * eps) * new_grad
-    log_ratio = (new_value - 0.5 * float(np.sum(p ** 2))) - (value - 0.5 * float(np.sum(momentum ** 2)))
+    log_ratio = ((new_value - 0.5 * float(np.sum(inverse_mass * p ** 2)))
+                 - (value - 0.5 * float(np.sum(inverse_mass * momentum ** 2))))
     if not math.isfinite(log_ratio):
         return theta, 0.0, False
     accept = math.exp(min(log_ratio, 0.0))
@@ -163,12 +171,36 @@ def hmc_draw(log_density, theta, step, n_steps, rng):
     return (new if accepted else theta), accept, accepted
 
 
-def tuned_step(tuning, accept_probability):
-    """The step-size tuning after one burn-in trajectory: ``(ln step, count)`` moved towards the target rate.
+def new_tuning(shape):
+    """The tuning state of a chain before its burn-in: ``(scalars, metric)``.
 
-    Robbins-Monro on ``ln step`` with gain ``1 / sqrt(count + 1)``: large while the step is far off, small once
-    it settles; only ever called during the burn-in.
+    ``scalars``: ln step, step updates since the last metric change, draws in the current window, windows done;
+    ``metric`` [3, *shape]: the inverse mass, the window's sums of ``theta`` and ``theta^2``.
     """
-    log_step, count = float(tuning[0]), float(tuning[1])
-    log_step += (accept_probability - TARGET_ACCEPT) / math.sqrt(count + 1.0)
-    return np.array([log_step, count + 1.0])
+    metric = np.zeros((3,) + tuple(shape))
+    metric[0] = 1.0
+    return np.array([math.log(INITIAL_STEP), 0.0, 0.0, 0.0]), metric
+
+
+def tuned(scalars, metric, accept_probability, theta):
+    """The tuning after one burn-in trajectory (never called after the burn-in: the kept draws need a fixed kernel).
+
+    The step: Robbins-Monro on ``ln step`` towards :data:`TARGET_ACCEPT`, gain ``1 / sqrt(updates + 1)``. The
+    metric: the variance of every ``theta`` over windows of :data:`FIRST_WINDOW`, then twice, four times ... as many
+    sweeps (shrunk towards 1e-3 as Stan does) becomes the inverse mass at the end of each window, and the step's
+    gain restarts: a coordinate the data pin down gets a small scale, an unconstrained faint pixel a large one.
+    """
+    scalars, metric = scalars.copy(), metric.copy()
+    scalars[0] += (accept_probability - TARGET_ACCEPT) / math.sqrt(scalars[1] + 1.0)
+    scalars[1] += 1.0
+    metric[1] += theta
+    metric[2] += theta ** 2
+    scalars[2] += 1.0
+    n = scalars[2]
+    if n >= FIRST_WINDOW * 2 ** scalars[3]:
+        variance = np.maximum(metric[2] / n - (metric[1] / n) ** 2, 0.0) * n / (n - 1.0)
+        metric[0] = (n * variance + 5.0 * 1e-3) / (n + 5.0)
+        metric[1:] = 0.0
+        scalars[1:3] = 0.0
+        scalars[3] += 1.0
+    return scalars, metric

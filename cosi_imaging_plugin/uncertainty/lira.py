@@ -277,6 +277,7 @@ class LIRA:
             arrays[f"norms_{c}"] = st.norms
             arrays[f"log_prior_{c}"] = np.array(st.log_prior)
             arrays[f"tuning_{c}"] = st.tuning
+            arrays[f"metric_{c}"] = st.metric
         rng_states = [rng.bit_generator.state for rng in run["rngs"]]
         with atomic_path(self.checkpoint) as tmp, open(tmp, "wb") as f:
             np.savez(f, draws=run["draws"], sweep=np.array(run["sweep"]),
@@ -304,6 +305,6 @@ class LIRA:
             st = run["states"][c]
             st.image, st.smoothing = content[f"image_{c}"], content[f"smoothing_{c}"]
             st.norms, st.log_prior = content[f"norms_{c}"], float(content[f"log_prior_{c}"])
-            st.tuning = content[f"tuning_{c}"]
+            st.tuning, st.metric = content[f"tuning_{c}"], content[f"metric_{c}"]
         logger.info("LIRA resumed from %s at sweep %d of %d", path, run["sweep"], self.n_sweeps)
         return run
