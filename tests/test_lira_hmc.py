@@ -100,6 +100,20 @@ def test_image_move_gradient_matches_finite_differences(blob_sampler):
         assert grad[p, e] == pytest.approx(numeric, rel=1e-4, abs=1e-4 * np.abs(grad).max())
 
 
+def test_an_overflowing_trajectory_is_outside_the_support(blob_sampler):
+    """Pixels far above any counted flux overflow the expectations (inf * 0 = nan): the target is -inf there, so
+    the trajectory is rejected instead of failing."""
+    state = blob_sampler.dispersed_start(np.random.default_rng(7), blob_sky())
+    theta = np.log(state.image)
+    current, _ = blob_sampler.hmc.log_density(theta, state.smoothing, np.array([1.0]))
+    theta[10, 0] = 300.0  # finite, far down the likelihood
+    far, grad = blob_sampler.hmc.log_density(theta, state.smoothing, np.array([1.0]))
+    assert current - 1e100 > far > -math.inf and np.all(np.isfinite(grad))
+    for value in (705.0, 800.0):  # the expectations overflow; the image itself
+        theta[10, 0] = value
+        assert blob_sampler.hmc.log_density(theta, state.smoothing, np.array([1.0])) == (-math.inf, None)
+
+
 def test_hmc_transition_keeps_a_correlated_gaussian():
     """On a 4-D Gaussian with correlations up to 0.9 and scales 0.5-2, 8000 transitions (5 leapfrog steps of
     0.25, jittered up to 0.3, where the leapfrog turns unstable on the smallest scale, 0.14: without the

@@ -30,12 +30,17 @@ import math
 
 import numpy as np
 
+from ..errors import CosiInputError
+
 #: Acceptance rate the step size is tuned to during the burn-in.
 TARGET_ACCEPT = 0.7
 #: Initial leapfrog step on ``ln x`` (the tuning moves it within tens of sweeps).
 INITIAL_STEP = 0.02
 #: Sweeps of the first window over which the mass matrix is estimated (the next ones twice as long each).
 FIRST_WINDOW = 25
+#: Largest inverse mass (a log-pixel's scale of 5 per unit step): the Gibbs step floors pixels with no counts
+#: hundreds of e-folds below the sky, a spread that would otherwise send trajectories into overflow.
+MAX_INVERSE_MASS = 25.0
 
 
 class ImageHMC:
@@ -68,14 +73,19 @@ class ImageHMC:
     def log_density(self, theta, smoothing, norms, gradient=True):
         """Log-density of the log-image ``theta`` (model order, [n_pix, n_ei]) and its gradient.
 
-        Returns ``(-inf, None)`` where the image overflows or the expectations vanish at a counted bin.
+        Returns ``(-inf, None)`` where the image or its expectations overflow, or the expectations vanish at a
+        counted bin (a trajectory that gets there is rejected).
         """
         with np.errstate(over="ignore"):
             image = np.exp(theta)
         if not np.all(np.isfinite(image)) or not np.all(image > 0):
             return -math.inf, None
         norms = dict(zip(self.names, norms))
-        evaluation = self.engine.evaluate(image, norms)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                evaluation = self.engine.evaluate(image, norms)
+        except CosiInputError:  # an expectation overflowed (inf * 0 = nan) or vanished where counts were seen
+            return -math.inf, None
         value = evaluation.log_likelihood + float(np.sum(theta))
         grad_x = None
         if gradient:
@@ -191,8 +201,9 @@ def tuned(scalars, metric, accept_probability, theta):
 
     The step: Robbins-Monro on ``ln step`` towards :data:`TARGET_ACCEPT`, gain ``1 / sqrt(updates + 1)``. The
     metric: the variance of every ``theta`` over windows of :data:`FIRST_WINDOW`, then twice, four times ... as many
-    sweeps (shrunk towards 1e-3 as Stan does) becomes the inverse mass at the end of each window, and the step's
-    gain restarts: a coordinate the data pin down gets a small scale, an unconstrained faint pixel a large one.
+    sweeps (shrunk towards 1e-3 as Stan does, capped at :data:`MAX_INVERSE_MASS`) becomes the inverse mass at the
+    end of each window, and the step's gain restarts: a coordinate the data pin down gets a small scale, an
+    unconstrained faint pixel a large one.
     """
     scalars, metric = scalars.copy(), metric.copy()
     scalars[0] += (accept_probability - TARGET_ACCEPT) / math.sqrt(scalars[1] + 1.0)
@@ -203,7 +214,7 @@ def tuned(scalars, metric, accept_probability, theta):
     n = scalars[2]
     if n >= FIRST_WINDOW * 2 ** scalars[3]:
         variance = np.maximum(metric[2] / n - (metric[1] / n) ** 2, 0.0) * n / (n - 1.0)
-        metric[0] = (n * variance + 5.0 * 1e-3) / (n + 5.0)
+        metric[0] = np.minimum((n * variance + 5.0 * 1e-3) / (n + 5.0), MAX_INVERSE_MASS)
         metric[1:] = 0.0
         scalars[1:3] = 0.0
         scalars[3] += 1.0
