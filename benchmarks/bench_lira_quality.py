@@ -48,6 +48,9 @@ def main():
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--hmc-steps", type=int, default=None,
+                        help="leapfrog steps of the image move per sweep (default: LIRA's); 0 leaves it out")
+    parser.add_argument("--delta", type=float, default=None, help="smoothing hyperprior (default: LIRA's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = builtin_config("mini_511keV").to_dict()
@@ -73,8 +76,9 @@ def main():
     rl_image = rl_results[-1]["model"]
     rl_errors = [relative_l2(np.asarray(r["model"].contents), truth) for r in rl_results]
 
+    options = {k: v for k, v in (("hmc_steps", args.hmc_steps), ("delta", args.delta)) if v is not None}
     lira = LIRA(dataset, n_chains=args.chains, n_samples=args.samples, burn_in=args.burn_in, initial_image=rl_image,
-                seed=args.seed, n_jobs=args.n_jobs, progress=False)
+                seed=args.seed, n_jobs=args.n_jobs, progress=False, **options)
     with PeakRSS() as memory:
         start = time.perf_counter()
         result = lira.run()
@@ -91,6 +95,11 @@ def main():
         "lira_over_rl": round(l2_lira / l2_rl, 3),
         "rhat_max_traced": {k: round(float(np.max(v)), 4) for k, v in diagnostics["rhat"].items() if k != "pixels"},
         "pixels_converged": round(diagnostics["pixels_converged"], 4),
+        # median bulk ESS per minute of sampling (all chains' wall time, burn-in included)
+        "ess_per_min_pixels": round(float(np.median(diagnostics["ess"]["pixels"])) / (elapsed / 60.0), 1),
+        "ess_per_min_traced": {k: round(float(np.min(v)) / (elapsed / 60.0), 1)
+                               for k, v in diagnostics["ess"].items() if k != "pixels"},
+        "hmc_steps": lira.hmc_steps, "delta": lira.delta,
         "rhat_pixels_median": round(float(np.median(diagnostics["rhat"]["pixels"])), 4),
         "sweep_s": round(elapsed / (lira.n_sweeps * args.chains), 4),
         "rl_iter_s": round(rl_iter_s, 4),

@@ -11,7 +11,8 @@ correlated, so the rate's spread is somewhat larger than binomial: the 95 % chec
 one-sided below).
 
 Geweke's successive-conditional test checks every conditional of the sweep, the spatial ones
-included: the splits of the tree, the smoothing of every level, the totals and the norm.
+included: the splits of the tree, the smoothing of every level, the totals and the norm, and the
+image-space move (Hamiltonian Monte Carlo on the log-image).
 """
 import math
 import sys
@@ -45,6 +46,8 @@ BACKGROUND_SCALE = 0.1
 BACKGROUND_PRIOR = (50.0, 50.0)
 REGIONS = ({"disc": (0.0, 0.0, 20.0)}, {"disc": (60.0, 0.0, 15.0)}, {"disc": (200.0, -40.0, 25.0)})
 CHAINS, BURN_IN, SAMPLES = 3, 500, 500
+#: Leapfrog steps of the image move in Geweke's test of the sweep.
+GEWEKE_HMC_STEPS = 3
 
 
 def prior_trees(tree, exposure_max, rng, n_ei, total_prior):
@@ -150,7 +153,9 @@ def test_successive_conditional_simulation_keeps_the_prior():
     chain's from its effective sample size: a family-wise false alarm rate of 0.2 %.
 
     Small data (about 20 sky counts per Ei bin and 36 background counts) keep the posterior close
-    to the prior, so that the chain mixes over the prior in a few thousand sweeps.
+    to the prior, so that the chain mixes over the prior in a few thousand sweeps. The sweep includes
+    the image move (:data:`GEWEKE_HMC_STEPS` leapfrog steps), its step size tuned during the 200
+    discarded sweeps only.
     """
     total_prior, background_prior = (2.0, 0.1), (5.0, 5.0)
     response, ccm, data_axes, template = scaled_instrument(0.01)
@@ -172,8 +177,9 @@ def test_successive_conditional_simulation_keeps_the_prior():
     for _ in range(2000):
         expected = engine.expectation(state.image, {"instrumental": state.norms[0]}).contents
         counts = Histogram(data_axes, contents=sparse.COO.from_numpy(rng.poisson(expected).astype(float)))
-        sampler = GibbsSampler(engine.with_data(counts), DELTA, total_prior, {"instrumental": background_prior})
-        state, _ = sampler.sweep(state, rng)
+        sampler = GibbsSampler(engine.with_data(counts), DELTA, total_prior, {"instrumental": background_prior},
+                               hmc_steps=GEWEKE_HMC_STEPS)
+        state, _ = sampler.sweep(state, rng, adapt=len(chain) < 200)
         nested = sampler.nested(state.image)
         trees = [fractions_of_image(nested[:, e], tree.levels) + (state.smoothing[:, e],) for e in range(n_ei)]
         chain.append(geweke_statistics(trees, state.norms[0], exposure_max))

@@ -10,6 +10,7 @@
   feature, by posterior predictive simulation;
 - :mod:`.allocation`, :mod:`.tree`, :mod:`.gibbs`, :mod:`.scale`: the data augmentation, the
   multiscale prior, the sweep and its joint move of the sky totals and background norms;
+  :mod:`.hmc`: the optional image-space move (Hamiltonian Monte Carlo on the log-image);
   :mod:`.diagnostics`: R-hat and ESS; :mod:`.plots`: figures (``plot_summary``: all in one);
   :mod:`.sharing`: the engine handed to worker processes once, through shared memory.
 """

@@ -18,7 +18,7 @@ from .._atomic import atomic_path
 from ..errors import CosiFileError, CosiInputError
 from . import sharing
 from .diagnostics import MIN_DRAWS
-from .gibbs import GibbsSampler
+from .gibbs import DEFAULT_HMC_STEPS, GibbsSampler
 from .results import LIRAResult
 from .tree import DEFAULT_DELTA, DEFAULT_TOTAL_PRIOR
 
@@ -60,7 +60,7 @@ def run_segment(sampler, state, rng, start, stop, burn_in, thin):
               "total_flux": np.empty((n, sampler.n_ei))}
     draws = {}
     for i, t in enumerate(range(start, stop)):
-        new, log_like = sampler.sweep(state, rng)
+        new, log_like = sampler.sweep(state, rng, adapt=t < burn_in)
         # the traces describe the state each sweep starts from (its likelihood comes with the sweep)
         traces["log_likelihood"][i] = log_like
         traces["log_posterior"][i] = log_like + state.log_prior
@@ -119,6 +119,9 @@ class LIRA:
         it crosses in one step the ridge along which a sky total and a background trade counts. Its
         forward product of the sky's shape (one per Ei bin) replaces the one the allocation would make,
         so with one Ei bin it adds only a few passes over the non-empty bins.
+    hmc_steps : int
+        Leapfrog steps of the image move (:mod:`.hmc`, Hamiltonian Monte Carlo on the log-image, the allocation
+        integrated out) in every sweep, each costing about one RL iteration; 0 leaves the move out.
     initial_norms : dict of str to float, optional
         Starting background norms (1 where not given).
     seed : int
@@ -144,7 +147,8 @@ class LIRA:
 
     def __init__(self, dataset, *, n_chains=4, n_samples=200, burn_in=200, thin=1, delta=DEFAULT_DELTA,
                  total_prior=DEFAULT_TOTAL_PRIOR, initial_smoothing=1.0, initial_image=None,
-                 background_priors=None, fit_backgrounds=True, scale_move=True, initial_norms=None, seed=0,
+                 background_priors=None, fit_backgrounds=True, scale_move=True, hmc_steps=DEFAULT_HMC_STEPS,
+                 initial_norms=None, seed=0,
                  checkpoint=None, checkpoint_every=50, n_jobs=1, progress=True):
         self.dataset = dataset
         self.n_chains = validation.number(n_chains, "n_chains", _WHERE, low=1, integer=True)
@@ -167,6 +171,7 @@ class LIRA:
                 validation.number(prior[1], f"background_priors.{name} rate", _WHERE, low=0))
         self.fit_backgrounds = validation.flag(fit_backgrounds, "fit_backgrounds", _WHERE)
         self.scale_move = validation.flag(scale_move, "scale_move", _WHERE)
+        self.hmc_steps = validation.number(hmc_steps, "hmc_steps", _WHERE, low=0, integer=True)
         self.seed = validation.number(seed, "seed", _WHERE, low=0, integer=True)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = validation.number(checkpoint_every, "checkpoint_every", _WHERE, low=1,
@@ -177,7 +182,7 @@ class LIRA:
             logger.warning("LIRA: %d chain(s) of %d draws: R-hat needs at least 2 chains of %d draws "
                            "(n_chains, n_samples)", self.n_chains, self.n_samples, MIN_DRAWS)
         self.sampler = GibbsSampler(dataset.engine, self.delta, self.total_prior, self.background_priors,
-                                    self.fit_backgrounds, self.scale_move)
+                                    self.fit_backgrounds, self.scale_move, self.hmc_steps)
         self.initial_image = None if initial_image is None else dataset.engine.image_values(initial_image)
         norms = dict(initial_norms or {})
         self.initial_norms = np.array([float(norms.get(n, 1.0)) for n in self.sampler.names])
@@ -192,7 +197,7 @@ class LIRA:
                 "thin": self.thin, "delta": self.delta, "total_prior": list(self.total_prior),
                 "seed": self.seed, "n_pix": self.sampler.n_pix, "n_ei": self.sampler.n_ei,
                 "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds,
-                "scale_move": self.scale_move}
+                "scale_move": self.scale_move, "hmc_steps": self.hmc_steps}
 
     def _start(self):
         """Fresh chains: generators, dispersed states, empty traces and draws."""
@@ -280,6 +285,8 @@ class LIRA:
             arrays[f"smoothing_{c}"] = st.smoothing
             arrays[f"norms_{c}"] = st.norms
             arrays[f"log_prior_{c}"] = np.array(st.log_prior)
+            arrays[f"tuning_{c}"] = st.tuning
+            arrays[f"metric_{c}"] = st.metric
         rng_states = [rng.bit_generator.state for rng in run["rngs"]]
         with atomic_path(self.checkpoint) as tmp, open(tmp, "wb") as f:
             np.savez(f, draws=run["draws"], sweep=np.array(run["sweep"]),
@@ -307,5 +314,6 @@ class LIRA:
             st = run["states"][c]
             st.image, st.smoothing = content[f"image_{c}"], content[f"smoothing_{c}"]
             st.norms, st.log_prior = content[f"norms_{c}"], float(content[f"log_prior_{c}"])
+            st.tuning, st.metric = content[f"tuning_{c}"], content[f"metric_{c}"]
         logger.info("LIRA resumed from %s at sweep %d of %d", path, run["sweep"], self.n_sweeps)
         return run

@@ -217,6 +217,54 @@ class MultiscaleTree:
             value -= self.delta * a ** 3 / 3.0
         return value
 
+    def image_log_prior(self, image, smoothing, exposure_max, gradient=False):
+        """Log prior density of one Ei bin's image in image coordinates, optionally with its gradient.
+
+        The tree's density (:meth:`log_prior`, over the total ``Lambda`` and the free fractions of
+        every split) times the inverse Jacobian of the map (total, fractions) -> image: splitting an
+        intensity ``S`` into ``K`` children ``c = S f`` has Jacobian ``S^(K-1)``, so every parent
+        contributes ``S^-(K-1)`` (``Lambda^-11`` at the root, ``S^-3`` below), and the total's density
+        in ``Lambda`` is the Gamma density of ``mu = Lambda Xmax`` times ``Xmax``. Collected per level,
+
+        ``log p(x) = (alpha_0 - 12 a_0) ln Lambda - beta_0 Xmax Lambda + sum_l (a_l - 1) sum ln C_l
+        - sum_{l>=1} (4 a_l - 1) sum ln C_{l-1} + const(a)``
+
+        with ``C_l`` the image summed to level ``l``: the form an image-space move samples.
+
+        Parameters
+        ----------
+        image : ndarray, shape (n_pix,)
+            Positive image (NESTED).
+        smoothing : ndarray, shape (L + 1,)
+        exposure_max : float
+        gradient : bool
+            Also return the gradient with respect to the image.
+
+        Returns
+        -------
+        float, or (float, ndarray)
+        """
+        a = np.asarray(smoothing, dtype=np.float64)
+        shape, rate = self.total_prior
+        sums = aggregate(image, self.levels)
+        total = float(sums[0].sum())
+        value = shape * math.log(exposure_max) + (shape - 12.0 * a[0]) * math.log(total) - rate * exposure_max * total
+        # coefficient of sum ln C_l: a child at level l, a parent at level l + 1
+        coefficients = a - 1.0
+        coefficients[:-1] -= 4.0 * a[1:] - 1.0
+        for level in range(self.levels + 1):
+            n_par, n_ch = self.n_parents[level], self.n_children[level]
+            value += n_par * (math.lgamma(n_ch * a[level]) - n_ch * math.lgamma(a[level]))
+            value += coefficients[level] * float(np.sum(np.log(sums[level])))
+        value -= self.delta * float(np.sum(a ** 3)) / 3.0
+        if not gradient:
+            return value
+        grad = np.full(self.n_pix, (shape - 12.0 * a[0]) / total - rate * exposure_max)
+        for level in range(self.levels + 1):
+            # every pixel sees its ancestor's sum at this level: each of them repeated over 4^(L - l) pixels
+            grad += np.repeat(coefficients[level] / sums[level], 4 ** (self.levels - level))
+        return value, grad
+
     def mode_step(self, complete_counts, exposure_max, smoothing):
         """The maximum of the conditional posterior given expected complete counts (the EM M-step).
 
