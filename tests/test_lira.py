@@ -7,6 +7,7 @@ Monte Carlo errors of the quantities tested; every generator is seeded.
 import logging
 import math
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -340,6 +341,18 @@ def test_workers_receive_the_engine_through_shared_memory(blob_dataset):
         np.testing.assert_array_equal(loaded.engine.response.values, sampler.engine.response.values)
         swept, _ = loaded.sweep(state, np.random.default_rng(4))
     assert np.array_equal(swept.image, expected.image) and np.array_equal(swept.norms, expected.norms)
+
+
+def test_too_little_shared_memory_falls_back_to_a_pickle(blob_dataset, monkeypatch, caplog):
+    """Where the shared-memory tmpfs cannot hold an array (a container's small /dev/shm), the copy into a
+    sparse block would die with SIGBUS: the workers get an ordinary pickle instead, and the log says so."""
+    sampler = LIRA(blob_dataset, progress=False).sampler
+    monkeypatch.setattr(sharing.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1024))
+    with caplog.at_level(logging.WARNING), sharing.SharedPickle(sampler, min_bytes=1 << 16) as shared:
+        assert shared.shared_bytes == 0
+        loaded = pickle.loads(shared.payload)
+    assert "shared memory unavailable" in caplog.text and "MB free" in caplog.text
+    np.testing.assert_array_equal(loaded.engine.response.values, sampler.engine.response.values)
 
 
 def test_bad_settings_name_the_key(blob_dataset, caplog):

@@ -12,7 +12,9 @@ to an ordinary pickle and says so.
 """
 import io
 import logging
+import os
 import pickle
+import shutil
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -21,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: Arrays below this size are pickled as they are.
 MIN_SHARED_BYTES = 1 << 20
+
+#: Where POSIX shared memory lives on Linux (a tmpfs: often small in containers).
+SHM_DIR = "/dev/shm"
 
 #: The blocks a worker has attached (kept open for the life of the process: its arrays live in them).
 _ATTACHED = []
@@ -77,6 +82,7 @@ class SharedPickle:
             _Pickler(buffer, self).dump(obj)
         except OSError as error:  # no room for shared memory: every worker gets its own copy
             self.close()
+            self.shared_bytes = 0
             logger.warning("shared memory unavailable (%s): each worker process receives its own copy", error)
             self.payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
             return
@@ -87,6 +93,11 @@ class SharedPickle:
         shares one block)."""
         key = id(array)
         if key not in self._blocks:
+            # a block larger than the tmpfs's free room is created all the same (sparse) and the copy
+            # into it dies with SIGBUS: refuse it first, so the caller falls back to a plain pickle
+            if os.path.isdir(SHM_DIR) and shutil.disk_usage(SHM_DIR).free < array.nbytes:
+                raise OSError(f"{SHM_DIR} has {shutil.disk_usage(SHM_DIR).free / 1e6:.0f} MB free, "
+                              f"{array.nbytes / 1e6:.0f} MB needed")
             block = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
             np.ndarray(array.shape, dtype=array.dtype, buffer=block.buf)[...] = array
             # the array is kept referenced so that its id names it until the pickle is done
