@@ -91,6 +91,20 @@ def close(a, b, rtol=RTOL):
     assert np.max(np.abs(a - b)) <= rtol * scale, np.max(np.abs(a - b)) / scale
 
 
+def record_gathered(client, monkeypatch):
+    """The list of every object the client gathers from here on (what crossed to the client)."""
+    received = []
+    gather = client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        out = gather(futures, *args, **kwargs)
+        received.extend(out if isinstance(out, list) else [out])
+        return out
+
+    monkeypatch.setattr(client, "gather", recording_gather)
+    return received
+
+
 def test_sharded_engine_equals_single_process_engine(pair):
     local, sharded, image = pair
     le, se = local.engine, sharded.engine
@@ -133,15 +147,7 @@ def test_fused_step_keeps_the_bins_on_the_workers_and_equals_single_process(pair
     assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=RTOL)
     assert b.total_expected == pytest.approx(a.total_expected, rel=RTOL)
     close(le.evaluation_at_bins(a), se.evaluation_at_bins(b))
-    received = []
-    gather = client.gather
-
-    def recording_gather(futures, *args, **kwargs):
-        out = gather(futures, *args, **kwargs)
-        received.extend(out if isinstance(out, list) else [out])
-        return out
-
-    monkeypatch.setattr(client, "gather", recording_gather)
+    received = record_gathered(client, monkeypatch)
     # the ratio products were started with the evaluation: asking for them submits nothing more
     assert all(isinstance(part, distributed.Future) for part in b.products)
     submitted = []
@@ -274,15 +280,7 @@ def test_plugin_likelihood_calls_bring_back_only_numbers(blob_pair, client, monk
     """The sources' folds stay on the workers: a spectral or a spatial change, a background norm, and the client
     receives one number per shard at each call, the single-process likelihood to 1e-10."""
     (model_a, plugin_a), (model_b, plugin_b) = (fit_setup(dataset) for dataset in blob_pair)
-    received = []
-    gather = client.gather
-
-    def recording_gather(futures, *args, **kwargs):
-        out = gather(futures, *args, **kwargs)
-        received.extend(out if isinstance(out, list) else [out])
-        return out
-
-    monkeypatch.setattr(client, "gather", recording_gather)
+    received = record_gathered(client, monkeypatch)
     changes = [("blob.spectrum.main.Powerlaw.K", 8e-4), ("blob.spectrum.main.Powerlaw.index", -2.1),
                ("blob.Gaussian_on_sphere.sigma", 11.0), ("blob.Gaussian_on_sphere.lon0", 265.0),
                ("cosi_instrumental_norm", 1.05)]
