@@ -16,7 +16,7 @@ log-likelihood, :meth:`~.ResponseEngine.ratio_products` the transpose product
 ``R^T (d / eps)``, and ``d/dx log L = R^T (d / eps) - exposure``. A leapfrog trajectory of
 ``n_steps`` steps costs ``n_steps`` evaluations and transpose products (RL iterations).
 
-The move is exact: a leapfrog trajectory with a diagonal mass matrix in ``theta``, its step
+The move is built to be exact: a leapfrog trajectory with a diagonal mass matrix in ``theta``, its step
 size jittered by a factor uniform in [0.8, 1.2] independent of the state, ends with a
 Metropolis-Hastings accept or reject. During the burn-in only (:func:`tuned`), the step size is
 tuned towards an acceptance rate of :data:`TARGET_ACCEPT` (Robbins-Monro on its logarithm, a
@@ -24,7 +24,9 @@ gain falling as ``1 / sqrt(t)``) and the inverse mass set to the variance of eve
 doubling windows of sweeps (a pixel the data pin down moves in small steps, an unconstrained
 faint one in large steps); both are fixed afterwards, so the kept draws come from a fixed, exact
 kernel. The move is off in the default sweep (``hmc_steps=0``; the measured gain and its cost are in
-``benchmarks/RESULTS.md``).
+``benchmarks/RESULTS.md``) and experimental: Geweke's successive-conditional test of the sweep with
+the move fails for one seed (the base-level split of one Ei bin 4.6 standard errors from the prior),
+marked as an expected failure in ``tests/test_lira_coverage_slow.py`` until the cause is found.
 """
 import math
 
