@@ -95,9 +95,9 @@ class SharedPickle:
         if key not in self._blocks:
             # a block larger than the tmpfs's free room is created all the same (sparse) and the copy
             # into it dies with SIGBUS: refuse it first, so the caller falls back to a plain pickle
-            if os.path.isdir(SHM_DIR) and shutil.disk_usage(SHM_DIR).free < array.nbytes:
-                raise OSError(f"{SHM_DIR} has {shutil.disk_usage(SHM_DIR).free / 1e6:.0f} MB free, "
-                              f"{array.nbytes / 1e6:.0f} MB needed")
+            free = shutil.disk_usage(SHM_DIR).free if os.path.isdir(SHM_DIR) else None
+            if free is not None and free < array.nbytes:
+                raise OSError(f"{SHM_DIR} has {free / 1e6:.0f} MB free, {array.nbytes / 1e6:.0f} MB needed")
             block = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
             np.ndarray(array.shape, dtype=array.dtype, buffer=block.buf)[...] = array
             # the array is kept referenced so that its id names it until the pickle is done
