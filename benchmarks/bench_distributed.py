@@ -32,6 +32,16 @@ blocks summed over its non-empty bins, and its bytes);
 ``worker_compute_s_1`` and ``worker_compute_s_2`` (seconds per iteration in the
 busiest worker's tasks, from Dask's task stream: the split of the work, free of the load that
 other processes put on a shared machine) and ``compute_scaling_efficiency`` from them.
+
+What two workers can reach on this machine at best (``--ceiling``, the default):
+``two_at_once_slowdown``, the time of one worker's whole single-process step while a second
+worker runs the same step, over its time alone (the machine's cores, caches and memory
+bandwidth shared); ``ccm_share``, the CCM's forward and adjoint products' share of the
+single-process step, work that every worker repeats when it holds the CCM and that the client
+does alone when it does; and from them the bounds on ``scaling_efficiency`` of an ideal cut
+(equal halves, no scheduling, no transfer): ``ceiling_mapping_on_workers``
+``= 1 / ((1 + f) s)`` and ``ceiling_mapping_on_client`` ``= 1 / (2 f + (1 - f) s)``, with ``f`` the
+CCM's share and ``s`` the slowdown.
 """
 import ctypes
 import logging
@@ -43,10 +53,11 @@ from pathlib import Path
 import numba
 import numpy as np
 import psutil
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import Client, LocalCluster, get_task_stream, wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cosi_imaging_plugin.distributed import sharded_engine  # noqa: E402
+from cosi_imaging_plugin.engine import ResponseEngine  # noqa: E402
 from cosi_imaging_plugin.errors import CosiInputError  # noqa: E402
 
 import _dc2  # noqa: E402
@@ -133,6 +144,58 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
         return iter_s, product, facts, growth, compute_s
 
 
+def full_engine(response, mapping, data, background):
+    """The single-process engine, built on a worker (one thread) and kept there."""
+    numba.set_num_threads(1)
+    engine = ResponseEngine(response, mapping, data=data, backgrounds={"activation": background}, dtype=np.float32)
+    engine.response.tiled_blocks()
+    return engine
+
+
+def timed_steps(engine, image, norms, repeats):
+    """Seconds per RL step of `engine`, measured on the worker that holds it."""
+    return seconds_per_iteration(engine, image, norms, repeats)[0]
+
+
+def two_at_once(response, dc2, data, background, image, norms, repeats):
+    """(seconds per step alone on each of two workers, the same with both running it at once).
+
+    Each worker holds the whole single-process engine: the steps are the same work, so their
+    ratio is what running two at once costs on this machine, whatever the cut.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        workers = list(client.scheduler_info()["workers"])
+        engines = [client.submit(full_engine, response, dc2.mapping, data, background, workers=[w], pure=False)
+                   for w in workers]
+        wait(engines)
+        alone = [client.submit(timed_steps, e, image, norms, repeats, workers=[w], pure=False).result()
+                 for e, w in zip(engines, workers)]
+        together = client.gather([client.submit(timed_steps, e, image, norms, repeats, workers=[w], pure=False)
+                                  for e, w in zip(engines, workers)])
+    logger.info("one step of the whole engine on a worker: %s s alone, %s s with both at once",
+                np.round(alone, 3).tolist(), np.round(together, 3).tolist())
+    return alone, together
+
+
+def ccm_share(mapping, image, step_s, repeats):
+    """The CCM's forward and adjoint products' share of a single-process step of `step_s` seconds."""
+    rows = mapping.forward(image, dtype=np.float32)
+    mapping.adjoint(rows)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        mapping.adjoint(mapping.forward(image, dtype=np.float32))
+    return (time.perf_counter() - start) / repeats / step_s
+
+
+def ceilings(slowdown, share):
+    """Bounds on two workers' scaling efficiency of an ideal cut, CCM on the workers and on the client."""
+    return {"ceiling_mapping_on_workers": round(1 / ((1 + share) * slowdown), 2),
+            "ceiling_mapping_on_client": round(1 / (2 * share + (1 - share) * slowdown), 2)}
+
+
 def main():
     parser = _dc2.parser(__doc__)
     parser.add_argument("--em-bins", type=int, default=1, help="Ei/Em bins (1: the 511 keV line bin)")
@@ -142,6 +205,8 @@ def main():
                         help="where the CCM lives (sharded_engine's mapping_on)")
     parser.add_argument("--balance", choices=("blocks", "work"), default="blocks",
                         help="how the columns are cut (sharded_engine's balance)")
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                        help="skip the measurement of what two workers can reach on this machine")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -166,9 +231,18 @@ def main():
                 min(client_side))
     total = response.nbytes + response.tiled_blocks().nbytes
     logger.info("single process, one thread: %.3f s per iteration; response %.0f MB", single_s, total / 1e6)
-    del single
-    limit = args.worker_memory
     figures = {}
+    if args.ceiling:
+        share = ccm_share(dc2.mapping, image, seconds_per_iteration(single, image, norms, args.repeats)[0],
+                          args.repeats)
+        del single
+        alone, together = two_at_once(response, dc2, data, background, image, norms, args.repeats)
+        slowdown = float(np.mean(np.array(together) / np.array(alone)))
+        figures.update({"two_at_once_slowdown": round(slowdown, 2), "ccm_share": round(share, 3),
+                        **ceilings(slowdown, share)})
+    else:
+        del single
+    limit = args.worker_memory
     try:
         iter_s_1, product_1, _, _, compute_1 = on_cluster(1, response, dc2, data, background, image, norms,
                                                           args.repeats, limit, args.mapping_on, args.balance)
@@ -182,6 +256,7 @@ def main():
     diff = max(float(np.max(np.abs(p - expected)) / np.max(np.abs(expected))) for p in (product_1, product_2))
     overhead_s = iter_s_1 - single_s
     figures = {
+        **figures,
         "workers": 2,
         "iter_s_1": round(iter_s_1, 3),
         "iter_s_2": round(iter_s_2, 3),
@@ -204,7 +279,6 @@ def main():
         "shard_mb_each": [round(f["response_bytes"] / 1e6, 1) for f in facts],
         "single_fused_over_client_side": round(min(fused) / min(client_side), 3),
         **({"worker_limit_mb": round(_bytes(limit) / 1e6)} if limit != "auto" else {}),
-        **figures,
         "em_bins": args.em_bins,
         "nnz": int(data.contents.nnz),
         "max_rel_diff": float(f"{diff:.3g}"),

@@ -413,9 +413,10 @@ def _global_options(parser, suppress):
                         **default)
     parser.add_argument("--scheduler", metavar="ADDRESS", help="shard the engine over the workers of this Dask "
                         "scheduler (e.g. tcp://host:8786)", **(default or {"default": None}))
-    parser.add_argument("--mapping-on", choices=MAPPING_PLACES, help="with --scheduler, where the sky mapping (the "
-                        "CCM) lives: auto (on the workers when their memory holds it besides their shards, else on "
-                        "the client), workers or client", **(default or {"default": "auto"}))
+    parser.add_argument("--mapping-on", choices=MAPPING_PLACES, help="with --scheduler (or a scheduler named in "
+                        "a fit configuration), where the sky mapping (the CCM) lives: auto (on the workers when "
+                        "their memory holds it besides their shards, else on the client), workers or client",
+                        **(default or {"default": "auto"}))
 
 
 def _output_options(p, default):

@@ -616,6 +616,9 @@ def test_mapping_place_reaches_the_engine_from_a_scheduler_block_the_command_lin
     monkeypatch.setattr(cli, "_run", lambda args: seen.append((current_scheduler(), current_mapping_on())))
     assert main(["--scheduler", client.scheduler.address, "info", "x.h5", "--mapping-on", "client"]) == 0
     assert seen[0][0] is not None and seen[0][1] == "client"
+    # without --scheduler the flag still reaches a scheduler that a fit configuration names
+    assert main(["info", "x.h5", "--mapping-on", "client"]) == 0
+    assert seen[1] == (None, "client")
     with pytest.raises(SystemExit):
         main(["--mapping-on", "scheduler", "info", "x.h5"])
     # a fit configuration's key, through the stage that builds the dataset from the configured files

@@ -78,7 +78,8 @@ def use_scheduler(scheduler, timeout=10, mapping_on="auto"):
     Parameters
     ----------
     scheduler : distributed.Client, str, cluster or None
-        As for :func:`connect`; None leaves the single-process engine.
+        As for :func:`connect`; None leaves the single-process engine (unless a
+        dataset is given a scheduler of its own, which then takes `mapping_on`).
     timeout : float
         Seconds to wait for the scheduler.
     mapping_on : {'auto', 'workers', 'client'}
@@ -90,16 +91,14 @@ def use_scheduler(scheduler, timeout=10, mapping_on="auto"):
     distributed.Client or None
     """
     check_mapping_on(mapping_on)
-    if scheduler is None:
-        yield None
-        return
-    client = connect(scheduler, timeout=timeout)
+    # without a scheduler the place is still set: a scheduler named in a configuration file takes it
+    client = None if scheduler is None else connect(scheduler, timeout=timeout)
     token = _CURRENT.set((client, mapping_on))
     try:
         yield client
     finally:
         _CURRENT.reset(token)
-        if client is not scheduler:  # a client opened here is closed here
+        if client is not None and client is not scheduler:  # a client opened here is closed here
             client.close()
 
 
