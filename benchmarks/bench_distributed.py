@@ -41,7 +41,8 @@ single-process step, work that every worker repeats when it holds the CCM and th
 does alone when it does; and from them the bounds on ``scaling_efficiency`` of an ideal cut
 (equal halves, no scheduling, no transfer): ``ceiling_mapping_on_workers``
 ``= 1 / ((1 + f) s)`` and ``ceiling_mapping_on_client`` ``= 1 / (2 f + (1 - f) s)``, with ``f`` the
-CCM's share and ``s`` the slowdown.
+CCM's share and ``s`` the slowdown; ``step_on_a_worker_s``, the whole step alone in a worker's task
+(against ``single_process_iter_s`` in this process: what running inside a worker costs by itself).
 """
 import ctypes
 import logging
@@ -124,17 +125,17 @@ def on_cluster(n_workers, response, dc2, data, background, image, norms, repeats
         rl_step(engine, image, norms)  # warm
         with get_task_stream(client) as stream:
             iter_s, product = seconds_per_iteration(engine, image, norms, repeats)
-        busy, moved = {}, 0
+        busy, moved = {}, []
         for task in stream.data:  # the kernels' time on each worker, free of the client's and the machine's load
             for part in task["startstops"]:
                 if part["action"] == "compute":
                     busy[task["worker"]] = busy.get(task["worker"], 0.0) + part["stop"] - part["start"]
                 elif part["action"] == "transfer":  # results moved between workers (the reduction tree)
-                    moved += 1
+                    moved.append((str(task["key"])[:30], round(part["stop"] - part["start"], 3)))
         each_s = sorted(round(b / (repeats + 1), 3) for b in busy.values())
         compute_s = max(busy.values()) / (repeats + 1)
-        logger.info("seconds per iteration in each worker's tasks: %s; %d transfers between workers",
-                    [round(b / (repeats + 1), 3) for b in busy.values()], moved)
+        logger.info("seconds per iteration in each worker's tasks: %s; %d transfers between workers %s",
+                    [round(b / (repeats + 1), 3) for b in busy.values()], len(moved), moved)
         facts = engine.shard_facts()
         logger.info("%d workers: %.3f s per iteration (%.3f s in the busiest worker's tasks), shards %s MB, "
                     "built in %.1f s", n_workers, iter_s, compute_s, [round(f["response_bytes"] / 1e6) for f in facts],
@@ -239,7 +240,7 @@ def main():
         alone, together = two_at_once(response, dc2, data, background, image, norms, args.repeats)
         slowdown = float(np.mean(np.array(together) / np.array(alone)))
         figures.update({"two_at_once_slowdown": round(slowdown, 2), "ccm_share": round(share, 3),
-                        **ceilings(slowdown, share)})
+                        **ceilings(slowdown, share), "step_on_a_worker_s": round(float(np.mean(alone)), 3)})
     else:
         del single
     limit = args.worker_memory

@@ -162,6 +162,30 @@ def test_fused_step_keeps_the_bins_on_the_workers_and_equals_single_process(pair
     assert all(part[0].shape == ta.shape for part in received)
 
 
+def test_shard_tasks_run_where_their_shards_live_when_many_evaluations_are_alive(pair, client):
+    """Twenty evaluations kept alive (more than twice the cluster's threads) make Dask take the evaluations for
+    root tasks, which it places on any worker: each must still run on the worker holding its shard, so no
+    shard is ever copied to another worker."""
+    _, sharded, image = pair
+    engine = sharded.engine
+    holders = [fact["worker"] for fact in engine.shard_facts()]
+    assert len(set(holders)) == 2
+    with distributed.get_task_stream(client=client) as stream:
+        kept = [engine.evaluate(image * (1 + 0.01 * k), {"instrumental": 1.0}) for k in range(20)]
+        for evaluation in kept:
+            engine.ratio_products(evaluation)
+    # each task names its shard's worker, so the scheduler never takes it for a root task
+    keys = [part.key for evaluation in kept for part in evaluation.at_bins]
+    restrictions = client.run_on_scheduler(
+        lambda dask_scheduler: [sorted(dask_scheduler.tasks[key].worker_restrictions or ()) for key in keys])
+    assert restrictions == [[holder] for _ in kept for holder in holders]
+    moved = [task["key"] for task in stream.data for part in task["startstops"] if part["action"] == "transfer"]
+    assert moved == []
+    assert [fact["worker"] for fact in engine.shard_facts()] == holders
+    copies = {key: workers for key, workers in client.who_has().items() if "with_data" in str(key)}
+    assert len(copies) == 2 and all(len(workers) == 1 for workers in copies.values()), copies
+
+
 def test_partial_skies_are_reduced_in_a_tree_on_the_workers(pair, client, monkeypatch):
     """Five shards on two workers: the client receives two partial sums, equal to the single-process result."""
     local, sharded, image = pair

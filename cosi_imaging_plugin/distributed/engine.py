@@ -146,10 +146,17 @@ class _Shards:
         return len(self.futures)
 
     def _submit(self, func, args):
+        # Each task asks for the worker holding its shard. Without that, once a kind of task has more
+        # results alive than twice the cluster's threads, Dask takes it for a root task and places it
+        # anywhere, moving its shard (seconds for hundreds of MB). The restriction is loose, so that
+        # after a worker's loss the task runs where its shard is rebuilt.
+        holders = self.where()
         with warnings.catch_warnings():
             # the bins' slices travel inside their tasks, so the scheduler can rerun them after a loss
             warnings.filterwarnings("ignore", message="Sending large graph")
-            return [self.client.submit(func, shard, *a, pure=False) for shard, a in zip(self.futures, args)]
+            return [self.client.submit(func, shard, *a, pure=False,
+                                       **({} if holder is None else {"workers": [holder], "allow_other_workers": True}))
+                    for shard, a, holder in zip(self.futures, args, holders)]
 
     def map(self, func, args):
         """``func(shard, *args[i])`` on every shard, where it lives; the results in shard order."""
@@ -201,9 +208,9 @@ class _Shards:
         return _Shards(self.client, self._submit(func, args), self.columns)
 
     def where(self):
-        """The worker holding each shard now."""
+        """The worker holding each shard now (None where it is not held yet, or being rebuilt)."""
         held = self.client.who_has(self.futures)
-        return [(held.get(future.key) or ["?"])[0] for future in self.futures]
+        return [(held.get(future.key) or [None])[0] for future in self.futures]
 
 
 class ShardedEngine(ResponseEngine):
@@ -297,10 +304,11 @@ class ShardedEngine(ResponseEngine):
         norms = self.background_norms(bkg_norms)
         sent = (None, norms, self._shards.share(self.mapping.forward(values, dtype=self.dtype))) \
             if self.mapping_on == "client" else (values, norms)
-        at_bins = self._shards.submit(ops.evaluate, [sent] * len(self._shards))
-        # RL asks for the ratio products of every state it evaluates: started now, each worker goes on to them
-        # without waiting for this process to ask (no round trip to the client between the two)
-        products = self._shards.reduce_submit(ops.ratio_products, [(part,) for part in at_bins]) \
+        # RL asks for the ratio products of every state it evaluates: computed in the same task, each worker
+        # goes on to them without a round trip to this process, and with nothing queued for another to steal
+        at_bins = self._shards.submit(ops.evaluate_with_products if self.prefetch_products else ops.evaluate,
+                                      [sent] * len(self._shards))
+        products = self._shards.reduce_submit(ops.products_of, [(part,) for part in at_bins]) \
             if self.prefetch_products else None
         sums = self._shards.numbers(ops.log_sum, at_bins)
         total = self.total_expected(values, norms)

@@ -167,6 +167,24 @@ def evaluate(engine, image, norms, rows=None):
     return at_bins, engine.log_likelihood_from(at_bins, 0.0, 0.0)
 
 
+def evaluate_with_products(engine, image, norms, rows=None):
+    """:func:`evaluate` followed at once by :func:`ratio_products`, in one task:
+    (expectations, partial sum, products).
+
+    One task per shard and iteration leaves nothing queued behind a worker's running
+    task, so an idle worker finds nothing to steal: Dask's work stealing would otherwise
+    move a queued ratio product, and the shard it needs (hundreds of MB), to the worker
+    that finished first.
+    """
+    evaluated = evaluate(engine, image, norms, rows)
+    return evaluated + (ratio_products(engine, evaluated),)
+
+
+def products_of(engine, evaluated):
+    """The ratio products of an :func:`evaluate_with_products` result (what travels back; the rest stays)."""
+    return evaluated[2]
+
+
 def log_sum(engine, evaluated):
     """The number of an :func:`evaluate` result (what travels back; its array stays).
 
