@@ -501,8 +501,8 @@ def sharded_engine(client, response, mapping, data=None, backgrounds=None, *, n_
         holds about 1/N of the response) or of equal EM-step work (stored blocks x
         non-empty bins per column, :func:`column_work`; needs `data`, else by blocks),
         which does not even their memory (in the tests' small setup, 0.73 and 1.27 times
-        half the response; 265 and 583 MB at DC2 scale, with no measured gain in time:
-        benchmarks/RESULTS.md). The memory check applies to either.
+        half the response; at DC2 scale shards of 265 and 583 MB, and a two-worker
+        iteration 10 % faster: benchmarks/RESULTS.md). The memory check applies to either.
     check : bool
         Check the workers' package versions and memory before building.
 
