@@ -171,10 +171,10 @@ def evaluate_with_products(engine, image, norms, rows=None):
     """:func:`evaluate` followed at once by :func:`ratio_products`, in one task:
     (expectations, partial sum, products).
 
-    One task per shard and iteration leaves nothing queued behind a worker's running
-    task, so an idle worker finds nothing to steal: Dask's work stealing would otherwise
-    move a queued ratio product, and the shard it needs (hundreds of MB), to the worker
-    that finished first.
+    One task per shard and iteration: the worker goes on to the products without a round
+    trip to the client, and nothing waits behind its running task for an idle worker to
+    take (Dask's work stealing may move a queued task, and the shard it needs, hundreds
+    of MB, to the worker that finished first).
     """
     evaluated = evaluate(engine, image, norms, rows)
     return evaluated + (ratio_products(engine, evaluated),)
