@@ -158,7 +158,7 @@ def test_step_size_and_mass_are_tuned_during_the_burn_in_only(blob_sampler, monk
     np.testing.assert_array_equal(state.metric, metric)
 
 
-def test_image_move_setting_is_checked_and_checkpointed(tmp_path, caplog):
+def test_image_move_setting_is_checked_and_checkpointed(tmp_path):
     dataset = dataset_for(blob_sky(), seed=5)[0]
     with pytest.raises(Exception, match="hmc_steps"):
         LIRA(dataset, hmc_steps=-1, progress=False)

