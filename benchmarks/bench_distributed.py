@@ -33,7 +33,8 @@ blocks summed over its non-empty bins, and its bytes);
 busiest worker's tasks, from Dask's task stream: the split of the work, free of the load that
 other processes put on a shared machine) and ``compute_scaling_efficiency`` from them.
 
-What two workers can reach on this machine at best (``--ceiling``, the default):
+What two workers can reach on this machine at best (skipped with ``--no-ceiling``; each of two
+workers then holds the whole single-process engine, without the workers' memory limit):
 ``two_at_once_slowdown``, the time of one worker's whole single-process step while a second
 worker runs the same step, over its time alone (the machine's cores, caches and memory
 bandwidth shared); ``ccm_share``, the CCM's forward and adjoint products' share of the
