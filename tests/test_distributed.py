@@ -164,7 +164,7 @@ def test_fused_step_keeps_the_bins_on_the_workers_and_equals_single_process(pair
 
 def test_shard_tasks_run_where_their_shards_live_when_many_evaluations_are_alive(pair, client):
     """Twenty evaluations kept alive (more than twice the cluster's threads) make Dask take the evaluations for
-    root tasks, which it places on any worker: each must still run on the worker holding its shard, so no
+    root tasks, which it may place on any worker: each must still run on the worker holding its shard, so no
     shard is ever copied to another worker."""
     _, sharded, image = pair
     engine = sharded.engine
