@@ -235,8 +235,7 @@ def main():
     logger.info("single process, one thread: %.3f s per iteration; response %.0f MB", single_s, total / 1e6)
     figures = {}
     if args.ceiling:
-        share = ccm_share(dc2.mapping, image, seconds_per_iteration(single, image, norms, args.repeats)[0],
-                          args.repeats)
+        share = ccm_share(dc2.mapping, image, single_s, args.repeats)
         del single
         alone, together = two_at_once(response, dc2, data, background, image, norms, args.repeats)
         slowdown = float(np.mean(np.array(together) / np.array(alone)))
