@@ -7,10 +7,11 @@ timed per sweep, with the median bulk ESS over the pixels per minute of sampling
 Quality: the L2 error over pixels of the posterior mean and of the RL image against the injected
 sky (relative to the sky's norm). The last printed line is one JSON object with ``sweep_s``,
 ``rl_iter_s``, ``sweep_over_rl``, ``ess_per_min``, ``peak_mb`` and the diagnostics; ``sweep_gibbs_s`` is a
-sweep without the joint move of the sky total and the background norms (``scale_move=False``), timed on the
-same chains' last states. ``worker_pickle_mb`` is what a worker process would receive as a pickled copy of
-the sampler, ``worker_payload_mb`` what it receives with the engine's arrays in shared memory (``shared_mb``,
-placed once for all workers).
+sweep of the Gibbs steps alone (no scale move, no smoothing move), timed from a dispersed start.
+``--from-rl`` starts the chains around the RL image, which also gives the scale move its brightness
+regions (``--scale-regions``; one forward product each). ``worker_pickle_mb`` is what a worker process
+would receive as a pickled copy of the sampler, ``worker_payload_mb`` what it receives with the engine's
+arrays in shared memory (``shared_mb``, placed once for all workers).
 """
 import logging
 import pickle
@@ -45,6 +46,10 @@ def main():
     parser.add_argument("--burn-in", type=int, default=100)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--n-jobs", type=int, default=1, help="worker processes of the chains")
+    parser.add_argument("--from-rl", action="store_true", help="start the chains around the RL image")
+    parser.add_argument("--scale-regions", type=int, default=None, help="brightness regions of the scale move "
+                        "(with --from-rl; default: LIRA's)")
+    parser.add_argument("--no-smoothing-move", action="store_true", help="leave the smoothing move out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dc2 = _dc2.build(args)
@@ -53,8 +58,11 @@ def main():
     seconds_per_iteration(engine, args.nside, 1)  # compile the kernels
     rl_iter_s, rl_results = seconds_per_iteration(engine, args.nside, args.rl_iterations)
     rl_image = np.asarray(rl_results[-1]["model"].contents)
+    options = {"smoothing_move": not args.no_smoothing_move}
+    if args.scale_regions is not None:
+        options["scale_regions"] = args.scale_regions
     lira = LIRA(dataset, n_chains=args.chains, n_samples=args.samples, burn_in=args.burn_in, n_jobs=args.n_jobs,
-                progress=False)
+                initial_image=rl_results[-1]["model"] if args.from_rl else None, progress=False, **options)
     lira.sampler.sweep(lira.sampler.dispersed_start(np.random.default_rng(0)), np.random.default_rng(0))  # compile
     with PeakRSS() as memory:
         start = time.perf_counter()
@@ -64,7 +72,7 @@ def main():
     sweep_s = elapsed / (lira.n_sweeps * args.chains) * min(args.n_jobs, args.chains)
     s = lira.sampler
     gibbs = GibbsSampler(engine, s.tree.delta, s.tree.total_prior, fit_backgrounds=s.fit_backgrounds,
-                         scale_move=False)
+                         scale_move=False, smoothing_move=False)
     rng = np.random.default_rng(1)
     state = gibbs.dispersed_start(rng)
     start = time.perf_counter()
@@ -87,6 +95,7 @@ def main():
         "sweep_over_rl": round(sweep_s / rl_iter_s, 2),
         "sweep_gibbs_s": round(sweep_gibbs_s, 3),
         "n_jobs": args.n_jobs,
+        "scale_regions": s.n_regions, "smoothing_move": lira.smoothing_move,
         "ess_per_min": round(ess_pixels / (elapsed / 60.0), 1),
         "peak_mb": round(memory.peak_mb, 0),
         "chains": args.chains, "burn_in": args.burn_in, "samples": args.samples,

@@ -51,6 +51,9 @@ def main():
     parser.add_argument("--hmc-steps", type=int, default=None,
                         help="leapfrog steps of the image move per sweep (default: LIRA's); 0 leaves it out")
     parser.add_argument("--delta", type=float, default=None, help="smoothing hyperprior (default: LIRA's)")
+    parser.add_argument("--scale-regions", type=int, default=None,
+                        help="brightness regions of the RL image whose totals the scale move draws (default: LIRA's)")
+    parser.add_argument("--no-smoothing-move", action="store_true", help="leave the smoothing move out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = builtin_config("mini_511keV").to_dict()
@@ -76,7 +79,9 @@ def main():
     rl_image = rl_results[-1]["model"]
     rl_errors = [relative_l2(np.asarray(r["model"].contents), truth) for r in rl_results]
 
-    options = {k: v for k, v in (("hmc_steps", args.hmc_steps), ("delta", args.delta)) if v is not None}
+    options = {k: v for k, v in (("hmc_steps", args.hmc_steps), ("delta", args.delta),
+                                 ("scale_regions", args.scale_regions)) if v is not None}
+    options["smoothing_move"] = not args.no_smoothing_move
     lira = LIRA(dataset, n_chains=args.chains, n_samples=args.samples, burn_in=args.burn_in, initial_image=rl_image,
                 seed=args.seed, n_jobs=args.n_jobs, progress=False, **options)
     with PeakRSS() as memory:
@@ -99,7 +104,8 @@ def main():
         "ess_per_min_pixels": round(float(np.median(diagnostics["ess"]["pixels"])) / (elapsed / 60.0), 1),
         "ess_per_min_traced": {k: round(float(np.min(v)) / (elapsed / 60.0), 1)
                                for k, v in diagnostics["ess"].items() if k != "pixels"},
-        "hmc_steps": lira.hmc_steps, "delta": lira.delta,
+        "hmc_steps": lira.hmc_steps, "delta": lira.delta, "scale_regions": lira.sampler.n_regions,
+        "smoothing_move": lira.smoothing_move,
         "rhat_pixels_median": round(float(np.median(diagnostics["rhat"]["pixels"])), 4),
         "sweep_s": round(elapsed / (lira.n_sweeps * args.chains), 4),
         "rl_iter_s": round(rl_iter_s, 4),

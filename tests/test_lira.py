@@ -15,13 +15,15 @@ import healpy as hp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from scipy import integrate
+from scipy import integrate, stats
 
 from cosi_imaging_plugin.errors import CosiInputError, InvalidValueError
 from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, region_significance, rhat, sharing
 from cosi_imaging_plugin.uncertainty.allocation import Allocator
+from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler, brightness_regions
 from cosi_imaging_plugin.uncertainty.plots import plot_summary
 from cosi_imaging_plugin.uncertainty.scale import ScaleMove
+from cosi_imaging_plugin.uncertainty.smoothing_move import SmoothingMove, gamma_log_cdf, gamma_log_quantile
 from cosi_imaging_plugin.uncertainty.tree import (
     MultiscaleTree,
     aggregate,
@@ -222,6 +224,138 @@ def test_rhat_and_ess_on_known_chains():
     assert np.all(rhat(shifted) > 1.05)
     with pytest.raises(CosiInputError, match="too short"):
         rhat(iid[:, :5])
+
+
+def test_gamma_quantile_map_inverts_the_tails_far_below_the_double_range():
+    """``gamma_log_quantile`` inverts ``gamma_log_cdf`` in the body, in both tails and for variates far below
+    the smallest double, and carrying a variate to another shape and back returns it."""
+    a = np.array([0.05, 0.3, 1.0, 4.0, 30.0])[:, None]
+    log_x = np.array([-3000.0, -700.0, -50.0, -2.0, 0.0, 1.0, 3.0, 4.5])[None, :]
+    log_p, log_q = gamma_log_cdf(a, log_x)
+    assert np.allclose(gamma_log_quantile(a, log_p, log_q), log_x, rtol=1e-9, atol=1e-9)
+    body = np.exp(log_x) > 1e-300
+    assert np.allclose(np.exp(log_p)[body & (np.exp(log_p) > 1e-300)],
+                       stats.gamma.cdf(np.exp(log_x), a)[body & (np.exp(log_p) > 1e-300)], rtol=1e-10)
+    there = gamma_log_quantile(2.5 * a, log_p, log_q)
+    assert np.allclose(gamma_log_quantile(a, *gamma_log_cdf(2.5 * a, there)), log_x, rtol=1e-9, atol=1e-9)
+
+
+def test_smoothing_move_keeps_the_prior_when_the_data_say_nothing(blob_dataset, monkeypatch):
+    """With a flat likelihood the move's target is the prior (restricted to images of doubles): independent
+    prior draws of (smoothing, splits), each moved ten times with a large step, keep the prior's law (two-sample
+    Kolmogorov-Smirnov tests of every level's smoothing, roughness and roughness less its mean given the
+    smoothing, 0.1 % level after Bonferroni). Without the quantile map, with the wrong law of the splits' sum,
+    or without the log-scale proposal's ``a'/a``, the test fails."""
+    engine = blob_dataset.engine
+    tree = MultiscaleTree(N_PIX, delta=1.0)
+    allocator = Allocator(engine)
+    nested = hp.nest2ring(NSIDE_MODEL, np.arange(N_PIX))
+    move = SmoothingMove(engine, tree, allocator, lambda v: v[nested], lambda v: v[hp.ring2nest(NSIDE_MODEL,
+                                                                                           np.arange(N_PIX))])
+    # the target: the prior restricted to images whose every pixel holds a double (the move computes images)
+
+    def flat(image):
+        return 0.0 if image.min() > 1e-200 else -math.inf
+
+    monkeypatch.setattr(move, "log_likelihood", lambda image, norms, sky_at_bins: flat(image))
+    monkeypatch.setattr(move, "evaluate", lambda image, norms: (None, None, flat(image)))
+    rng = np.random.default_rng(31)
+    steps = np.full((2, tree.levels + 1), [[math.log(0.8)], [0.0]])
+
+    def prior_draw():
+        # a^3 ~ Gamma(1/3, rate delta / 3) is the hyperprior exp(-delta a^3 / 3) of a
+        smoothing = (rng.gamma(1.0 / 3.0, 3.0 / tree.delta, (tree.levels + 1, 1))) ** (1.0 / 3.0)
+        log_fractions = [log_dirichlet_draw(np.full((n_par, n_ch), smoothing[level, 0]), rng).reshape(-1, n_ch)
+                         for level, (n_par, n_ch) in enumerate(zip(tree.n_parents, tree.n_children))]
+        log_fractions[0] = log_fractions[0][0]
+        image = np.exp(image_from_tree(0.0, log_fractions))[:, None]
+        assert image.shape == (N_PIX, 1)
+        return (move.model_order(image), smoothing) if image.min() > 1e-200 else prior_draw()
+
+    def statistics(image, smoothing):
+        _, log_fractions = fractions_of_image(move.nested(image)[:, 0], tree.levels)
+        roughness = np.array([np.mean(np.exp(2 * lf)) for lf in log_fractions])
+        # the roughness less its prior mean given the smoothing, (a + 1) / (K (K a + 1)), ties each level's
+        # smoothing to its splits: a move that kept both marginals but broke their dependence changes its law
+        a, k = smoothing[:, 0], np.array(tree.n_children)
+        return np.concatenate([np.log(a), roughness, roughness - (a + 1.0) / (k * (k * a + 1.0))])
+
+    before, after = [], []
+    for _ in range(2000):
+        image, smoothing = prior_draw()
+        before.append(statistics(image, smoothing))
+        for _ in range(10):  # a wrong ratio's bias grows over the moves
+            image, smoothing, *_ = move.draw(image, smoothing, [], None, None, steps, rng)
+        after.append(statistics(image, smoothing))
+    before, after = np.array(before), np.array(after)
+    assert np.mean(np.any(before != after, axis=1)) > 0.3  # the move does move
+    p_values = [stats.ks_2samp(before[:, j], after[:, j]).pvalue for j in range(before.shape[1])]
+    assert min(p_values) > 1e-3 / len(p_values), p_values
+
+
+def test_scale_move_over_regions_hands_the_allocation_the_new_image_products(blob_dataset):
+    """With three regions and three Ei bins, the scale step rescales every (region, Ei bin) part of the image on
+    its own, and the expected counts and tiled rows it hands to the allocation are those of the new image; the
+    data term it returns is that of the image it started from."""
+    engine = blob_dataset.engine
+    rng = np.random.default_rng(21)
+    image = blob_sky() * rng.gamma(4.0, 0.25, (N_PIX, 3))
+    regions = brightness_regions(image, 3)
+    sampler = GibbsSampler(engine, 1.0, (1.0, 0.0), regions=regions)
+    norms = np.ones(len(sampler.names))
+    smoothing = np.ones((sampler.tree.levels + 1, 3))
+    new, new_norms, sky_at_bins, rows, data_term = sampler._scale_step(image, norms, rng, smoothing)
+    ratio = new / image
+    for e in range(3):
+        for r in range(3):
+            assert np.ptp(ratio[regions == r, e]) < 1e-12 * ratio[regions == r, e].max()
+    assert np.ptp(ratio) > 1e-3  # the parts moved by different factors
+    allocator = sampler.allocator
+    np.testing.assert_allclose(rows, allocator.tiled_rows(new), rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(sky_at_bins, allocator.sky_at_bins(allocator.tiled_rows(new)), rtol=1e-10)
+    eps = engine.expectation_at_bins(image, dict(zip(sampler.names, norms)))
+    assert data_term == pytest.approx(float(np.dot(engine.data.counts, np.log(eps))), rel=1e-9)
+
+
+def test_region_scales_prior_is_the_image_prior_with_its_jacobian():
+    """The prior of the regions' ``ln mu`` equals the image prior of ``sum_r mu_r u_r`` times ``prod mu_r^(n_r)``
+    (differences between two points), its gradient and Hessian match finite differences, and with one region
+    it is the Gamma prior of the total in ``ln mu``."""
+    rng = np.random.default_rng(14)
+    tree = MultiscaleTree(192, delta=1.0, total_prior=(2.0, 0.1))
+    smoothing, exposure_max = np.array([0.7, 1.3, 0.9]), 3.0
+    image = rng.gamma(1.0, 1.0, 192)
+    for n_regions in (1, 3):
+        labels = brightness_regions(rng.gamma(1.0, 1.0, 192), n_regions)
+        mu = np.bincount(labels, weights=image) * exposure_max
+        unit = np.zeros((192, n_regions))
+        unit[np.arange(192), labels] = image / mu[labels]
+        node_sums = aggregate(unit, tree.levels)
+        theta = np.log(mu)
+
+        def reference(t, unit=unit, labels=labels):
+            return tree.image_log_prior(unit @ np.exp(t), smoothing, exposure_max) + np.bincount(labels) @ t
+
+        value, grad, hess = tree.region_scales_log_prior(theta, node_sums, smoothing, exposure_max)
+        step = 0.3 * rng.standard_normal(n_regions)
+        moved = tree.region_scales_log_prior(theta + step, node_sums, smoothing, exposure_max)[0]
+        assert moved - value == pytest.approx(reference(theta + step) - reference(theta), abs=1e-9)
+        h = 1e-5
+        basis = np.eye(n_regions)
+        assert np.allclose(grad, [(reference(theta + h * e) - reference(theta - h * e)) / (2 * h) for e in basis],
+                           rtol=1e-6, atol=1e-6)
+        numeric = [[(reference(theta + h * e + h * f) - reference(theta + h * e - h * f)
+                     - reference(theta - h * e + h * f) + reference(theta - h * e - h * f)) / (4 * h * h)
+                    for f in basis] for e in basis]
+        assert np.allclose(hess, numeric, rtol=1e-3, atol=1e-3 * np.abs(hess).max())
+        if n_regions == 1:  # Gamma(2, 0.1) in ln mu: 2 ln mu - 0.1 mu
+            gamma = 2.0 * step[0] - 0.1 * mu[0] * (math.exp(step[0]) - 1.0)
+            assert moved - value == pytest.approx(gamma, abs=1e-9)
+
+
+def test_brightness_regions_rank_the_pixels():
+    labels = brightness_regions(np.array([5.0, 1.0, 3.0, 2.0, 4.0, 0.5]), 3)
+    assert labels.tolist() == [2, 0, 1, 1, 2, 0]
 
 
 # ---- chains, outputs, checkpoints ----------------------------------------------------------------

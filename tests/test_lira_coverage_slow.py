@@ -27,7 +27,8 @@ from histpy import Histogram
 from cosi_imaging_plugin.datasets import COSIDataset
 from cosi_imaging_plugin.engine import ResponseEngine
 from cosi_imaging_plugin.uncertainty import LIRA, ess, region_mask, rhat
-from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler
+from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler, brightness_regions
+from cosi_imaging_plugin.uncertainty.lira import DEFAULT_SCALE_REGIONS
 from cosi_imaging_plugin.uncertainty.tree import (
     MultiscaleTree,
     fractions_of_image,
@@ -151,8 +152,8 @@ def geweke_statistics(trees, norm, exposure_max):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hmc_steps", [0, GEWEKE_HMC_STEPS])
-def test_successive_conditional_simulation_keeps_the_prior(hmc_steps):
+@pytest.mark.parametrize("hmc_steps, n_regions", [(0, DEFAULT_SCALE_REGIONS), (GEWEKE_HMC_STEPS, 1)])
+def test_successive_conditional_simulation_keeps_the_prior(hmc_steps, n_regions):
     """Geweke's test (2004, JASA 99, 799): alternating fresh data from the current state and one sweep
     leaves the prior invariant. The chain's mean of every statistic of :func:`geweke_statistics` (34 of
     them) stays at the prior's (from 20000 independent prior draws) within 4 standard errors, the
@@ -160,8 +161,9 @@ def test_successive_conditional_simulation_keeps_the_prior(hmc_steps):
 
     Small data (about 20 sky counts per Ei bin and 36 background counts) keep the posterior close
     to the prior, so that the chain mixes over the prior in :data:`GEWEKE_SWEEPS` sweeps. Run with the
-    default sweep, and with the image move added (:data:`GEWEKE_HMC_STEPS` leapfrog steps, its step
-    size and mass tuned during the 200 discarded sweeps only).
+    default sweep (scale move over LIRA's default number of brightness regions of the first image,
+    smoothing move), and with one region and the image move added (:data:`GEWEKE_HMC_STEPS` leapfrog
+    steps); the moves' steps are tuned during the 200 discarded sweeps only.
     """
     total_prior, background_prior = (2.0, 0.1), (5.0, 5.0)
     response, ccm, data_axes, template = scaled_instrument(0.01)
@@ -177,6 +179,8 @@ def test_successive_conditional_simulation_keeps_the_prior(hmc_steps):
         for _ in range(20000)])
     trees = prior_trees(tree, exposure_max, rng, n_ei, total_prior)
     sampler = GibbsSampler(engine, DELTA, total_prior, {"instrumental": background_prior})
+    # any fixed partition keeps the move exact: here the brightness regions of the chain's first image
+    regions = brightness_regions(sampler.model_order(image_of(trees)), n_regions)
     state = sampler.state(sampler.model_order(image_of(trees)), np.stack([t[2] for t in trees], axis=1),
                           [rng.gamma(background_prior[0]) / background_prior[1]])
     chain = []
@@ -184,7 +188,7 @@ def test_successive_conditional_simulation_keeps_the_prior(hmc_steps):
         expected = engine.expectation(state.image, {"instrumental": state.norms[0]}).contents
         counts = Histogram(data_axes, contents=sparse.COO.from_numpy(rng.poisson(expected).astype(float)))
         sampler = GibbsSampler(engine.with_data(counts), DELTA, total_prior, {"instrumental": background_prior},
-                               hmc_steps=hmc_steps)
+                               hmc_steps=hmc_steps, regions=regions)
         state, _ = sampler.sweep(state, rng, adapt=len(chain) < 200)
         nested = sampler.nested(state.image)
         trees = [fractions_of_image(nested[:, e], tree.levels) + (state.smoothing[:, e],) for e in range(n_ei)]

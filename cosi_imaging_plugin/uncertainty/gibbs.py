@@ -8,7 +8,16 @@ templates times their norms ``b``); ``x`` of every Ei bin under the multiscale p
    allocation integrated out (:mod:`.scale`, an exact Metropolis-Hastings move): the ridge along
    which a sky total and a background trade counts is crossed in one step, where steps 2-4
    alone creep along it. Its forward product of the sky's shape also gives the expectation at
-   the bins that the allocation needs, so the move costs no pass over the response of its own;
+   the bins that the allocation needs, so the move costs no pass over the response of its own.
+   With ``regions`` (a fixed partition of the pixels, e.g. by the brightness of a first image) the
+   total of every region is drawn, each region's shape fixed, under the multiscale prior of the
+   image they make (:meth:`.MultiscaleTree.region_scales_log_prior`): the faint sky between the
+   sources, which the Gibbs steps trade against the backgrounds at the pace of an EM iteration,
+   moves in one step. One forward product per region;
+1b. (``smoothing_move``) the smoothing of one level, chosen at random, together with that level's
+   splits at fixed Gamma quantiles (:mod:`.smoothing_move`, a Metropolis-Hastings move on the
+   likelihood with the allocation integrated out): the smoothing and the image's roughness move
+   together. One forward product, which the allocation reuses when the move is accepted;
 2. the allocation of the counts to sky pixels and backgrounds given ``(x, b)``
    (:mod:`.allocation`), completed by the counts that a uniform exposure ``Xmax`` would
    have added, ``Poisson(x_p (Xmax - X_p))`` (LIRA's exposure augmentation);
@@ -21,7 +30,7 @@ templates times their norms ``b``); ``x`` of every Ei bin under the multiscale p
    accept or reject): it moves the split of the flux between neighbouring regions, along which
    the data augmentation creeps at the pace of an EM iteration where the response is broad.
 
-Every step leaves the posterior invariant (2-4 draw from exact conditionals, 1 and 5 are
+Every step leaves the posterior invariant (2-4 draw from exact conditionals, 1, 1b and 5 are
 Metropolis-Hastings steps on the posterior with the allocation integrated out, each followed by
 a fresh allocation), so the chain's stationary law is the posterior. The step size and mass
 matrix of 5 are tuned during the burn-in only (``adapt``).
@@ -38,7 +47,8 @@ from ..errors import CosiInputError
 from .allocation import Allocator
 from .hmc import ImageHMC, new_tuning, tuned
 from .scale import ScaleMove
-from .tree import MultiscaleTree, fractions_of_image
+from .smoothing_move import SmoothingMove, new_steps
+from .tree import MultiscaleTree, aggregate, fractions_of_image
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +57,27 @@ logger = logging.getLogger(__name__)
 #: gave 1.2 times the pixels' ESS per minute and lower R-hat for the totals and background norms but not for
 #: the smoothing or the log-posterior: too small a gain to make every sweep several times dearer by default.
 DEFAULT_HMC_STEPS = 0
+
+
+def brightness_regions(image, n_regions):
+    """A partition of the sky pixels by the brightness of an image: ``n_regions`` groups of about equal numbers
+    of pixels, from the faintest (label 0) to the brightest.
+
+    Parameters
+    ----------
+    image : ndarray, shape (n_pix,) or (n_pix, n_ei)
+        A first image (e.g. RL's); several Ei bins are summed.
+    n_regions : int
+
+    Returns
+    -------
+    ndarray of int, shape (n_pix,)
+    """
+    values = np.asarray(image, dtype=np.float64)
+    values = values.reshape(values.shape[0], -1).sum(axis=1)
+    ranks = np.empty(values.size, dtype=np.int64)
+    ranks[np.argsort(values, kind="stable")] = np.arange(values.size)
+    return ranks * int(n_regions) // values.size
 
 
 @dataclass
@@ -67,6 +98,8 @@ class ChainState:
         The image move's step-size tuning (:func:`.hmc.new_tuning`).
     metric : ndarray, shape (3, n_pix, n_ei)
         The image move's inverse mass matrix and the sums it is estimated from (:func:`.hmc.new_tuning`).
+    smoothing_steps : ndarray, shape (2, L + 1)
+        The smoothing move's step per level and its proposals so far (:func:`.smoothing_move.new_steps`).
     """
 
     image: np.ndarray
@@ -75,10 +108,13 @@ class ChainState:
     log_prior: float
     tuning: np.ndarray = None
     metric: np.ndarray = None
+    smoothing_steps: np.ndarray = None
 
     def __post_init__(self):
         if self.tuning is None or self.metric is None:
             self.tuning, self.metric = new_tuning(np.shape(self.image))
+        if self.smoothing_steps is None:
+            self.smoothing_steps = new_steps(np.shape(self.smoothing)[0])
 
 
 class GibbsSampler:
@@ -100,10 +136,16 @@ class GibbsSampler:
         Add the joint move of the sky totals and the background norms (:mod:`.scale`) to every sweep.
     hmc_steps : int
         Leapfrog steps of the image move (:mod:`.hmc`) in every sweep; 0 leaves it out.
+    smoothing_move : bool
+        Add the joint move of one level's smoothing and splits (:mod:`.smoothing_move`) to every sweep.
+    regions : array of int, shape (n_pix,), optional
+        A fixed partition of the sky pixels (model order, labels 0 to R - 1) whose totals the scale move
+        draws each on its own (e.g. :func:`brightness_regions` of a first image): the faint sky between the
+        sources then trades counts with the backgrounds in one step. One region by default.
     """
 
     def __init__(self, engine, delta, total_prior, background_priors=None, fit_backgrounds=True, scale_move=True,
-                 hmc_steps=DEFAULT_HMC_STEPS):
+                 hmc_steps=DEFAULT_HMC_STEPS, smoothing_move=True, regions=None):
         self.engine = engine
         axis = engine.model_axes[0]
         self.n_pix, self.n_ei = (int(n) for n in engine.model_axes.nbins)
@@ -140,6 +182,16 @@ class GibbsSampler:
         self.hmc = None
         if hmc_steps:
             self.hmc = ImageHMC(engine, self.tree, self.exposure_max, self.nested, self.model_order, hmc_steps)
+        self.regions = np.zeros(self.n_pix, dtype=np.int64) if regions is None else np.asarray(regions)
+        if self.regions.shape != (self.n_pix,) or not np.issubdtype(self.regions.dtype, np.integer) \
+                or self.regions.min() < 0:
+            raise CosiInputError(f"regions: expected one non-negative integer label per sky pixel ({self.n_pix})")
+        self.n_regions = int(self.regions.max()) + 1
+        if np.bincount(self.regions, minlength=self.n_regions).min() == 0:
+            raise CosiInputError(f"regions: labels 0 to {self.n_regions - 1} must each name at least one pixel")
+        self.smoothing_move = None
+        if smoothing_move:
+            self.smoothing_move = SmoothingMove(engine, self.tree, self.allocator, self.nested, self.model_order)
         self.scale_move = None
         if scale_move:
             fitted = self.names if self.fit_backgrounds else []
@@ -158,7 +210,7 @@ class GibbsSampler:
         return values if self.to_model is None else values[self.to_model]
 
     # ---- states ------------------------------------------------------------------------------
-    def state(self, image, smoothing, norms, tuning=None, metric=None):
+    def state(self, image, smoothing, norms, tuning=None, metric=None, smoothing_steps=None):
         """A chain state from an image, smoothing parameters and norms (its log prior computed)."""
         image = np.array(image, dtype=np.float64).reshape(self.n_pix, self.n_ei)
         if np.any(image <= 0) or not np.all(np.isfinite(image)):
@@ -172,7 +224,7 @@ class GibbsSampler:
             log_total, lf = fractions_of_image(nested[:, e], self.tree.levels)
             log_prior += self.tree.log_prior(log_total, lf, smoothing[:, e], self.exposure_max[e])
         return ChainState(image, smoothing, np.array(norms, dtype=np.float64).reshape(len(self.names)),
-                          log_prior + self._bkg_log_prior(norms), tuning, metric)
+                          log_prior + self._bkg_log_prior(norms), tuning, metric, smoothing_steps)
 
     def _bkg_log_prior(self, norms):
         shape, rate = self.bkg_prior.T
@@ -205,16 +257,26 @@ class GibbsSampler:
             Log-likelihood of the state the sweep started from.
         """
         current, norms, sky_at_bins, rows = state.image, state.norms, None, None
+        data_term = None
         if self.scale_move is not None:
             # first, so that its forward product of the sky's shape serves the allocation too
-            current, norms, sky_at_bins, rows, data_term = self._scale_step(current, norms, rng)
+            current, norms, sky_at_bins, rows, data_term = self._scale_step(current, norms, rng,
+                                                                            state.smoothing)
+        smoothing, steps = state.smoothing, state.smoothing_steps
+        if self.smoothing_move is not None:
+            if sky_at_bins is None:
+                rows = self.allocator.tiled_rows(current)
+                sky_at_bins = self.allocator.sky_at_bins(rows)
+                data_term = self._data_term(sky_at_bins, norms)
+            current, smoothing, sky_at_bins, rows, steps = self.smoothing_move.draw(
+                current, smoothing, norms, sky_at_bins, rows, steps, rng, adapt)
         sky, bkg_counts, allocated_term = self.allocator.draw(current, norms, rng, sky_at_bins, rows)
-        log_like = self.log_likelihood(allocated_term if self.scale_move is None else data_term, state)
+        log_like = self.log_likelihood(allocated_term if data_term is None else data_term, state)
         sky = self.nested(sky)
         image = self.nested(current)
         exposure = self.nested(self.exposure)
         new_image = np.empty_like(image)
-        smoothing = state.smoothing.copy()
+        smoothing = smoothing.copy()
         log_prior = 0.0
         for e in range(self.n_ei):
             # LIRA's exposure augmentation: the counts a uniform exposure Xmax would have added
@@ -234,12 +296,18 @@ class GibbsSampler:
             new_image, accept = self.hmc.draw(new_image, smoothing, norms, math.exp(tuning[0]), rng, metric[0])
             if adapt:
                 tuning, metric = tuned(tuning, metric, accept, np.log(new_image))
-            return self.state(new_image, smoothing, norms, tuning, metric), log_like
+            return self.state(new_image, smoothing, norms, tuning, metric, steps), log_like
         log_prior += self._bkg_log_prior(norms)
-        return ChainState(new_image, smoothing, norms, log_prior, tuning, metric), log_like
+        return ChainState(new_image, smoothing, norms, log_prior, tuning, metric, steps), log_like
 
-    def move_scales(self, image, norms, rng):
-        """The joint move of the sky totals and the (sampled) background norms, the sky's shape fixed.
+    def _data_term(self, sky_at_bins, norms):
+        """``sum d ln eps`` at the non-empty bins from the sky's expected counts there and the norms."""
+        eps = sky_at_bins + self.engine.background_at_bins(dict(zip(self.names, norms)))
+        with np.errstate(divide="ignore"):
+            return float(np.dot(self.engine.data.counts, np.log(eps)))
+
+    def move_scales(self, image, norms, rng, smoothing=None):
+        """The joint move of the sky's region totals and the (sampled) background norms, every region's shape fixed.
 
         Parameters
         ----------
@@ -247,35 +315,81 @@ class GibbsSampler:
             Sky image in the model grid's order.
         norms : ndarray, shape (n_bkg,)
         rng : numpy.random.Generator
+        smoothing : ndarray, shape (L + 1, n_ei), optional
+            Needed with several regions (their prior depends on it).
 
         Returns
         -------
         image, norms
-            The image rescaled per Ei bin and the new norms.
+            The image rescaled per region and Ei bin and the new norms.
         """
-        return self._scale_step(image, norms, rng)[:2]
+        return self._scale_step(image, norms, rng, smoothing)[:2]
 
-    def _scale_step(self, image, norms, rng):
+    def _scale_step(self, image, norms, rng, smoothing=None):
         """:meth:`move_scales`, also returning the new image's expected counts at the non-empty bins, its
-        tiled source rows and ``sum d ln eps`` of the state it started from: one forward product, split by
-        Ei bin, gives them all."""
+        tiled source rows and ``sum d ln eps`` of the state it started from: one forward product per region,
+        split by Ei bin, gives them all."""
         engine = self.engine
-        mu = image.sum(axis=0) * self.exposure_max  # expected complete counts of every Ei bin
-        rows = self.allocator.tiled_rows(image / mu)
-        unit_sky = self.allocator.sky_at_bins_per_ei(rows)
-        unit_totals = (image * self.exposure).sum(axis=0) / mu
+        labels, n_regions = self.regions, self.n_regions
+        # expected complete counts of every (Ei bin, region): mu[e, r]
+        mu = np.stack([np.bincount(labels, weights=image[:, e], minlength=n_regions) for e in range(self.n_ei)])
+        mu *= self.exposure_max[:, None]
+        unit = image / mu[:, labels].T
+        unit_totals = np.stack([np.bincount(labels, weights=unit[:, e] * self.exposure[:, e], minlength=n_regions)
+                                for e in range(self.n_ei)]).ravel()
+        region_rows, unit_sky = [], np.empty((self.n_ei, n_regions, engine.data.nnz))
+        for r in range(n_regions):
+            rows = self.allocator.tiled_rows(unit if n_regions == 1 else np.where((labels == r)[:, None], unit, 0.0))
+            region_rows.append(rows)
+            unit_sky[:, r] = self.allocator.sky_at_bins_per_ei(rows)
+        unit_sky = unit_sky.reshape(self.n_ei * n_regions, -1)
+        sky_log_prior = None
+        if n_regions > 1:
+            sky_log_prior = self._regions_log_prior(unit, smoothing)
         fitted = self.fit_backgrounds and bool(self.names)
-        current = np.concatenate([mu, norms]) if fitted else mu
+        current = np.concatenate([mu.ravel(), norms]) if fitted else mu.ravel()
         offset = None if fitted else engine.background_at_bins(dict(zip(self.names, norms)))
-        new, _, data_term = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset, data_term=True)
-        mu_new = new[:self.n_ei]
-        if self.n_ei == 1:
-            rows *= mu_new[0]
-        else:  # every entry by its Ei bin's new total
-            ei_of = self.allocator.ei_of_entries()
-            rows *= mu_new[ei_of][:, None, :]
-        return (image * (mu_new / mu), (new[self.n_ei:] if fitted else norms), mu_new @ unit_sky, rows,
-                data_term)
+        new, _, data_term = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset, data_term=True,
+                                                 sky_log_prior=sky_log_prior)
+        mu_new = new[:mu.size].reshape(mu.shape)
+        rows = None
+        for r in range(n_regions):
+            if self.n_ei == 1:
+                region_rows[r] *= mu_new[0, r]
+            else:  # every entry by its Ei bin's new total
+                region_rows[r] *= mu_new[self.allocator.ei_of_entries(), r][:, None, :]
+            rows = region_rows[r] if rows is None else rows + region_rows[r]
+        return (image * (mu_new / mu)[:, labels].T, (new[mu.size:] if fitted else norms),
+                mu_new.ravel() @ unit_sky, rows, data_term)
+
+    def _regions_log_prior(self, unit, smoothing):
+        """The prior of the regions' ``ln mu`` of every Ei bin given their shapes (``unit``, each region's shape
+        summing to ``1 / Xmax``): a callable ``theta -> (value, gradient, Hessian)`` over the first ``n_ei * R``
+        entries of ``theta``."""
+        if smoothing is None:
+            raise CosiInputError("the scale move over several regions needs the smoothing (their prior depends on it)")
+        n_regions = self.n_regions
+        nested_unit = self.nested(unit)
+        nested_labels = self.nested(self.regions)
+        node_sums = []
+        for e in range(self.n_ei):
+            parts = np.zeros((self.n_pix, n_regions))
+            parts[np.arange(self.n_pix), nested_labels] = nested_unit[:, e]
+            node_sums.append(aggregate(parts, self.tree.levels))
+
+        def log_prior(theta):
+            n = self.n_ei * n_regions
+            value, grad, hess = 0.0, np.zeros(n), np.zeros((n, n))
+            for e in range(self.n_ei):
+                part = slice(e * n_regions, (e + 1) * n_regions)
+                v, g, h = self.tree.region_scales_log_prior(theta[part], node_sums[e], smoothing[:, e],
+                                                            self.exposure_max[e])
+                value += v
+                grad[part] = g
+                hess[part, part] = h
+            return value, grad, hess
+
+        return log_prior
 
     def total_flux(self, image):
         """Flux ``sum_j x_j dOmega`` of an image, per Ei bin (ph cm-2 s-1)."""

@@ -18,13 +18,16 @@ from .._atomic import atomic_path
 from ..errors import CosiFileError, CosiInputError
 from . import sharing
 from .diagnostics import MIN_DRAWS
-from .gibbs import DEFAULT_HMC_STEPS, GibbsSampler
+from .gibbs import DEFAULT_HMC_STEPS, GibbsSampler, brightness_regions
 from .results import LIRAResult
 from .tree import DEFAULT_DELTA, DEFAULT_TOTAL_PRIOR
 
 logger = logging.getLogger(__name__)
 
 _WHERE = "LIRA"
+
+#: Brightness regions of the initial image whose totals the scale move draws each on its own.
+DEFAULT_SCALE_REGIONS = 3
 
 #: The sampler of a worker process (set once by :func:`_start_worker`).
 _WORKER_SAMPLER = None
@@ -117,8 +120,17 @@ class LIRA:
     scale_move : bool
         Add to every sweep the joint move of the sky totals and the background norms (:mod:`.scale`):
         it crosses in one step the ridge along which a sky total and a background trade counts. Its
-        forward product of the sky's shape (one per Ei bin) replaces the one the allocation would make,
-        so with one Ei bin it adds only a few passes over the non-empty bins.
+        forward product of the sky's shape (split by Ei bin) replaces the one the allocation would make,
+        so with one region it adds only a few passes over the non-empty bins.
+    scale_regions : int
+        With an `initial_image`, the scale move draws the totals of this many brightness regions of it
+        (:func:`.gibbs.brightness_regions`, equal numbers of pixels) each on its own: the faint sky between
+        the sources then trades counts with the backgrounds in one step. Each region adds one forward
+        product to the sweep. Without an initial image the sky is one region.
+    smoothing_move : bool
+        Add to every sweep the joint move of one level's smoothing and splits (:mod:`.smoothing_move`): the
+        smoothing and the image's roughness move together, where the Gibbs steps alone move them in turn.
+        It adds one forward product to the sweep.
     hmc_steps : int
         Leapfrog steps of the image move (:mod:`.hmc`, Hamiltonian Monte Carlo on the log-image, the allocation
         integrated out) in every sweep, each costing about one RL iteration; 0 (the default) leaves the move
@@ -150,7 +162,7 @@ class LIRA:
     def __init__(self, dataset, *, n_chains=4, n_samples=200, burn_in=200, thin=1, delta=DEFAULT_DELTA,
                  total_prior=DEFAULT_TOTAL_PRIOR, initial_smoothing=1.0, initial_image=None,
                  background_priors=None, fit_backgrounds=True, scale_move=True, hmc_steps=DEFAULT_HMC_STEPS,
-                 initial_norms=None, seed=0,
+                 smoothing_move=True, scale_regions=DEFAULT_SCALE_REGIONS, initial_norms=None, seed=0,
                  checkpoint=None, checkpoint_every=50, n_jobs=1, progress=True):
         self.dataset = dataset
         self.n_chains = validation.number(n_chains, "n_chains", _WHERE, low=1, integer=True)
@@ -174,6 +186,8 @@ class LIRA:
         self.fit_backgrounds = validation.flag(fit_backgrounds, "fit_backgrounds", _WHERE)
         self.scale_move = validation.flag(scale_move, "scale_move", _WHERE)
         self.hmc_steps = validation.number(hmc_steps, "hmc_steps", _WHERE, low=0, integer=True)
+        self.smoothing_move = validation.flag(smoothing_move, "smoothing_move", _WHERE)
+        self.scale_regions = validation.number(scale_regions, "scale_regions", _WHERE, low=1, integer=True)
         self.seed = validation.number(seed, "seed", _WHERE, low=0, integer=True)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = validation.number(checkpoint_every, "checkpoint_every", _WHERE, low=1,
@@ -183,9 +197,13 @@ class LIRA:
         if self.n_chains < 2 or self.n_samples < MIN_DRAWS:
             logger.warning("LIRA: %d chain(s) of %d draws: R-hat needs at least 2 chains of %d draws "
                            "(n_chains, n_samples)", self.n_chains, self.n_samples, MIN_DRAWS)
-        self.sampler = GibbsSampler(dataset.engine, self.delta, self.total_prior, self.background_priors,
-                                    self.fit_backgrounds, self.scale_move, self.hmc_steps)
         self.initial_image = None if initial_image is None else dataset.engine.image_values(initial_image)
+        regions = None
+        if self.initial_image is not None and self.scale_regions > 1:
+            regions = brightness_regions(self.initial_image, self.scale_regions)
+        self.sampler = GibbsSampler(dataset.engine, self.delta, self.total_prior, self.background_priors,
+                                    self.fit_backgrounds, self.scale_move, self.hmc_steps, self.smoothing_move,
+                                    regions)
         norms = dict(initial_norms or {})
         self.initial_norms = np.array([float(norms.get(n, 1.0)) for n in self.sampler.names])
 
@@ -199,7 +217,8 @@ class LIRA:
                 "thin": self.thin, "delta": self.delta, "total_prior": list(self.total_prior),
                 "seed": self.seed, "n_pix": self.sampler.n_pix, "n_ei": self.sampler.n_ei,
                 "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds,
-                "scale_move": self.scale_move, "hmc_steps": self.hmc_steps}
+                "scale_move": self.scale_move, "hmc_steps": self.hmc_steps, "smoothing_move": self.smoothing_move,
+                "scale_regions": self.sampler.n_regions}
 
     def _start(self):
         """Fresh chains: generators, dispersed states, empty traces and draws."""
@@ -289,6 +308,7 @@ class LIRA:
             arrays[f"log_prior_{c}"] = np.array(st.log_prior)
             arrays[f"tuning_{c}"] = st.tuning
             arrays[f"metric_{c}"] = st.metric
+            arrays[f"smoothing_steps_{c}"] = st.smoothing_steps
         rng_states = [rng.bit_generator.state for rng in run["rngs"]]
         with atomic_path(self.checkpoint) as tmp, open(tmp, "wb") as f:
             np.savez(f, draws=run["draws"], sweep=np.array(run["sweep"]),
@@ -317,5 +337,6 @@ class LIRA:
             st.image, st.smoothing = content[f"image_{c}"], content[f"smoothing_{c}"]
             st.norms, st.log_prior = content[f"norms_{c}"], float(content[f"log_prior_{c}"])
             st.tuning, st.metric = content[f"tuning_{c}"], content[f"metric_{c}"]
+            st.smoothing_steps = content[f"smoothing_steps_{c}"]
         logger.info("LIRA resumed from %s at sweep %d of %d", path, run["sweep"], self.n_sweeps)
         return run

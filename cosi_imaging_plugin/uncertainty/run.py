@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Keys of the ``lira`` section (LIRA's keywords, and the regions summarised).
 KEYS = ("n_chains", "n_samples", "burn_in", "thin", "delta", "total_prior", "initial_smoothing",
-        "background_priors", "fit_backgrounds", "scale_move", "hmc_steps", "seed", "checkpoint_every", "n_jobs",
-        "regions")
+        "background_priors", "fit_backgrounds", "scale_move", "smoothing_move", "hmc_steps", "seed",
+        "checkpoint_every", "n_jobs", "regions")
 
 
 def read_lira_parameters(path):

@@ -86,6 +86,20 @@ def poisson_terms(columns, offset, counts, value, derivatives=True):
     return float(total[0]), total[1:1 + n], total[1 + n:].reshape(n, n)
 
 
+def _ascent_step(hess, grad):
+    """Newton's step where the log-density is concave; elsewhere the step with the Hessian's eigenvalues made
+    negative (saddle-free Newton), which always climbs. A prior over several regions of one image is not
+    concave everywhere (its terms of negative coefficient are convex), and Newton's own step can then stop at
+    a saddle."""
+    try:
+        np.linalg.cholesky(-hess)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(hess)
+        magnitude = np.maximum(np.abs(values), 1e-12 * np.abs(values).max())
+        return vectors @ ((vectors.T @ grad) / magnitude)
+    return np.linalg.solve(hess, -grad)
+
+
 class ScaleMove:
     """Independence Metropolis-Hastings move of ``(log mu_e, log b_k)`` given the sky's shape.
 
@@ -125,16 +139,23 @@ class ScaleMove:
         return columns, totals, shape, rate
 
     @staticmethod
-    def log_target(theta, columns, totals, counts, shape, rate, offset):
-        """Log-density of the logarithms ``theta`` (Jacobian included, up to a constant)."""
+    def log_target(theta, columns, totals, counts, shape, rate, offset, sky_log_prior=None):
+        """Log-density of the logarithms ``theta`` (Jacobian included, up to a constant).
+
+        `sky_log_prior`, where given, is the sky parameters' prior as a function of their logarithms
+        (``theta[:n] -> (value, gradient, Hessian)``), beside the Gamma priors ``shape``, ``rate``.
+        """
         value = np.exp(theta)
         data_term = poisson_terms(columns, offset, counts, value, derivatives=False)[0]
         if not np.isfinite(data_term):
             return -np.inf
-        return data_term - float(totals @ value) + float(np.sum(shape * theta - rate * value))
+        out = data_term - float(totals @ value) + float(np.sum(shape * theta - rate * value))
+        if sky_log_prior is not None:
+            out += sky_log_prior(theta)[0]
+        return out
 
     @staticmethod
-    def mode(columns, totals, counts, shape, rate, offset, max_iter=200):
+    def mode(columns, totals, counts, shape, rate, offset, max_iter=200, sky_log_prior=None):
         """The conditional mode (on the original scale) and the curvature of the log-density at it.
 
         Newton's method with step halving, from the mode of a subsample of the bins (every ``STRIDE``-th,
@@ -155,17 +176,26 @@ class ScaleMove:
                 return -np.inf, None, None
             data_term, grad, hess = poisson_terms(columns, offset, counts, v)
             value = data_term - float(totals @ v) + float(np.sum(shape * np.log(v) - rate * v))
-            return value, grad - totals + shape / v - rate, hess - np.diag(shape / v ** 2)
+            grad, hess = grad - totals + shape / v - rate, hess - np.diag(shape / v ** 2)
+            if sky_log_prior is not None:  # its derivatives in ln v, carried to v
+                prior, prior_grad, prior_hess = sky_log_prior(np.log(v))
+                n = prior_grad.size
+                value += prior
+                grad[:n] += prior_grad / v[:n]
+                hess[:n, :n] += (prior_hess - np.diag(prior_grad)) / np.outer(v[:n], v[:n])
+            return value, grad, hess
 
         # a start of the data's own, never the chain's state: the proposal must not depend on it
         if counts.size > SUBSAMPLE_BINS:
+            subsample_prior = None if sky_log_prior is None else (
+                lambda t: tuple(part / STRIDE for part in sky_log_prior(t)))
             v = ScaleMove.mode(columns[::STRIDE], totals / STRIDE, counts[::STRIDE], shape / STRIDE,
-                               rate / STRIDE, offset[::STRIDE], max_iter)[0]
+                               rate / STRIDE, offset[::STRIDE], max_iter, subsample_prior)[0]
         else:  # every parameter given an equal share of the counts
             v = max(float(counts.sum()), 1.0) / (totals.size * totals)
         current, grad, hess = terms(v)
         for _ in range(max_iter):
-            step = np.linalg.solve(hess, -grad)
+            step = _ascent_step(hess, grad)
             # Newton's decrement: half of it bounds what a full step can still gain near the mode
             if float(grad @ step) < 1e-10:
                 break
@@ -185,7 +215,7 @@ class ScaleMove:
         # curvature of the log-density of log v: D H D (the gradient vanishes at the mode)
         return v, v[:, None] * hess * v[None, :]
 
-    def draw(self, unit_sky, unit_totals, current, rng, offset=None, data_term=False):
+    def draw(self, unit_sky, unit_totals, current, rng, offset=None, data_term=False, sky_log_prior=None):
         """New ``(mu, b)`` from the move.
 
         Parameters
@@ -202,6 +232,10 @@ class ScaleMove:
             total over all bins is a constant of the target).
         data_term : bool
             Also return ``sum_i d_i ln eps_i`` at `current`, which the move computes anyway.
+        sky_log_prior : callable, optional
+            The prior of the sky parameters as a function of their logarithms, ``-> (value, gradient,
+            Hessian)``, replacing their Gamma priors (for parameters that share a prior, e.g. regions of
+            one image).
 
         Returns
         -------
@@ -212,14 +246,21 @@ class ScaleMove:
             With `data_term`: ``sum_i d_i ln eps_i`` at `current`.
         """
         columns, totals, shape, rate = self._design(unit_sky, unit_totals)
+        if sky_log_prior is not None:
+            shape[:len(unit_totals)] = rate[:len(unit_totals)] = 0.0
         counts = self.counts
         offset = np.zeros(counts.size) if offset is None else np.asarray(offset, dtype=np.float64)
-        value, hess = self.mode(columns, totals, counts, shape, rate, offset)
+        value, hess = self.mode(columns, totals, counts, shape, rate, offset, sky_log_prior=sky_log_prior)
         centre = np.log(value)
         # Student-t scale: the inverse of the curvature (its Cholesky factor), mode and scale free of `current`
-        chol = np.linalg.cholesky(np.linalg.inv(-hess))
+        try:
+            chol = np.linalg.cholesky(np.linalg.inv(-hess))
+        except np.linalg.LinAlgError:
+            # no curvature to scale a proposal by: the move stays put. The mode and the curvature depend on the
+            # shape alone, which the move never changes, so staying put for such shapes keeps the move exact
+            chol = None
         n = centre.size
-        inv_chol = np.linalg.inv(chol)
+        inv_chol = None if chol is None else np.linalg.inv(chol)
 
         def log_proposal(theta):
             z = inv_chol @ (theta - centre)
@@ -230,12 +271,17 @@ class ScaleMove:
         data_now = poisson_terms(columns, offset, counts, value, derivatives=False)[0]
         log_target = (data_now - float(totals @ value) + float(np.sum(shape * theta - rate * value))
                       if np.isfinite(data_now) else -np.inf)
-        log_ratio_now = log_target - log_proposal(theta)
+        if sky_log_prior is not None and np.isfinite(log_target):
+            log_target += sky_log_prior(theta)[0]
         accepted = 0
+        if chol is None:
+            return (value, accepted, data_now) if data_term else (value, accepted)
+        log_ratio_now = log_target - log_proposal(theta)
         for _ in range(self.n_proposals):
             z = rng.standard_normal(n) * np.sqrt(T_DOF / rng.chisquare(T_DOF))
             proposal = centre + chol @ z
-            log_ratio = self.log_target(proposal, columns, totals, counts, shape, rate, offset) - log_proposal(proposal)
+            log_ratio = (self.log_target(proposal, columns, totals, counts, shape, rate, offset, sky_log_prior)
+                         - log_proposal(proposal))
             if np.log(rng.random()) < log_ratio - log_ratio_now:
                 theta, log_ratio_now = proposal, log_ratio
                 accepted += 1

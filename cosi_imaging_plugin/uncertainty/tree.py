@@ -265,6 +265,48 @@ class MultiscaleTree:
             grad += np.repeat(coefficients[level] / sums[level], 4 ** (self.levels - level))
         return value, grad
 
+    def region_scales_log_prior(self, theta, node_sums, smoothing, exposure_max):
+        """Log prior density of the image ``x = sum_r exp(theta_r) u_r`` of one Ei bin as a function of the
+        logarithms ``theta`` of its regions' expected complete counts, the regions' shapes ``u_r`` fixed,
+        with its gradient and Hessian in ``theta``.
+
+        The density is :meth:`image_log_prior` times the Jacobian ``prod_r mu_r^(n_r)`` of the map from
+        ``theta`` (and the shapes) to the image, ``n_r`` the pixels of region ``r``: with one region it is
+        the Gamma prior of the total in ``ln mu``, the splits being unchanged by a common scale.
+
+        Parameters
+        ----------
+        theta : ndarray, shape (R,)
+        node_sums : list of L + 1 ndarray, shapes (12 * 4**l, R)
+            Every region's shape summed over the pixels of every level (:func:`aggregate` of ``u_r``);
+            each shape sums to ``1 / Xmax`` over the sky.
+        smoothing : ndarray, shape (L + 1,)
+        exposure_max : float
+
+        Returns
+        -------
+        float, ndarray (R,), ndarray (R, R)
+            Up to a constant.
+        """
+        a = np.asarray(smoothing, dtype=np.float64)
+        shape, rate = self.total_prior
+        mu = np.exp(np.asarray(theta, dtype=np.float64))
+        n_regions = np.count_nonzero(node_sums[-1] > 0, axis=0).astype(np.float64)  # pixels of every region
+        coefficients = a - 1.0
+        coefficients[:-1] -= 4.0 * a[1:] - 1.0
+        total = float(mu.sum())
+        value = (shape - 12.0 * a[0]) * math.log(total) - rate * total + float(n_regions @ theta)
+        grad = (shape - 12.0 * a[0]) * mu / total - rate * mu + n_regions
+        hess = (shape - 12.0 * a[0]) * (np.diag(mu / total) - np.outer(mu, mu) / total ** 2) - rate * np.diag(mu)
+        for level in range(self.levels + 1):
+            weights = node_sums[level] * mu  # (nodes, R): every region's part of every node's sum
+            sums = weights.sum(axis=1)
+            weights = weights / sums[:, None]
+            value += coefficients[level] * float(np.sum(np.log(sums)))
+            grad += coefficients[level] * weights.sum(axis=0)
+            hess += coefficients[level] * (np.diag(weights.sum(axis=0)) - weights.T @ weights)
+        return value, grad, hess
+
     def mode_step(self, complete_counts, exposure_max, smoothing):
         """The maximum of the conditional posterior given expected complete counts (the EM M-step).
 
