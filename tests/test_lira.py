@@ -317,6 +317,17 @@ def test_scale_move_over_regions_hands_the_allocation_the_new_image_products(blo
     assert data_term == pytest.approx(float(np.dot(engine.data.counts, np.log(eps))), rel=1e-9)
 
 
+def test_lira_moves_regions_and_smoothing_by_default_only_from_an_image(blob_dataset):
+    """Started from an image, the scale move has its three brightness regions and the smoothing move is on;
+    from a flat start the sky is one region and the smoothing move is off unless asked for."""
+    from_image = LIRA(blob_dataset, initial_image=blob_sky(), progress=False)
+    assert from_image.sampler.n_regions == 3 and from_image.smoothing_move
+    assert np.array_equal(from_image.sampler.regions, brightness_regions(blob_sky(), 3))
+    flat = LIRA(blob_dataset, progress=False)
+    assert flat.sampler.n_regions == 1 and not flat.smoothing_move and flat.sampler.smoothing_move is None
+    assert LIRA(blob_dataset, smoothing_move=True, progress=False).sampler.smoothing_move is not None
+
+
 def test_region_scales_prior_is_the_image_prior_with_its_jacobian():
     """The prior of the regions' ``ln mu`` equals the image prior of ``sum_r mu_r u_r`` times ``prod mu_r^(n_r)``
     (differences between two points), its gradient and Hessian match finite differences, and with one region
