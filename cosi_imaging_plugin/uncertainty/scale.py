@@ -16,7 +16,10 @@ on the logarithms, centred on the conditional mode with the scale of the curvatu
 never on the current totals, so the Metropolis-Hastings ratio of an independence sampler
 makes the move exact. On the original scale the log-density with the Jacobian of the
 logarithms is concave (a Poisson likelihood linear in ``(mu, b)`` and Gamma priors of
-positive shape), so the mode is unique and Newton's method with step halving finds it.
+positive shape), so the mode is unique and Newton's method with step halving finds it. With
+several regions of one image (``sky_log_prior``) the prior is not concave everywhere; the
+search then takes saddle-free steps where the curvature is not negative, and where no
+negative curvature is found the move stays put (a decision on the shape alone, so still exact).
 """
 import numba
 import numpy as np
