@@ -352,13 +352,14 @@ class GibbsSampler:
         new, _, data_term = self.scale_move.draw(unit_sky, unit_totals, current, rng, offset, data_term=True,
                                                  sky_log_prior=sky_log_prior)
         mu_new = new[:mu.size].reshape(mu.shape)
-        rows = None
         for r in range(n_regions):
             if self.n_ei == 1:
                 region_rows[r] *= mu_new[0, r]
             else:  # every entry by its Ei bin's new total
                 region_rows[r] *= mu_new[self.allocator.ei_of_entries(), r][:, None, :]
-            rows = region_rows[r] if rows is None else rows + region_rows[r]
+        rows = region_rows[0]
+        for part in region_rows[1:]:
+            rows += part
         return (image * (mu_new / mu)[:, labels].T, (new[mu.size:] if fitted else norms),
                 mu_new.ravel() @ unit_sky, rows, data_term)
 

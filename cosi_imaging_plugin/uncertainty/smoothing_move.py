@@ -28,7 +28,7 @@ import numpy as np
 from scipy.special import gammainc, gammaincc, gammainccinv, gammaincinv, gammaln
 
 from ..errors import CosiInputError
-from .tree import fractions_of_image, image_from_tree, log_gamma_draw
+from .tree import fractions_of_image, image_from_tree, log_gamma_draw, log_normalized
 
 #: Acceptance rate the steps are tuned to during the burn-in (a one-dimensional random walk's optimum).
 TARGET_ACCEPT = 0.44
@@ -104,10 +104,7 @@ def requantiled_splits(log_fractions, n_children, a, a_new, rng):
     splits = np.asarray(log_fractions, dtype=np.float64).reshape(-1, n_children)
     log_sum = log_gamma_draw(np.full(splits.shape[0], n_children * a), rng)
     log_p, log_q = gamma_log_cdf(a, log_sum[:, None] + splits)
-    log_g = gamma_log_quantile(a_new, log_p, log_q)
-    top = log_g.max(axis=1, keepdims=True)
-    new = log_g - (top + np.log(np.exp(log_g - top).sum(axis=1, keepdims=True)))
-    return new.reshape(np.shape(log_fractions))
+    return log_normalized(gamma_log_quantile(a_new, log_p, log_q)).reshape(np.shape(log_fractions))
 
 
 def new_steps(n_levels):

@@ -54,11 +54,23 @@ def log_gamma_draw(shape, rng):
     return np.log(rng.gamma(shape + 1.0)) + np.log1p(-rng.random(shape.shape)) / shape  # 1 - U is never 0
 
 
+def log_normalized(log_weights):
+    """``ln(w / sum w)`` along the last axis from ``ln w`` (weights far below the double range included)."""
+    top = log_weights.max(axis=-1, keepdims=True)
+    return log_weights - (top + np.log(np.exp(log_weights - top).sum(axis=-1, keepdims=True)))
+
+
 def log_dirichlet_draw(alpha, rng):
     """Logarithms of Dirichlet draws along the last axis of `alpha`."""
-    log_g = log_gamma_draw(alpha, rng)
-    top = log_g.max(axis=-1, keepdims=True)
-    return log_g - (top + np.log(np.exp(log_g - top).sum(axis=-1, keepdims=True)))
+    return log_normalized(log_gamma_draw(alpha, rng))
+
+
+def split_coefficients(smoothing):
+    """Coefficient of ``sum ln C_l`` in the image prior, per level: a child at level ``l``, a parent at ``l + 1``."""
+    a = np.asarray(smoothing, dtype=np.float64)
+    coefficients = a - 1.0
+    coefficients[:-1] -= 4.0 * a[1:] - 1.0
+    return coefficients
 
 
 def image_from_tree(log_total, log_fractions):
@@ -249,9 +261,7 @@ class MultiscaleTree:
         sums = aggregate(image, self.levels)
         total = float(sums[0].sum())
         value = shape * math.log(exposure_max) + (shape - 12.0 * a[0]) * math.log(total) - rate * exposure_max * total
-        # coefficient of sum ln C_l: a child at level l, a parent at level l + 1
-        coefficients = a - 1.0
-        coefficients[:-1] -= 4.0 * a[1:] - 1.0
+        coefficients = split_coefficients(a)
         for level in range(self.levels + 1):
             n_par, n_ch = self.n_parents[level], self.n_children[level]
             value += n_par * (math.lgamma(n_ch * a[level]) - n_ch * math.lgamma(a[level]))
@@ -291,12 +301,11 @@ class MultiscaleTree:
         a = np.asarray(smoothing, dtype=np.float64)
         shape, rate = self.total_prior
         mu = np.exp(np.asarray(theta, dtype=np.float64))
-        n_regions = np.count_nonzero(node_sums[-1] > 0, axis=0).astype(np.float64)  # pixels of every region
-        coefficients = a - 1.0
-        coefficients[:-1] -= 4.0 * a[1:] - 1.0
+        region_pixels = np.count_nonzero(node_sums[-1] > 0, axis=0).astype(np.float64)
+        coefficients = split_coefficients(a)
         total = float(mu.sum())
-        value = (shape - 12.0 * a[0]) * math.log(total) - rate * total + float(n_regions @ theta)
-        grad = (shape - 12.0 * a[0]) * mu / total - rate * mu + n_regions
+        value = (shape - 12.0 * a[0]) * math.log(total) - rate * total + float(region_pixels @ theta)
+        grad = (shape - 12.0 * a[0]) * mu / total - rate * mu + region_pixels
         hess = (shape - 12.0 * a[0]) * (np.diag(mu / total) - np.outer(mu, mu) / total ** 2) - rate * np.diag(mu)
         for level in range(self.levels + 1):
             weights = node_sums[level] * mu  # (nodes, R): every region's part of every node's sum
