@@ -4,8 +4,8 @@ The demo's ``mini_511keV`` dataset (NSIDE 8, one 509-513 keV bin, a week of rock
 and instrumental backgrounds) with three 511 keV point sources added to its bulge and disk. At
 the same exposure: RL as the tutorial runs it (``--rl-iterations`` accelerated iterations, 10 deg
 smoothing, backgrounds fitted) and its best iterate against the truth (an optimistic RL, the
-iteration chosen with the truth in hand); LIRA with its default chain settings (4 chains of 200 +
-200 sweeps unless asked otherwise) started around the RL image. Quality: the L2 error over pixels
+iteration chosen with the truth in hand); LIRA with its default chain settings (4 chains of 1000 +
+2000 sweeps unless asked otherwise) started around the RL image. Quality: the L2 error over pixels
 relative to the truth's norm. Convergence: the worst split-R-hat of every traced parameter and the
 share of pixels with R-hat <= 1.01. The last printed line is one JSON object.
 """
@@ -44,8 +44,8 @@ def main():
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--rl-iterations", type=int, default=20)
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--burn-in", type=int, default=200)
-    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--burn-in", type=int, default=None, help="burn-in sweeps per chain (default: LIRA's)")
+    parser.add_argument("--samples", type=int, default=None, help="kept draws per chain (default: LIRA's)")
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--hmc-steps", type=int, default=None,
@@ -80,10 +80,11 @@ def main():
     rl_errors = [relative_l2(np.asarray(r["model"].contents), truth) for r in rl_results]
 
     options = {k: v for k, v in (("hmc_steps", args.hmc_steps), ("delta", args.delta),
-                                 ("scale_regions", args.scale_regions)) if v is not None}
+                                 ("scale_regions", args.scale_regions), ("burn_in", args.burn_in),
+                                 ("n_samples", args.samples)) if v is not None}
     options["smoothing_move"] = not args.no_smoothing_move
-    lira = LIRA(dataset, n_chains=args.chains, n_samples=args.samples, burn_in=args.burn_in, initial_image=rl_image,
-                seed=args.seed, n_jobs=args.n_jobs, progress=False, **options)
+    lira = LIRA(dataset, n_chains=args.chains, initial_image=rl_image, seed=args.seed, n_jobs=args.n_jobs,
+                progress=False, **options)
     with PeakRSS() as memory:
         start = time.perf_counter()
         result = lira.run()
@@ -110,7 +111,7 @@ def main():
         "sweep_s": round(elapsed / (lira.n_sweeps * args.chains), 4),
         "rl_iter_s": round(rl_iter_s, 4),
         "sampling_min": round(elapsed / 60.0, 2),
-        "chains": args.chains, "burn_in": args.burn_in, "samples": args.samples, "n_jobs": args.n_jobs,
+        "chains": args.chains, "burn_in": lira.burn_in, "samples": lira.n_samples, "n_jobs": args.n_jobs,
         "counts": float(dataset.engine.data.total_counts), "nnz": dataset.engine.data.nnz,
         "peak_mb": round(memory.peak_mb, 0),
     })

@@ -101,7 +101,11 @@ class LIRA:
     n_samples : int
         Draws kept per chain after the burn-in (after thinning).
     burn_in : int
-        Sweeps discarded at the start of every chain.
+        Sweeps discarded at the start of every chain. The defaults (1000 + 2000 sweeps, those of pylira's
+        ``LIRADeconvolver``) follow what the demo-scale chains need: started around RL's image they drift
+        for 500 to 1000 sweeps before they settle, so the draws of shorter chains still carry the start
+        (``benchmarks/RESULTS.md``). Larger datasets may need fewer sweeps per chain for the same
+        precision, but each sweep costs more; the R-hat warnings say when the chains are too short.
     thin : int
         Keep one sweep in `thin`.
     delta : float
@@ -161,7 +165,7 @@ class LIRA:
     >>> result.mean(), result.std(), result.region_flux(disc=(0, 0, 10))      # doctest: +SKIP
     """
 
-    def __init__(self, dataset, *, n_chains=4, n_samples=200, burn_in=200, thin=1, delta=DEFAULT_DELTA,
+    def __init__(self, dataset, *, n_chains=4, n_samples=2000, burn_in=1000, thin=1, delta=DEFAULT_DELTA,
                  total_prior=DEFAULT_TOTAL_PRIOR, initial_smoothing=1.0, initial_image=None,
                  background_priors=None, fit_backgrounds=True, scale_move=True, hmc_steps=DEFAULT_HMC_STEPS,
                  smoothing_move=None, scale_regions=DEFAULT_SCALE_REGIONS, initial_norms=None, seed=0,
