@@ -104,8 +104,8 @@ class LIRA:
         Sweeps discarded at the start of every chain. The defaults (1000 + 2000 sweeps, those of pylira's
         ``LIRADeconvolver``) follow what the demo-scale chains need: started around RL's image they drift
         for 500 to 1000 sweeps before they settle, so the draws of shorter chains still carry the start
-        (``benchmarks/RESULTS.md``). Larger datasets may need fewer sweeps per chain for the same
-        precision, but each sweep costs more; the R-hat warnings say when the chains are too short.
+        (``benchmarks/RESULTS.md``). At the DC2 scale a sweep costs several RL iterations, so the defaults
+        take hours there. The R-hat warnings say when the chains are too short.
     thin : int
         Keep one sweep in `thin`.
     delta : float
