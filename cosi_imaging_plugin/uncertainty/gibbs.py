@@ -383,8 +383,7 @@ class GibbsSampler:
             value, grad, hess = 0.0, np.zeros(n), np.zeros((n, n))
             for e in range(self.n_ei):
                 part = slice(e * n_regions, (e + 1) * n_regions)
-                v, g, h = self.tree.region_scales_log_prior(theta[part], node_sums[e], smoothing[:, e],
-                                                            self.exposure_max[e])
+                v, g, h = self.tree.region_scales_log_prior(theta[part], node_sums[e], smoothing[:, e])
                 value += v
                 grad[part] = g
                 hess[part, part] = h

@@ -275,7 +275,7 @@ class MultiscaleTree:
             grad += np.repeat(coefficients[level] / sums[level], 4 ** (self.levels - level))
         return value, grad
 
-    def region_scales_log_prior(self, theta, node_sums, smoothing, exposure_max):
+    def region_scales_log_prior(self, theta, node_sums, smoothing):
         """Log prior density of the image ``x = sum_r exp(theta_r) u_r`` of one Ei bin as a function of the
         logarithms ``theta`` of its regions' expected complete counts, the regions' shapes ``u_r`` fixed,
         with its gradient and Hessian in ``theta``.
@@ -289,9 +289,8 @@ class MultiscaleTree:
         theta : ndarray, shape (R,)
         node_sums : list of L + 1 ndarray, shapes (12 * 4**l, R)
             Every region's shape summed over the pixels of every level (:func:`aggregate` of ``u_r``);
-            each shape sums to ``1 / Xmax`` over the sky.
+            each shape sums to ``1 / Xmax`` over the sky, so ``Xmax`` enters through ``mu`` alone.
         smoothing : ndarray, shape (L + 1,)
-        exposure_max : float
 
         Returns
         -------
