@@ -150,6 +150,11 @@ class ScaleMove:
         """
         value = np.exp(theta)
         data_term = poisson_terms(columns, offset, counts, value, derivatives=False)[0]
+        return ScaleMove._log_target_from(data_term, theta, value, totals, shape, rate, sky_log_prior)
+
+    @staticmethod
+    def _log_target_from(data_term, theta, value, totals, shape, rate, sky_log_prior):
+        """:meth:`log_target` from its data term ``sum d ln eps`` (-inf where that is not finite)."""
         if not np.isfinite(data_term):
             return -np.inf
         out = data_term - float(totals @ value) + float(np.sum(shape * theta - rate * value))
@@ -272,10 +277,7 @@ class ScaleMove:
         value = np.asarray(current, dtype=np.float64)
         theta = np.log(value)
         data_now = poisson_terms(columns, offset, counts, value, derivatives=False)[0]
-        log_target = (data_now - float(totals @ value) + float(np.sum(shape * theta - rate * value))
-                      if np.isfinite(data_now) else -np.inf)
-        if sky_log_prior is not None and np.isfinite(log_target):
-            log_target += sky_log_prior(theta)[0]
+        log_target = self._log_target_from(data_now, theta, value, totals, shape, rate, sky_log_prior)
         accepted = 0
         if chol is None:
             return (value, accepted, data_now) if data_term else (value, accepted)
