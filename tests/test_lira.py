@@ -9,6 +9,7 @@ import math
 import pickle
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import healpy as hp
@@ -22,6 +23,7 @@ from cosi_imaging_plugin.uncertainty import LIRA, LIRAMode, ess, region_mask, re
 from cosi_imaging_plugin.uncertainty.allocation import Allocator
 from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler, brightness_regions
 from cosi_imaging_plugin.uncertainty.plots import plot_summary
+from cosi_imaging_plugin.uncertainty.results import LIRAResult
 from cosi_imaging_plugin.uncertainty.scale import ScaleMove
 from cosi_imaging_plugin.uncertainty.smoothing_move import SmoothingMove, gamma_log_cdf, gamma_log_quantile
 from cosi_imaging_plugin.uncertainty.tree import (
@@ -224,6 +226,47 @@ def test_rhat_and_ess_on_known_chains():
     assert np.all(rhat(shifted) > 1.05)
     with pytest.raises(CosiInputError, match="too short"):
         rhat(iid[:, :5])
+
+
+def _traces_with_a_slow_trade(rng, offset, rho):
+    """Traces of 4 chains x 400 sweeps in which a factor (AR(1) with `rho`) trades the all-sky flux against the
+    second of two background norms (correlation about -0.95), the first chain shifted by `offset` along it."""
+    slow = rng.standard_normal((4, 400))
+    for t in range(1, 400):
+        slow[:, t] = rho * slow[:, t - 1] + math.sqrt(1 - rho ** 2) * slow[:, t]
+    slow[0] += offset
+    flux = 1.0 + 0.1 * slow + 0.03 * rng.standard_normal((4, 400))
+    norms = np.stack([1.0 + 0.01 * rng.standard_normal((4, 400)),
+                      1.0 - 0.05 * slow + 0.015 * rng.standard_normal((4, 400))], axis=-1)
+    return {"log_posterior": rng.standard_normal((4, 400)), "smoothing": rng.gamma(5.0, 0.1, (4, 400, 2, 1)),
+            "background_norms": norms, "total_flux": flux[..., None]}
+
+
+def test_diagnostics_name_a_background_that_trades_with_the_sky_flux(blob_dataset):
+    """A background norm strongly correlated with the all-sky flux is reported with its correlation, and named in
+    a warning where that direction has not converged; an unconverged but uncorrelated norm is not named, and
+    converged chains give no such warning."""
+    rng = np.random.default_rng(17)
+    draws = rng.gamma(2.0, 1.0, (4, 400, N_PIX, 1))
+    names = ["albedo", "instrumental"]
+    result = LIRAResult(draws, _traces_with_a_slow_trade(rng, offset=3.0, rho=0.9), blob_dataset.engine,
+                        background_names=names)
+    with pytest.warns(RuntimeWarning) as caught:
+        diagnostics = result.diagnostics()
+    correlation = diagnostics["flux_background_correlation"]
+    assert correlation["instrumental"] < -0.9 and abs(correlation["albedo"]) < 0.1
+    named = [str(w.message) for w in caught if "hardly tell" in str(w.message)]
+    assert len(named) == 1 and "'instrumental'" in named[0] and "albedo" not in named[0]
+
+    converged = LIRAResult(draws, _traces_with_a_slow_trade(rng, offset=0.0, rho=0.0), blob_dataset.engine,
+                           background_names=names)
+    diagnostics = converged.diagnostics(warn=False)
+    assert diagnostics["flux_background_correlation"]["instrumental"] < -0.9
+    assert np.max(diagnostics["rhat"]["total_flux"]) <= 1.01
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converged.diagnostics()
+    assert not [w for w in caught if "hardly tell" in str(w.message)]
 
 
 def test_gamma_quantile_map_inverts_the_tails_far_below_the_double_range():

@@ -36,6 +36,7 @@ def test_lira_writes_maps_summary_and_figures(dataset_dir, tmp_path, capsys):
     assert re.search(r"WARNING py\.warnings: .*RuntimeWarning: .*R-hat", capsys.readouterr().err, re.DOTALL)
     summary = json.loads((out / "lira_summary.json").read_text())
     assert summary["n_chains"] == 2 and summary["n_samples"] == 10
+    assert all(-1.0 <= r <= 1.0 for r in summary["flux_background_correlation"].values())
     bulge = summary["regions"]["bulge"]
     assert bulge["interval_95"][0] <= bulge["median"] <= bulge["interval_95"][1]
     mean = Histogram.open(out / "lira_maps.h5", name="mean")

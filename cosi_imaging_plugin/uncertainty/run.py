@@ -81,6 +81,7 @@ def lira_main(data_dir, output_dir, parameters=None, frame="spacecraft", progres
         "rhat_max": {k: float(np.max(v)) for k, v in diagnostics["rhat"].items()},
         "ess_median": {k: float(np.median(v)) for k, v in diagnostics["ess"].items()},
         "background_norms": result.background_norms(),
+        "flux_background_correlation": diagnostics["flux_background_correlation"],
         "total_flux": result.total_flux().as_dict(),
         "regions": {name: result.region_flux(**region).as_dict() for name, region in regions.items()},
     }
