@@ -268,6 +268,13 @@ def test_diagnostics_name_a_background_that_trades_with_the_sky_flux(blob_datase
         converged.diagnostics()
     assert not [w for w in caught if "hardly tell" in str(w.message)]
 
+    # a dataset without backgrounds: no correlation, and the unconverged flux's warning alone
+    traces = _traces_with_a_slow_trade(rng, offset=3.0, rho=0.9)
+    traces["background_norms"] = traces["background_norms"][..., :0]
+    alone = LIRAResult(draws, traces, blob_dataset.engine, background_names=[])
+    with pytest.warns(RuntimeWarning, match="LIRA total_flux: R-hat"):
+        assert alone.diagnostics()["flux_background_correlation"] == {}
+
 
 def test_gamma_quantile_map_inverts_the_tails_far_below_the_double_range():
     """``gamma_log_quantile`` inverts ``gamma_log_cdf`` in the body, in both tails and for variates far below

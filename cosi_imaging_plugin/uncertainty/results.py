@@ -163,8 +163,7 @@ class LIRAResult:
 
     def _flux_background_correlation(self):
         """Correlation of every sampled background norm with the all-sky flux over the kept draws."""
-        norms = self.traces.get("background_norms")
-        if norms is None or np.size(norms) == 0:
+        if np.size(self.traces.get("background_norms", ())) == 0:  # a dataset without backgrounds
             return {}
         flux = self.trace("total_flux", burn_in=False).sum(axis=-1).ravel()
         norms = self.trace("background_norms", burn_in=False).reshape(flux.size, -1)
@@ -176,10 +175,11 @@ class LIRAResult:
 
     def _warn_degenerate(self, diagnostics):
         """Warn for every background nearly degenerate with a smooth sky whose direction has not converged."""
-        rhat_flux = float(np.max(diagnostics["rhat"]["total_flux"]))
-        rhat_norms = dict(zip(self.background_names, np.atleast_1d(diagnostics["rhat"]["background_norms"])))
+        rhats = diagnostics["rhat"]
         for name, r in diagnostics["flux_background_correlation"].items():
-            worst = max(rhat_flux, float(rhat_norms[name]))
+            # only sampled backgrounds have a correlation, so their R-hat is there (none without backgrounds)
+            norm_rhat = np.atleast_1d(rhats["background_norms"])[self.background_names.index(name)]
+            worst = max(float(np.max(rhats["total_flux"])), float(norm_rhat))
             if abs(r) >= DEGENERATE_CORRELATION and worst > 1.01:
                 warnings.warn(
                     f"LIRA: the all-sky flux and the norm of background '{name}' are correlated at {r:.2f} over "
