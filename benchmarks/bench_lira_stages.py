@@ -8,13 +8,17 @@ each run the way the sweep runs it, best of ``--repeats``:
   CCM, then the engine's forward kernel at the bins), shared by the scale move and the allocation
   (its expectations at the bins and its source rows);
 - ``scale_move``: the Newton solve for the conditional mode and the Metropolis proposals;
+  ``scale_move_exact_mode``: the same with the mode solved to a Newton decrement of ``1e-12`` instead of
+  ``scale.MODE_DECREMENT`` (the baseline of ``scale_move_over_exact_mode``);
 - ``alloc_stage1``: bins to (row, source entry) and backgrounds, exponential spacings included;
 - ``alloc_stage2``: the stage-one counts gathered, then (row, source entry) to sky pixels through the CCM;
 - ``tree``: the exposure augmentation and the multiscale tree's draws; ``background``: the norms' draw;
-- ``sweep``: one whole sweep (``GibbsSampler.sweep``).
+- ``sweep``: one whole sweep (``GibbsSampler.sweep``); ``sweep_exact_mode``: the same with the scale move's mode
+  solved to ``1e-12`` (the baseline of ``sweep_over_exact_mode``).
 
 The last printed line is one JSON object: seconds per stage and per stage over the RL iteration (``*_over_rl``).
 """
+import copy
 import logging
 import sys
 import time
@@ -24,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cosi_imaging_plugin.engine.kernel_layout import TILE_WIDTH  # noqa: E402
-from cosi_imaging_plugin.uncertainty import allocation  # noqa: E402
+from cosi_imaging_plugin.uncertainty import allocation, scale  # noqa: E402
 from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler  # noqa: E402
 
 import _dc2  # noqa: E402
@@ -60,6 +64,9 @@ def main():
     seconds = {}
     seconds["rl_iter"], _ = best(lambda: engine.ratio_products(engine.evaluate(state.image, bkg)), args.repeats)
     seconds["sweep"], _ = best(lambda: sampler.sweep(state, rng), args.repeats)
+    sampler.scale_move.tolerance = 1e-12
+    seconds["sweep_exact_mode"], _ = best(lambda: sampler.sweep(state, rng), args.repeats)
+    sampler.scale_move.tolerance = scale.MODE_DECREMENT
 
     alloc = sampler.allocator
     image = state.image
@@ -71,6 +78,10 @@ def main():
     current = np.concatenate([mu, state.norms])
     seconds["scale_move"], _ = best(lambda: sampler.scale_move.draw(unit_sky, unit_totals, current, rng),
                                     args.repeats)
+    exact_mode = copy.copy(sampler.scale_move)
+    exact_mode.tolerance = 1e-12
+    seconds["scale_move_exact_mode"], _ = best(lambda: exact_mode.draw(unit_sky, unit_totals, current, rng),
+                                               args.repeats)
     rows = alloc.tiled_rows(image)
 
     data = engine.data
@@ -119,6 +130,8 @@ def main():
     seconds["stages_total"] = sum(seconds[k] for k in stages)
     result = {k: round(v, 4) for k, v in seconds.items()}
     result.update({f"{k}_over_rl": round(v / seconds["rl_iter"], 2) for k, v in seconds.items() if k != "rl_iter"})
+    for stage in ("scale_move", "sweep"):
+        result[f"{stage}_over_exact_mode"] = round(seconds[stage] / seconds[f"{stage}_exact_mode"], 3)
     result.update({"scatt_bins": engine.n_rows, "nnz": data.nnz})
     report(result)
 
