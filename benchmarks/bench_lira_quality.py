@@ -6,8 +6,11 @@ the same exposure: RL as the tutorial runs it (``--rl-iterations`` accelerated i
 smoothing, backgrounds fitted) and its best iterate against the truth (an optimistic RL, the
 iteration chosen with the truth in hand); LIRA with its default chain settings (4 chains of 1000 +
 2000 sweeps unless asked otherwise) started around the RL image. Quality: the L2 error over pixels
-relative to the truth's norm. Convergence: the worst split-R-hat of every traced parameter and the
-share of pixels with R-hat <= 1.01. The last printed line is one JSON object.
+relative to the truth's norm. Convergence: the worst split-R-hat of every traced parameter, the
+share of pixels with R-hat <= 1.01, and the median R-hat and ESS of the brightest tenth of the
+pixels (where a large delta's speckle mixes slowest). Cost of the sibling swaps: sweeps from one
+state timed with and without them, in turn, in this process (``sweep_over_no_swaps``). The last
+printed line is one JSON object.
 """
 import argparse
 import logging
@@ -54,6 +57,9 @@ def main():
     parser.add_argument("--scale-regions", type=int, default=None,
                         help="brightness regions of the RL image whose totals the scale move draws (default: LIRA's)")
     parser.add_argument("--no-smoothing-move", action="store_true", help="leave the smoothing move out")
+    parser.add_argument("--sibling-swaps", type=int, default=None, help="sibling swaps per sweep (default: LIRA's)")
+    parser.add_argument("--timed-sweeps", type=int, default=20,
+                        help="sweeps timed with and without the sibling swaps, in turn, before the run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = builtin_config("mini_511keV").to_dict()
@@ -81,16 +87,23 @@ def main():
 
     options = {k: v for k, v in (("hmc_steps", args.hmc_steps), ("delta", args.delta),
                                  ("scale_regions", args.scale_regions), ("burn_in", args.burn_in),
-                                 ("n_samples", args.samples)) if v is not None}
+                                 ("n_samples", args.samples), ("sibling_swaps", args.sibling_swaps))
+               if v is not None}
     options["smoothing_move"] = not args.no_smoothing_move
     lira = LIRA(dataset, n_chains=args.chains, initial_image=rl_image, seed=args.seed, n_jobs=args.n_jobs,
                 progress=False, **options)
+    swap_cost = sweep_over_no_swaps(lira, args.timed_sweeps)
     with PeakRSS() as memory:
         start = time.perf_counter()
         result = lira.run()
         elapsed = time.perf_counter() - start
     diagnostics = result.diagnostics(warn=False)
     mean = np.asarray(result.mean().contents)
+    # the speckle of a large delta: the brightest tenth of the pixels (by RL's image)
+    bright = np.argsort(np.asarray(rl_image.contents).reshape(truth.shape[0], -1).sum(axis=1))[::-1]
+    bright = bright[:truth.shape[0] // 10]
+    pixel_rhat = np.asarray(diagnostics["rhat"]["pixels"]).reshape(truth.shape[0], -1).max(axis=1)
+    pixel_ess = np.asarray(diagnostics["ess"]["pixels"]).reshape(truth.shape[0], -1).min(axis=1)
     l2_lira, l2_rl = relative_l2(mean, truth), rl_errors[-1]
     logger.info("L2 error: LIRA mean %.3f, RL %.3f (best iterate %.3f)", l2_lira, l2_rl, min(rl_errors))
     report({
@@ -108,6 +121,10 @@ def main():
         "hmc_steps": lira.hmc_steps, "delta": lira.delta, "scale_regions": lira.sampler.n_regions,
         "smoothing_move": lira.smoothing_move,
         "rhat_pixels_median": round(float(np.median(diagnostics["rhat"]["pixels"])), 4),
+        "rhat_bright_pixels_median": round(float(np.median(pixel_rhat[bright])), 4),
+        "ess_bright_pixels_median": round(float(np.median(pixel_ess[bright])), 1),
+        "sibling_swaps": 0 if lira.sampler.swap is None else lira.sibling_swaps,
+        "sweep_over_no_swaps": swap_cost,
         "sweep_s": round(elapsed / (lira.n_sweeps * args.chains), 4),
         "rl_iter_s": round(rl_iter_s, 4),
         "sampling_min": round(elapsed / 60.0, 2),
@@ -115,6 +132,29 @@ def main():
         "counts": float(dataset.engine.data.total_counts), "nnz": dataset.engine.data.nnz,
         "peak_mb": round(memory.peak_mb, 0),
     })
+
+
+def sweep_over_no_swaps(lira, n_sweeps):
+    """Mean time of a sweep with the sibling swaps over one without, from the same state (a start around the
+    initial image after five sweeps), timed in turn; None where the run has no swaps."""
+    sampler = lira.sampler
+    if sampler.swap is None or n_sweeps < 1:
+        return None
+    rng = np.random.default_rng(0)
+    state = sampler.dispersed_start(rng, lira.initial_image, lira.initial_smoothing, lira.initial_norms)
+    for _ in range(5):
+        state, _ = sampler.sweep(state, rng)
+    swap, seconds = sampler.swap, np.zeros(2)
+    try:
+        for _ in range(n_sweeps):
+            for k, move in enumerate((swap, None)):
+                sampler.swap = move
+                start = time.perf_counter()
+                sampler.sweep(state, rng)
+                seconds[k] += time.perf_counter() - start
+    finally:
+        sampler.swap = swap
+    return round(float(seconds[0] / seconds[1]), 3)
 
 
 if __name__ == "__main__":

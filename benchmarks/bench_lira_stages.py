@@ -14,7 +14,9 @@ each run the way the sweep runs it, best of ``--repeats``:
 - ``alloc_stage2``: the stage-one counts gathered, then (row, source entry) to sky pixels through the CCM;
 - ``tree``: the exposure augmentation and the multiscale tree's draws; ``background``: the norms' draw;
 - ``sweep``: one whole sweep (``GibbsSampler.sweep``); ``sweep_exact_mode``: the same with the scale move's mode
-  solved to ``1e-12`` (the baseline of ``sweep_over_exact_mode``).
+  solved to ``1e-12`` (the baseline of ``sweep_over_exact_mode``); ``sweep_swaps``: the same with LIRA's
+  default sibling swaps under the parents of the simulated sky's brightest pixels (``swap_columns``: the time
+  to compute their columns, once per run; ``sweep_swaps_over_sweep``).
 
 The last printed line is one JSON object: seconds per stage and per stage over the RL iteration (``*_over_rl``).
 """
@@ -30,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cosi_imaging_plugin.engine.kernel_layout import TILE_WIDTH  # noqa: E402
 from cosi_imaging_plugin.uncertainty import allocation, scale  # noqa: E402
 from cosi_imaging_plugin.uncertainty.gibbs import GibbsSampler  # noqa: E402
+from cosi_imaging_plugin.uncertainty.lira import DEFAULT_SIBLING_SWAPS  # noqa: E402
+from cosi_imaging_plugin.uncertainty.swap import SiblingSwap, bright_parents  # noqa: E402
 
 import _dc2  # noqa: E402
 from _common import report  # noqa: E402
@@ -67,6 +71,13 @@ def main():
     sampler.scale_move.tolerance = 1e-12
     seconds["sweep_exact_mode"], _ = best(lambda: sampler.sweep(state, rng), args.repeats)
     sampler.scale_move.tolerance = scale.MODE_DECREMENT
+    start = time.perf_counter()
+    sampler.swap = SiblingSwap(sampler.allocator, sampler.exposure, sampler.to_nested,
+                               bright_parents(sampler.nested(dc2.image)), DEFAULT_SIBLING_SWAPS)
+    seconds["swap_columns"] = time.perf_counter() - start
+    seconds["sweep_swaps"], _ = best(lambda: sampler.sweep(state, rng), args.repeats)
+    swap_parents, swap_mb = sampler.swap.n_parents, sampler.swap.memory_mb
+    sampler.swap = None
 
     alloc = sampler.allocator
     image = state.image
@@ -132,6 +143,8 @@ def main():
     result.update({f"{k}_over_rl": round(v / seconds["rl_iter"], 2) for k, v in seconds.items() if k != "rl_iter"})
     for stage in ("scale_move", "sweep"):
         result[f"{stage}_over_exact_mode"] = round(seconds[stage] / seconds[f"{stage}_exact_mode"], 3)
+    result.update({"sweep_swaps_over_sweep": round(seconds["sweep_swaps"] / seconds["sweep"], 3),
+                   "swap_parents": swap_parents, "swap_mb": round(swap_mb, 1)})
     result.update({"scatt_bins": engine.n_rows, "nnz": data.nnz})
     report(result)
 

@@ -163,7 +163,9 @@ def test_successive_conditional_simulation_keeps_the_prior(hmc_steps, n_regions)
     to the prior, so that the chain mixes over the prior in :data:`GEWEKE_SWEEPS` sweeps. Run with the
     default sweep (scale move over LIRA's default number of brightness regions of the first image,
     smoothing move), and with one region and the image move added (:data:`GEWEKE_HMC_STEPS` leapfrog
-    steps); the moves' steps are tuned during the 200 discarded sweeps only.
+    steps); the moves' steps are tuned during the 200 discarded sweeps only. The sibling swaps are left
+    out here: their stored columns belong to one set of non-empty bins, which every fresh data set
+    changes; ``test_sibling_swaps_visit_the_orders_of_four_children_at_their_likelihoods`` tests them.
     """
     total_prior, background_prior = (2.0, 0.1), (5.0, 5.0)
     response, ccm, data_axes, template = scaled_instrument(0.01)

@@ -14,6 +14,10 @@ templates times their norms ``b``); ``x`` of every Ei bin under the multiscale p
    image they make (:meth:`.MultiscaleTree.region_scales_log_prior`): the faint sky between the
    sources, which the Gibbs steps trade against the backgrounds at the pace of an EM iteration,
    moves in one step. One forward product per region;
+1a. (``sibling_swaps``) exchanges of two children's totals under the bright parents of a first
+   image (:mod:`.swap`, Metropolis on the likelihood, the prior being exchangeable): a bright
+   source's flux moves between neighbouring pixels in one step. One forward product where a swap
+   is accepted;
 1b. (``smoothing_move``) the smoothing of one level, chosen at random, together with that level's
    splits at fixed Gamma quantiles (:mod:`.smoothing_move`, a Metropolis-Hastings move on the
    likelihood with the allocation integrated out): the smoothing and the image's roughness move
@@ -30,7 +34,7 @@ templates times their norms ``b``); ``x`` of every Ei bin under the multiscale p
    accept or reject): it moves the split of the flux between neighbouring regions, along which
    the data augmentation creeps at the pace of an EM iteration where the response is broad.
 
-Every step leaves the posterior invariant (2-4 draw from exact conditionals, 1, 1b and 5 are
+Every step leaves the posterior invariant (2-4 draw from exact conditionals, 1, 1a, 1b and 5 are
 Metropolis-Hastings steps on the posterior with the allocation integrated out, each followed by
 a fresh allocation), so the chain's stationary law is the posterior. The step size and mass
 matrix of 5 are tuned during the burn-in only (``adapt``).
@@ -48,6 +52,7 @@ from .allocation import Allocator
 from .hmc import ImageHMC, new_tuning, tuned
 from .scale import ScaleMove
 from .smoothing_move import SmoothingMove, new_steps
+from .swap import SiblingSwap, bright_parents
 from .tree import MultiscaleTree, aggregate, fractions_of_image
 
 logger = logging.getLogger(__name__)
@@ -142,10 +147,15 @@ class GibbsSampler:
         A fixed partition of the sky pixels (model order, labels 0 to R - 1) whose totals the scale move
         draws each on its own (e.g. :func:`brightness_regions` of a first image): the faint sky between the
         sources then trades counts with the backgrounds in one step. One region by default.
+    swap_image : ndarray, shape (n_pix,) or (n_pix, n_ei), optional
+        A first image (model order) above whose brightest pixels the sibling swaps (:mod:`.swap`) exchange
+        children's totals.
+    sibling_swaps : int
+        Sibling swaps proposed in every sweep (with `swap_image`).
     """
 
     def __init__(self, engine, delta, total_prior, background_priors=None, fit_backgrounds=True, scale_move=True,
-                 hmc_steps=DEFAULT_HMC_STEPS, smoothing_move=True, regions=None):
+                 hmc_steps=DEFAULT_HMC_STEPS, smoothing_move=True, regions=None, swap_image=None, sibling_swaps=0):
         self.engine = engine
         axis = engine.model_axes[0]
         self.n_pix, self.n_ei = (int(n) for n in engine.model_axes.nbins)
@@ -192,6 +202,11 @@ class GibbsSampler:
         self.smoothing_move = None
         if smoothing_move:
             self.smoothing_move = SmoothingMove(engine, self.tree, self.allocator, self.nested, self.model_order)
+        self.swap = None
+        if swap_image is not None and sibling_swaps > 0:
+            self.swap = SiblingSwap(self.allocator, self.exposure, self.to_nested,
+                                    bright_parents(self.nested(np.asarray(swap_image, dtype=np.float64))),
+                                    sibling_swaps)
         self.scale_move = None
         if scale_move:
             fitted = self.names if self.fit_backgrounds else []
@@ -262,12 +277,18 @@ class GibbsSampler:
             # first, so that its forward product of the sky's shape serves the allocation too
             current, norms, sky_at_bins, rows, data_term = self._scale_step(current, norms, rng,
                                                                             state.smoothing)
-        smoothing, steps = state.smoothing, state.smoothing_steps
-        if self.smoothing_move is not None:
-            if sky_at_bins is None:
+        if sky_at_bins is None and (self.swap is not None or self.smoothing_move is not None):
+            rows = self.allocator.tiled_rows(current)
+            sky_at_bins = self.allocator.sky_at_bins(rows)
+            data_term = self._data_term(sky_at_bins, norms)
+        if self.swap is not None:
+            expected = sky_at_bins + self.engine.background_at_bins(dict(zip(self.names, norms)))
+            current, accepted = self.swap.draw(current, expected, self.engine.data.counts, rng)
+            if accepted:  # the products anew: the allocation needs the source rows too, and no drift
                 rows = self.allocator.tiled_rows(current)
                 sky_at_bins = self.allocator.sky_at_bins(rows)
-                data_term = self._data_term(sky_at_bins, norms)
+        smoothing, steps = state.smoothing, state.smoothing_steps
+        if self.smoothing_move is not None:
             current, smoothing, sky_at_bins, rows, steps = self.smoothing_move.draw(
                 current, smoothing, norms, sky_at_bins, rows, steps, rng, adapt)
         sky, bkg_counts, allocated_term = self.allocator.draw(current, norms, rng, sky_at_bins, rows)

@@ -28,6 +28,8 @@ _WHERE = "LIRA"
 
 #: Brightness regions of the initial image whose totals the scale move draws each on its own.
 DEFAULT_SCALE_REGIONS = 3
+#: Sibling swaps per sweep where the chains start around an image (:mod:`.swap`).
+DEFAULT_SIBLING_SWAPS = 16
 
 #: The sampler of a worker process (set once by :func:`_start_worker`).
 _WORKER_SAMPLER = None
@@ -137,6 +139,15 @@ class LIRA:
         It adds one forward product to the sweep. By default it is on where the scale move has several
         regions: at the demo scale the two together gave 2.6 times the pixels' effective samples per sweep
         for 1.9 times the time, the smoothing move alone 1.1 times for 1.2 (``benchmarks/RESULTS.md``).
+    sibling_swaps : int
+        With an `initial_image`, proposals per sweep that exchange two children's totals under the parents of
+        its brightest tenth of pixels (:mod:`.swap`): at a large `delta` a bright source's flux then moves
+        between neighbouring pixels in one step, where the Gibbs steps leave each chain in its own speckle
+        for hundreds of sweeps. The pixels' columns at the non-empty bins are computed once (at most
+        ``swap.MEMORY_MB``). At the demo scale the 16 swaps gave the brightest tenth of the pixels five
+        times the effective samples for 1.27 times the sweep's time; at DC2 scale, where a column covers
+        a fifth of 1.5 million bins, they make a sweep twice as dear (``benchmarks/RESULTS.md``). 0 leaves
+        the move out.
     hmc_steps : int
         Leapfrog steps of the image move (:mod:`.hmc`, Hamiltonian Monte Carlo on the log-image, the allocation
         integrated out) in every sweep, each costing about one RL iteration; 0 (the default) leaves the move
@@ -168,7 +179,8 @@ class LIRA:
     def __init__(self, dataset, *, n_chains=4, n_samples=2000, burn_in=1000, thin=1, delta=DEFAULT_DELTA,
                  total_prior=DEFAULT_TOTAL_PRIOR, initial_smoothing=1.0, initial_image=None,
                  background_priors=None, fit_backgrounds=True, scale_move=True, hmc_steps=DEFAULT_HMC_STEPS,
-                 smoothing_move=None, scale_regions=DEFAULT_SCALE_REGIONS, initial_norms=None, seed=0,
+                 smoothing_move=None, scale_regions=DEFAULT_SCALE_REGIONS, sibling_swaps=DEFAULT_SIBLING_SWAPS,
+                 initial_norms=None, seed=0,
                  checkpoint=None, checkpoint_every=50, n_jobs=1, progress=True):
         self.dataset = dataset
         self.n_chains = validation.number(n_chains, "n_chains", _WHERE, low=1, integer=True)
@@ -193,6 +205,7 @@ class LIRA:
         self.scale_move = validation.flag(scale_move, "scale_move", _WHERE)
         self.hmc_steps = validation.number(hmc_steps, "hmc_steps", _WHERE, low=0, integer=True)
         self.scale_regions = validation.number(scale_regions, "scale_regions", _WHERE, low=1, integer=True)
+        self.sibling_swaps = validation.number(sibling_swaps, "sibling_swaps", _WHERE, low=0, integer=True)
         self.seed = validation.number(seed, "seed", _WHERE, low=0, integer=True)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = validation.number(checkpoint_every, "checkpoint_every", _WHERE, low=1,
@@ -211,7 +224,7 @@ class LIRA:
                                else validation.flag(smoothing_move, "smoothing_move", _WHERE))
         self.sampler = GibbsSampler(dataset.engine, self.delta, self.total_prior, self.background_priors,
                                     self.fit_backgrounds, self.scale_move, self.hmc_steps, self.smoothing_move,
-                                    regions)
+                                    regions, self.initial_image, self.sibling_swaps)
         norms = dict(initial_norms or {})
         self.initial_norms = np.array([float(norms.get(n, 1.0)) for n in self.sampler.names])
 
@@ -226,7 +239,8 @@ class LIRA:
                 "seed": self.seed, "n_pix": self.sampler.n_pix, "n_ei": self.sampler.n_ei,
                 "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds,
                 "scale_move": self.scale_move, "hmc_steps": self.hmc_steps, "smoothing_move": self.smoothing_move,
-                "scale_regions": self.sampler.n_regions}
+                "scale_regions": self.sampler.n_regions,
+                "sibling_swaps": 0 if self.sampler.swap is None else self.sibling_swaps}
 
     def _start(self):
         """Fresh chains: generators, dispersed states, empty traces and draws."""
