@@ -29,9 +29,10 @@ import numpy as np
 T_DOF = 5.0
 #: Fixed pieces of the sums over bins: the sums do not depend on the number of threads.
 _PIECES = 32
-#: Newton's decrement below which the mode search takes one last step without a further pass over the bins.
-#: From a decrement of 0.1 that step leaves the centre within a few hundredths of a posterior standard
-#: deviation of the mode (the convergence is quadratic), which the Student-t proposal cannot tell apart.
+#: Newton's decrement below which the mode search takes one last step without a line search, then one pass
+#: for the curvature at its end. From a decrement of 0.1 that step leaves the centre within a few hundredths
+#: of a posterior standard deviation of the mode (the convergence is quadratic), which the Student-t
+#: proposal cannot tell apart.
 MODE_DECREMENT = 0.1
 #: Above this many bins, the mode search starts from the mode of every ``STRIDE``-th bin.
 SUBSAMPLE_BINS = 1 << 16
@@ -178,10 +179,11 @@ class ScaleMove:
 
         Newton's method with step halving, from the mode of a subsample of the bins (every ``STRIDE``-th,
         its totals and prior scaled alike) where there are many: each step is one pass over the bins.
-        Once Newton's decrement ``-grad . step`` is below `tolerance`, the last step is taken without a
-        further pass and the curvature is that of the point it started from. The result depends on the
-        data and the shape only, never on the chain's state, which is what the move's exactness needs; how
-        close it is to the exact mode only sets the acceptance rate.
+        Once Newton's decrement ``-grad . step`` is below `tolerance`, the last step is taken without a line
+        search, and one more pass gives the curvature at its end (the curvature of the point it started
+        from can be 10 % off). The result depends on the data and the shape only, never on the chain's
+        state, which is what the move's exactness needs; how close it is to the exact mode only sets the
+        acceptance rate.
 
         Returns
         -------
