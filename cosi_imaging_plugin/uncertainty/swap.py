@@ -18,7 +18,6 @@ import logging
 
 import numba
 import numpy as np
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +73,9 @@ class SiblingSwap:
         Proposals per sweep.
     memory_mb : float
         Budget of the pixels' columns.
-    progress : bool
-        Show a progress bar while the columns are computed.
     """
 
-    def __init__(self, allocator, exposure, to_nested, parents, n_swaps, memory_mb=MEMORY_MB, progress=False):
+    def __init__(self, allocator, exposure, to_nested, parents, n_swaps, memory_mb=MEMORY_MB):
         self.exposure = np.ascontiguousarray(exposure, dtype=np.float64)
         n_pix, self.n_ei = self.exposure.shape
         self.n_swaps = int(n_swaps)
@@ -86,7 +83,7 @@ class SiblingSwap:
         slot_of = {}
         ptr, indices, values = [0], [], []
         node_ptr, node_pixels, node_slots, used = [0], [], [], 0
-        for up, node in tqdm(parents, desc="swap columns", unit="parent", disable=not progress):
+        for up, node in parents:
             leaves = model_pixel[node << (2 * up):(node + 1) << (2 * up)]
             new = [p for p in leaves if p not in slot_of]
             columns = [self._column(allocator, n_pix, p) for p in new]
@@ -116,12 +113,12 @@ class SiblingSwap:
         self.node_slots = np.asarray(node_slots, dtype=np.int64)
 
     def _column(self, allocator, n_pix, pixel):
-        """Expected counts at the non-empty bins per unit intensity of one pixel, per Ei bin, kept sparse."""
+        """Expected counts at the non-empty bins per unit intensity of one pixel, per Ei bin, kept sparse: one
+        forward product split by Ei bin."""
+        unit = np.zeros((n_pix, self.n_ei))
+        unit[pixel] = 1.0
         out = []
-        for e in range(self.n_ei):
-            unit = np.zeros((n_pix, self.n_ei))
-            unit[pixel, e] = 1.0
-            column = allocator.sky_at_bins(allocator.tiled_rows(unit))
+        for column in allocator.sky_at_bins_per_ei(allocator.tiled_rows(unit)):
             nonzero = np.flatnonzero(column)
             out.append((nonzero, column[nonzero]))
         return out
