@@ -470,6 +470,8 @@ def test_lira_moves_regions_and_smoothing_by_default_only_from_an_image(blob_dat
     bright = np.sort(brightness)[::-1][N_PIX // 10 - 1]
     for start, stop in zip(swap.node_ptr[:-1], swap.node_ptr[1:]):  # each parent above a pixel of the top tenth
         assert brightness[swap.node_pixels[start:stop]].max() >= bright
+    # and the brightest pixels (fewer than a tenth, so chosen whatever the order of ties) all under a parent
+    assert set(np.flatnonzero(brightness == brightness.max())) <= set(swap.node_pixels)
     flat = LIRA(blob_dataset, progress=False)
     assert flat.sampler.n_regions == 1 and not flat.smoothing_move and flat.sampler.smoothing_move is None
     assert flat.sampler.swap is None
