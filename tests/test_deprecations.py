@@ -12,6 +12,7 @@ import pytest
 import cosi_imaging_plugin.cli as cli
 import cosi_imaging_plugin.datasets.engine_builder as engine_builder
 import cosi_imaging_plugin.deconvolution as deconvolution
+import cosi_imaging_plugin.io.deconvolution_results as deconvolution_results
 import cosi_imaging_plugin.io.manifest as manifest
 import cosi_imaging_plugin.plots as plots
 import cosi_imaging_plugin.sky as sky
@@ -40,6 +41,8 @@ def fresh_import(name):
     ("cosi_imaging_plugin.deconvolution.algorithms", ["ALGORITHMS", "normalize_parameter"], parameters),
     ("cosi_imaging_plugin.deconvolution.plots", ["plot_convergence", "plot_image", "save_plots"], plots),
     ("cosi_imaging_plugin.deconvolution.cli", ["deconvolve_main"], cli),
+    ("cosi_imaging_plugin.deconvolution.results", ["load_results", "save_results", "results_table"],
+     deconvolution_results),
     ("cosi_imaging_plugin.products", ["save_image"], plots),
 ])
 def test_moved_modules_warn_and_give_the_new_objects(old, names, new):

@@ -62,3 +62,52 @@ def test_lira_parameter_file_errors_name_the_key(dataset_dir, tmp_path, capsys):
     assert main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA",
                  "-o", str(tmp_path / "x")]) != 0
     assert "lira.n_chain" in capsys.readouterr().err
+
+
+def test_lira_starts_around_an_rl_image_named_in_the_parameter_file(dataset_dir, tmp_path, capsys):
+    """``initial_image`` brings the moves that need a first image (regions, smoothing move, swaps), as in Python."""
+    assert main(["-q", "deconvolve", "--data", str(dataset_dir), "-o", str(tmp_path / "rl"),
+                 "--override", "deconvolution:parameter:iteration_max = 3"]) == 0
+    runs = {"flat": {}, "rl": {"initial_image": "rl"},
+            "named": {"initial_image": {"file": "rl/results.h5", "name": "iteration3/model"}}}
+    summaries = {}
+    for label, extra in runs.items():
+        folder = tmp_path / f"run_{label}"
+        folder.mkdir()
+        parfile = folder / "lira.yaml"  # relative paths start from the parameter file's folder
+        if extra:
+            (folder / "rl").symlink_to(tmp_path / "rl")
+        parfile.write_text(yaml.safe_dump({"lira": {**PARAMETERS["lira"], **extra}}))
+        assert main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA",
+                     "-o", str(folder / "out")]) == 0
+        summaries[label] = json.loads((folder / "out" / "lira_summary.json").read_text())
+    flat, rl, named = summaries["flat"]["moves"], summaries["rl"]["moves"], summaries["named"]["moves"]
+    assert flat["scale_regions"] == 1 and flat["sibling_swaps"] == 0 and not flat["smoothing_move"]
+    assert rl == named == {"scale_move": True, "scale_regions": 3, "smoothing_move": True, "sibling_swaps": 16,
+                           "hmc_steps": 0}
+    assert summaries["rl"]["initial_image"] == "rl" and summaries["flat"]["initial_image"] is None
+    # the same image either way, so the same chains
+    assert summaries["rl"]["total_flux"] == summaries["named"]["total_flux"]
+    assert summaries["rl"]["total_flux"] != summaries["flat"]["total_flux"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("no_such_folder", r"lira\.initial_image: .*no_such_folder"),
+    ({"file": "rl/results.h5", "group": "x"}, r"lira\.initial_image\.group"),
+    ({"file": "image.h5"}, r"lira\.initial_image \(.*image\.h5"),
+    (3, r"lira\.initial_image"),
+])
+def test_lira_initial_image_errors_name_the_key_and_the_file(dataset_dir, tmp_path, capsys, value, message):
+    from histpy import Axis, HealpixAxis
+
+    from cosi_imaging_plugin.io import write_histogram
+
+    # an image of another grid (NSIDE 2) than the dataset's
+    axes = [HealpixAxis(nside=2, scheme="nested", coordsys="galactic", label="lb"),
+            Axis([500.0, 520.0], unit="keV", label="Ei", scale="linear")]
+    write_histogram(Histogram(axes, contents=np.ones((48, 1)), unit="cm-2 s-1 sr-1"), tmp_path / "image.h5")
+    parfile = tmp_path / "lira.yaml"
+    parfile.write_text(yaml.safe_dump({"lira": {**PARAMETERS["lira"], "initial_image": value}}))
+    assert main(["-q", "deconvolve", str(parfile), "--data", str(dataset_dir), "--algorithm", "LIRA",
+                 "-o", str(tmp_path / "out")]) != 0
+    assert re.search(message, capsys.readouterr().err)

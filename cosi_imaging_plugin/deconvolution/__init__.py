@@ -9,8 +9,10 @@
   parameter file, override, initialize, run, resume), translated into keywords by
   :mod:`.parameters`;
 - :class:`DeconvolutionDataset`: a dataset with the method names of cosipy's DataIF;
-- :mod:`.results`: HDF5 + FITS results, loading for resuming.
+- :func:`save_results`, :func:`load_results`: HDF5 + FITS results, loading for resuming (the file
+  format lives in :mod:`cosi_imaging_plugin.io.deconvolution_results`).
 """
+from ..io.deconvolution_results import load_results, results_table, save_results
 from .all_sky_image import AllSkyImage
 from .base import DeconvolutionAlgorithm, backprojection
 from .dataset import DeconvolutionDataset
@@ -18,7 +20,6 @@ from .image_deconvolution import ImageDeconvolution
 from .map_richardson_lucy import MAPRichardsonLucy
 from .parameters import ALGORITHMS, algorithm_keywords, build_algorithm
 from .priors import PriorEntropy, PriorTSV
-from .results import load_results, results_table, save_results
 from .richardson_lucy import RichardsonLucy, RichardsonLucySimple
 
 __all__ = [

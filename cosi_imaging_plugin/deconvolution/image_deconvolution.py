@@ -25,11 +25,11 @@ from histpy import Histogram
 
 from ..binning import check_axes_match, dense_values
 from ..errors import CosiInputError
+from ..io.deconvolution_results import load_results, save_results
 from ..io.parameters import DeconvolutionParameters
 from .all_sky_image import MODEL_CLASSES, MODEL_DEFINITION_KEYS
 from .base import as_dataset_list
 from .parameters import ALGORITHMS, DECONVOLUTION_KEYS, algorithm_keywords, build_algorithm, save_options, validate_tree
-from .results import load_results, save_results
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 - :mod:`.response`: full detector response files (read versions 1 and 2, write version 1).
 - :mod:`.histograms`: histpy histograms: binned data, backgrounds, CCMs, image models.
 - :mod:`.parameters`: image-deconvolution parameter files and binning configurations.
+- :mod:`.deconvolution_results`: the results of an image deconvolution (HDF5 + FITS).
 - :mod:`.ori_file`: ``.ori`` attitude timelines; :mod:`.exposure_table_file`: the ScAtt exposure table (FITS).
 
 The models built on the last two, :class:`~cosi_imaging_plugin.exposure.Orientation` and

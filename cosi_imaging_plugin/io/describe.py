@@ -15,6 +15,7 @@ import numpy as np
 
 from ..binning import frame_name, normalize_scheme
 from ..errors import CosiFileError
+from .deconvolution_results import FORMAT as RESULTS_FORMAT
 from .exposure_table_file import read_exposure_table_columns
 from .histograms import read_histogram
 from .ori_file import read_ori
@@ -77,7 +78,7 @@ def describe_file(path):
             attrs = dict(f.attrs)
     except OSError as exc:
         raise CosiFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    if "format" in attrs and str(attrs["format"]).startswith("cosi_imaging_plugin.deconvolution.results"):
+    if attrs.get("format") == RESULTS_FORMAT:
         return _describe_results(path, attrs, groups)
     if is_response:
         with FullDetectorResponse.open(path) as rsp:

@@ -233,14 +233,24 @@ class LIRA:
         """Sweeps per chain: the burn-in and the thinned draws."""
         return self.burn_in + self.n_samples * self.thin
 
+    def moves(self):
+        """The moves of every sweep besides the Gibbs steps, as the sampler makes them.
+
+        Returns
+        -------
+        dict
+            ``scale_move``, ``scale_regions`` (1 without an initial image), ``smoothing_move``,
+            ``sibling_swaps`` (0 without an initial image) and ``hmc_steps``.
+        """
+        return {"scale_move": self.scale_move, "scale_regions": self.sampler.n_regions,
+                "smoothing_move": self.smoothing_move,
+                "sibling_swaps": 0 if self.sampler.swap is None else self.sibling_swaps, "hmc_steps": self.hmc_steps}
+
     def _settings(self):
         return {"n_chains": self.n_chains, "n_samples": self.n_samples, "burn_in": self.burn_in,
                 "thin": self.thin, "delta": self.delta, "total_prior": list(self.total_prior),
                 "seed": self.seed, "n_pix": self.sampler.n_pix, "n_ei": self.sampler.n_ei,
-                "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds,
-                "scale_move": self.scale_move, "hmc_steps": self.hmc_steps, "smoothing_move": self.smoothing_move,
-                "scale_regions": self.sampler.n_regions,
-                "sibling_swaps": 0 if self.sampler.swap is None else self.sibling_swaps}
+                "backgrounds": self.sampler.names, "fit_backgrounds": self.fit_backgrounds, **self.moves()}
 
     def _start(self):
         """Fresh chains: generators, dispersed states, empty traces and draws."""
