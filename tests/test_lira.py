@@ -217,12 +217,11 @@ def test_sibling_swaps_visit_the_orders_of_four_children_at_their_likelihoods(bl
     totals = 4e-3 * (np.arange(1.0, 5.0) if levels_up == 1 else np.arange(4.0, 8.0))
     norms = dict.fromkeys(engine.background_names, 1.0)
     orders = list(itertools.permutations(range(4)))
-    log_like, expected = [], []
+    log_like, skies = [], []
     for order in orders:
         image[leaves, 0] = shapes * totals[list(order)][:, None]
         log_like.append(engine.evaluate(image, norms).log_likelihood)
-        expected.append(sampler.allocator.sky_at_bins(sampler.allocator.tiled_rows(image))
-                        + engine.background_at_bins(norms))
+        skies.append(sampler.allocator.sky_at_bins(sampler.allocator.tiled_rows(image)))
     weights = np.exp(np.array(log_like) - max(log_like))
     weights /= weights.sum()
     assert weights.max() < 0.5 and np.sum(weights * 1000 >= 5) >= 8  # the test has orders to tell apart
@@ -232,13 +231,16 @@ def test_sibling_swaps_visit_the_orders_of_four_children_at_their_likelihoods(bl
     for _ in range(1000):
         start = rng.integers(len(orders))
         image[leaves, 0] = shapes * totals[list(orders[start])][:, None]
-        moved = expected[start].copy()
-        new_image, _ = move.draw(image, moved, engine.data.counts, rng)
+        sky = skies[start].copy()
+        moved = sky + engine.background_at_bins(norms)
+        new_image, _ = move.draw(image, moved, engine.data.counts, rng, sky=sky)
         np.testing.assert_allclose(new_image[leaves, 0] / new_image[leaves, 0].sum(axis=1, keepdims=True), shapes)
         end = tuple(int(np.argmin(np.abs(totals - t))) for t in new_image[leaves, 0].sum(axis=1))
         visits[orders.index(end)] += 1
-    fresh = sampler.allocator.sky_at_bins(sampler.allocator.tiled_rows(new_image)) + engine.background_at_bins(norms)
-    np.testing.assert_allclose(moved, fresh, rtol=1e-10)  # the move kept the expectation it was handed
+    fresh = sampler.allocator.sky_at_bins(sampler.allocator.tiled_rows(new_image))
+    # the move kept the expectation and the sky's part of it that it was handed
+    np.testing.assert_allclose(moved, fresh + engine.background_at_bins(norms), rtol=1e-10)
+    np.testing.assert_allclose(sky, fresh, rtol=1e-10, atol=1e-12 * fresh.max())
     expect = 1000 * weights
     rare = expect < 5
     observed = np.append(visits[~rare], visits[rare].sum())

@@ -16,8 +16,9 @@ templates times their norms ``b``); ``x`` of every Ei bin under the multiscale p
    moves in one step. One forward product per region;
 1a. (``sibling_swaps``) exchanges of two children's totals under the bright parents of a first
    image (:mod:`.swap`, Metropolis on the likelihood, the prior being exchangeable): a bright
-   source's flux moves between neighbouring pixels in one step. One forward product where a swap
-   is accepted;
+   source's flux moves between neighbouring pixels in one step. The swaps update the expectation at
+   the bins from the pixels' stored columns; where one is accepted, only the CCM's product of the
+   image (the source rows the allocation reads) is made anew;
 1b. (``smoothing_move``) the smoothing of one level, chosen at random, together with that level's
    splits at fixed Gamma quantiles (:mod:`.smoothing_move`, a Metropolis-Hastings move on the
    likelihood with the allocation integrated out): the smoothing and the image's roughness move
@@ -283,10 +284,10 @@ class GibbsSampler:
             data_term = self._data_term(sky_at_bins, norms)
         if self.swap is not None:
             expected = sky_at_bins + self.engine.background_at_bins(dict(zip(self.names, norms)))
-            current, accepted = self.swap.draw(current, expected, self.engine.data.counts, rng)
-            if accepted:  # the products anew: the allocation needs the source rows too, and no drift
+            sky_at_bins = sky_at_bins.copy()  # the swaps change it in place, with `expected`
+            current, accepted = self.swap.draw(current, expected, self.engine.data.counts, rng, sky=sky_at_bins)
+            if accepted:  # the allocation needs the source rows too (the CCM's product, not a forward product)
                 rows = self.allocator.tiled_rows(current)
-                sky_at_bins = self.allocator.sky_at_bins(rows)
         smoothing, steps = state.smoothing, state.smoothing_steps
         if self.smoothing_move is not None:
             current, smoothing, sky_at_bins, rows, steps = self.smoothing_move.draw(

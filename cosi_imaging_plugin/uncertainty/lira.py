@@ -145,9 +145,8 @@ class LIRA:
         between neighbouring pixels in one step, where the Gibbs steps leave each chain in its own speckle
         for hundreds of sweeps. The pixels' columns at the non-empty bins are computed once (at most
         ``swap.MEMORY_MB``). At the demo scale the 16 swaps gave the brightest tenth of the pixels five
-        times the effective samples for 1.27 times the sweep's time; at DC2 scale, where a column covers
-        a fifth of 1.5 million bins, they make a sweep twice as dear (``benchmarks/RESULTS.md``). 0 leaves
-        the move out.
+        times the effective samples for 1.25 times the sweep's time; at DC2 scale, where a column covers
+        a fifth of 1.5 million bins, for 1.3 times (``benchmarks/RESULTS.md``). 0 leaves the move out.
     hmc_steps : int
         Leapfrog steps of the image move (:mod:`.hmc`, Hamiltonian Monte Carlo on the log-image, the allocation
         integrated out) in every sweep, each costing about one RL iteration; 0 (the default) leaves the move

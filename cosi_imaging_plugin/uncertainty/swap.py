@@ -27,6 +27,8 @@ BRIGHT_FRACTION = 0.1
 LEVELS_UP = (1, 2)
 #: Memory for the pixels' columns (MB); parents beyond it are left out, the faintest first.
 MEMORY_MB = 256.0
+#: Fixed pieces of the likelihood ratio's sum over bins: the sum does not depend on the number of threads.
+_PIECES = 32
 
 
 def bright_parents(image, levels_up=LEVELS_UP, fraction=BRIGHT_FRACTION):
@@ -123,7 +125,7 @@ class SiblingSwap:
             out.append((nonzero, column[nonzero]))
         return out
 
-    def draw(self, image, expected, counts, rng):
+    def draw(self, image, expected, counts, rng, sky=None):
         """`n_swaps` proposals in turn.
 
         Parameters
@@ -135,6 +137,9 @@ class SiblingSwap:
             accepted swap.
         counts : ndarray, shape (nnz,)
         rng : numpy.random.Generator
+        sky : ndarray, shape (nnz,), optional
+            Expected sky counts at the non-empty bins, updated in place as `expected` is: the sweep then
+            needs no new forward product after the swaps.
 
         Returns
         -------
@@ -155,18 +160,39 @@ class SiblingSwap:
         scratch = np.zeros(expected.size)
         touched = np.zeros(expected.size, dtype=np.bool_)
         bins = np.empty(expected.size, dtype=np.int64)
-        accepted = _swaps(image, self.exposure, expected, np.asarray(counts, dtype=np.float64), self.node_ptr,
-                          self.node_pixels, self.node_slots, self.col_ptr, self.col_idx, self.col_val, nodes, eis,
-                          first, second, log_u, scratch, touched, bins)
+        accepted = _swaps(image, self.exposure, expected, np.zeros(0) if sky is None else sky,
+                          np.asarray(counts, dtype=np.float64), self.node_ptr, self.node_pixels, self.node_slots,
+                          self.col_ptr, self.col_idx, self.col_val, nodes, eis, first, second, log_u, scratch,
+                          touched, bins)
         return image, int(accepted)
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _log_ratio(bins, n_bins, scratch, expected, counts):
+    """``sum d ln((eps + change) / eps)`` over the changed bins (-inf where an ``eps + change <= 0``), in
+    ``_PIECES`` fixed pieces summed in order: the same sum whatever the number of threads."""
+    parts = np.zeros(_PIECES)
+    for h in numba.prange(_PIECES):
+        acc = 0.0
+        for t in range(h * n_bins // _PIECES, (h + 1) * n_bins // _PIECES):
+            j = bins[t]
+            if not expected[j] + scratch[j] > 0.0:
+                acc = -np.inf
+                break
+            acc += counts[j] * np.log1p(scratch[j] / expected[j])
+        parts[h] = acc
+    total = 0.0
+    for h in range(_PIECES):
+        total += parts[h]
+    return total
+
+
 @numba.njit(cache=True, nogil=True)
-def _swaps(image, exposure, expected, counts, node_ptr, node_pixels, node_slots, col_ptr, col_idx, col_val,
+def _swaps(image, exposure, expected, sky, counts, node_ptr, node_pixels, node_slots, col_ptr, col_idx, col_val,
            nodes, eis, first, second, log_u, scratch, touched, bins):
     """The proposals of :meth:`SiblingSwap.draw`: each exchanges the totals of two children of one parent in
-    one Ei bin and is accepted on the change of the Poisson log-likelihood; `image` and `expected` change in
-    place."""
+    one Ei bin and is accepted on the change of the Poisson log-likelihood; `image`, `expected` and `sky`
+    (where not empty) change in place."""
     n_ei = image.shape[1]
     accepted = 0
     for k in range(nodes.size):
@@ -196,19 +222,13 @@ def _swaps(image, exposure, expected, counts, node_ptr, node_pixels, node_slots,
                         bins[n_bins] = j
                         n_bins += 1
                     scratch[j] += change * col_val[i]
-        change_data = 0.0
-        for t in range(n_bins):
-            j = bins[t]
-            moved = expected[j] + scratch[j]
-            if not moved > 0.0:
-                change_data = -np.inf
-                break
-            change_data += counts[j] * np.log1p(scratch[j] / expected[j])
-        accept = log_u[k] < change_data - change_total
+        accept = log_u[k] < _log_ratio(bins, n_bins, scratch, expected, counts) - change_total
         for t in range(n_bins):
             j = bins[t]
             if accept:
                 expected[j] += scratch[j]
+                if sky.size:
+                    sky[j] = max(sky[j] + scratch[j], 0.0)  # a sum of non-negative terms, rounding aside
             scratch[j] = 0.0
             touched[j] = False
         if accept:
