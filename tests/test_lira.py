@@ -480,6 +480,39 @@ def test_lira_moves_regions_and_smoothing_by_default_only_from_an_image(blob_dat
     assert LIRA(blob_dataset, smoothing_move=True, progress=False).sampler.smoothing_move is not None
 
 
+def test_the_allocation_after_accepted_swaps_gets_the_products_of_the_swapped_image(blob_dataset):
+    """The swaps update the expectation at the bins in place and the sweep makes the source rows anew: the
+    allocation must receive the products of the image it allocates, as fresh forward products give them."""
+    sampler = LIRA(blob_dataset, initial_image=blob_sky(), sibling_swaps=64, smoothing_move=False,
+                   progress=False).sampler
+    allocator, calls = sampler.allocator, []
+    draw = allocator.draw
+
+    def checked_draw(image, norms, rng, sky_at_bins=None, tiled_rows=None):
+        calls.append((image.copy(), sky_at_bins.copy(), tiled_rows.copy()))
+        return draw(image, norms, rng, sky_at_bins, tiled_rows)
+
+    swap, accepted = sampler.swap, []
+    swap_draw = swap.draw
+
+    def counted_swaps(*args, **kwargs):
+        image, n = swap_draw(*args, **kwargs)
+        accepted.append(n)
+        return image, n
+
+    allocator.draw, swap.draw = checked_draw, counted_swaps
+    rng = np.random.default_rng(5)
+    state = sampler.dispersed_start(rng, blob_sky())
+    for _ in range(6):
+        state, _ = sampler.sweep(state, rng)
+        image, sky, rows = calls[-1]
+        fresh_rows = allocator.tiled_rows(image)
+        np.testing.assert_allclose(rows, fresh_rows, rtol=1e-10, atol=1e-12 * np.abs(fresh_rows).max())
+        fresh = allocator.sky_at_bins(fresh_rows)
+        np.testing.assert_allclose(sky, fresh, rtol=1e-10, atol=1e-12 * fresh.max())
+    assert min(accepted) > 0  # every sweep changed the image between the scale move and the allocation
+
+
 def test_region_scales_prior_is_the_image_prior_with_its_jacobian():
     """The prior of the regions' ``ln mu`` equals the image prior of ``sum_r mu_r u_r`` times ``prod mu_r^(n_r)``
     (differences between two points), its gradient and Hessian match finite differences, and with one region
