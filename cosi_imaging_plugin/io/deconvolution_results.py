@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_H5 = "results.h5"
 RESULTS_FITS = "results.fits"
-FORMAT = "cosi_imaging_plugin.deconvolution.results/1"
+FORMAT = "cosi_imaging_plugin.deconvolution.results/1"  # the format's name, not this module's path: files carry it
 IMAGE_KEYS = ("model", "delta_model", "processed_delta_model", "prior_filter")
 
 

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 KEYS = ("n_chains", "n_samples", "burn_in", "thin", "delta", "total_prior", "initial_smoothing", "initial_image",
         "initial_norms", "background_priors", "fit_backgrounds", "scale_move", "scale_regions", "smoothing_move",
         "sibling_swaps", "hmc_steps", "seed", "checkpoint_every", "n_jobs", "regions")
-#: Where a parameter file's ``initial_image`` is named by a mapping.
+#: Keys of ``initial_image`` given as a mapping (a histogram of a histpy file).
 IMAGE_KEYS = ("file", "name")
 
 
@@ -55,9 +55,6 @@ def read_lira_parameters(path):
     validation.check_keys(section, "lira", str(path), known=KEYS)
     for name, region in (section.get("regions") or {}).items():
         validation.check_keys(region, f"lira.regions.{name}", str(path), known=("disc", "polygon"))
-    if isinstance(section.get("initial_image"), dict):
-        validation.check_keys(section["initial_image"], "lira.initial_image", str(path), known=IMAGE_KEYS,
-                              required=("file",))
     return dict(section)
 
 
