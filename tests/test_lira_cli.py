@@ -64,7 +64,7 @@ def test_lira_parameter_file_errors_name_the_key(dataset_dir, tmp_path, capsys):
     assert "lira.n_chain" in capsys.readouterr().err
 
 
-def test_lira_starts_around_an_rl_image_named_in_the_parameter_file(dataset_dir, tmp_path, capsys):
+def test_lira_starts_around_an_rl_image_named_in_the_parameter_file(dataset_dir, tmp_path):
     """``initial_image`` brings the moves that need a first image (regions, smoothing move, swaps), as in Python."""
     assert main(["-q", "deconvolve", "--data", str(dataset_dir), "-o", str(tmp_path / "rl"),
                  "--override", "deconvolution:parameter:iteration_max = 3"]) == 0
