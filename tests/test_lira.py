@@ -233,7 +233,7 @@ def test_sibling_swaps_visit_the_orders_of_four_children_at_their_likelihoods(bl
         image[leaves, 0] = shapes * totals[list(orders[start])][:, None]
         sky = skies[start].copy()
         moved = sky + engine.background_at_bins(norms)
-        new_image, _ = move.draw(image, moved, engine.data.counts, rng, sky=sky)
+        new_image, _ = move.draw(image, moved, sky, engine.data.counts, rng)
         np.testing.assert_allclose(new_image[leaves, 0] / new_image[leaves, 0].sum(axis=1, keepdims=True), shapes)
         end = tuple(int(np.argmin(np.abs(totals - t))) for t in new_image[leaves, 0].sum(axis=1))
         visits[orders.index(end)] += 1

@@ -284,8 +284,8 @@ class GibbsSampler:
             data_term = self._data_term(sky_at_bins, norms)
         if self.swap is not None:
             expected = sky_at_bins + self.engine.background_at_bins(dict(zip(self.names, norms)))
-            sky_at_bins = sky_at_bins.copy()  # the swaps change it in place, with `expected`
-            current, accepted = self.swap.draw(current, expected, self.engine.data.counts, rng, sky=sky_at_bins)
+            # the swaps change sky_at_bins (the sweep's own array) in place, with `expected`
+            current, accepted = self.swap.draw(current, expected, sky_at_bins, self.engine.data.counts, rng)
             if accepted:  # the allocation needs the source rows too (the CCM's product, not a forward product)
                 rows = self.allocator.tiled_rows(current)
         smoothing, steps = state.smoothing, state.smoothing_steps

@@ -20,6 +20,7 @@ output folder of ``cosi-imaging deconvolve`` (RL) or its ``results.h5``, whose l
 ``{file: PATH, name: NAME}``, a histogram of a histpy HDF5 file (e.g. ``{file: lira/lira_maps.h5,
 name: mean}``, an earlier run's posterior mean). Paths are relative to the parameter file.
 """
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -39,10 +40,9 @@ from .plots import save_result_plots
 
 logger = logging.getLogger(__name__)
 
-#: Keys of the ``lira`` section (LIRA's keywords, and the regions summarised).
-KEYS = ("n_chains", "n_samples", "burn_in", "thin", "delta", "total_prior", "initial_smoothing", "initial_image",
-        "initial_norms", "background_priors", "fit_backgrounds", "scale_move", "scale_regions", "smoothing_move",
-        "sibling_swaps", "hmc_steps", "seed", "checkpoint_every", "n_jobs", "regions")
+#: Keys of the ``lira`` section: LIRA's keywords (all but those this runner sets), and the regions summarised.
+KEYS = tuple(name for name in inspect.signature(LIRA).parameters if name not in ("dataset", "checkpoint", "progress")
+             ) + ("regions",)
 #: Keys of ``initial_image`` given as a mapping (a histogram of a histpy file).
 IMAGE_KEYS = ("file", "name")
 

@@ -125,7 +125,7 @@ class SiblingSwap:
             out.append((nonzero, column[nonzero]))
         return out
 
-    def draw(self, image, expected, counts, rng, sky=None):
+    def draw(self, image, expected, sky, counts, rng):
         """`n_swaps` proposals in turn.
 
         Parameters
@@ -135,11 +135,11 @@ class SiblingSwap:
         expected : ndarray, shape (nnz,)
             Expected counts (sky and backgrounds) at the non-empty bins; updated in place with every
             accepted swap.
+        sky : ndarray, shape (nnz,)
+            The sky's part of `expected`, updated in place with it: the sweep then needs no new forward
+            product after the swaps.
         counts : ndarray, shape (nnz,)
         rng : numpy.random.Generator
-        sky : ndarray, shape (nnz,), optional
-            Expected sky counts at the non-empty bins, updated in place as `expected` is: the sweep then
-            needs no new forward product after the swaps.
 
         Returns
         -------
@@ -160,10 +160,9 @@ class SiblingSwap:
         scratch = np.zeros(expected.size)
         touched = np.zeros(expected.size, dtype=np.bool_)
         bins = np.empty(expected.size, dtype=np.int64)
-        accepted = _swaps(image, self.exposure, expected, np.zeros(0) if sky is None else sky,
-                          np.asarray(counts, dtype=np.float64), self.node_ptr, self.node_pixels, self.node_slots,
-                          self.col_ptr, self.col_idx, self.col_val, nodes, eis, first, second, log_u, scratch,
-                          touched, bins)
+        accepted = _swaps(image, self.exposure, expected, sky, np.asarray(counts, dtype=np.float64), self.node_ptr,
+                          self.node_pixels, self.node_slots, self.col_ptr, self.col_idx, self.col_val, nodes, eis,
+                          first, second, log_u, scratch, touched, bins)
         return image, int(accepted)
 
 
@@ -192,7 +191,7 @@ def _swaps(image, exposure, expected, sky, counts, node_ptr, node_pixels, node_s
            nodes, eis, first, second, log_u, scratch, touched, bins):
     """The proposals of :meth:`SiblingSwap.draw`: each exchanges the totals of two children of one parent in
     one Ei bin and is accepted on the change of the Poisson log-likelihood; `image`, `expected` and `sky`
-    (where not empty) change in place."""
+    change in place."""
     n_ei = image.shape[1]
     accepted = 0
     for k in range(nodes.size):
@@ -227,8 +226,7 @@ def _swaps(image, exposure, expected, sky, counts, node_ptr, node_pixels, node_s
             j = bins[t]
             if accept:
                 expected[j] += scratch[j]
-                if sky.size:
-                    sky[j] = max(sky[j] + scratch[j], 0.0)  # a sum of non-negative terms, rounding aside
+                sky[j] = max(sky[j] + scratch[j], 0.0)  # a sum of non-negative terms, rounding aside
             scratch[j] = 0.0
             touched[j] = False
         if accept:
