@@ -7,8 +7,11 @@ Monte Carlo errors of the quantities tested; every generator is seeded.
 import itertools
 import logging
 import math
+import os
 import pickle
 import shutil
+import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -656,6 +659,35 @@ def test_chains_in_worker_processes_equal_the_serial_run(blob_dataset):
         assert np.array_equal(parallel.traces[name], serial.traces[name]), name
 
 
+UNGUARDED_SCRIPT = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from small_setup import NSIDE_MODEL, dataset_for
+from cosi_imaging_plugin.uncertainty import LIRA
+dataset = dataset_for(np.full((12 * NSIDE_MODEL ** 2, 3), 1e-3), seed=5)[0]
+LIRA(dataset, n_chains=2, n_samples=5, burn_in=5, n_jobs=2, progress=False).run()
+"""
+
+
+def test_a_script_without_the_main_guard_fails_with_a_message(tmp_path):
+    """Spawned workers import the main module again: a script that runs LIRA with ``n_jobs=2`` at import
+    makes each worker die while it starts. The run must stop with an error naming the guard, not hang
+    (as it did while the start-up pipe carried the whole pickle, which the dead worker never read)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT.format(tests=str(Path(__file__).parent)))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("LIRA with n_jobs=2 in a script without the main guard hung")
+    assert process.returncode != 0
+    assert "a worker process stopped (n_jobs=2)" in stderr and "if __name__" in stderr
+
+
 def test_workers_receive_the_engine_through_shared_memory(blob_dataset):
     """The workers' pickle refers to shared blocks instead of carrying the engine's arrays, and the
     sampler it loads sweeps to the same bits as the original."""
@@ -668,6 +700,10 @@ def test_workers_receive_the_engine_through_shared_memory(blob_dataset):
         assert shared.shared_bytes > 0.9 * whole
         loaded = sharing.load(shared.payload)
         assert loaded.engine._row_buffers == {}
+        # the pickle's own block: a handle of a few hundred bytes loads the same sampler
+        assert len(pickle.dumps(shared.handle)) < 1000
+        from_handle = sharing.load(shared.handle)
+        np.testing.assert_array_equal(from_handle.engine.data.counts, sampler.engine.data.counts)
         np.testing.assert_array_equal(loaded.engine.response.values, sampler.engine.response.values)
         swept, _ = loaded.sweep(state, np.random.default_rng(4))
     assert np.array_equal(swept.image, expected.image) and np.array_equal(swept.norms, expected.norms)

@@ -7,6 +7,7 @@ import json
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numba
@@ -293,8 +294,10 @@ class LIRA:
             logger.info("LIRA workers: %.1f MB shared, %.1f MB pickled", shared.shared_bytes / 1e6,
                         len(shared.payload) / 1e6)
             # spawned workers: forking a process whose compiled kernels hold threads is not safe
+            # the pickle's block name, not the pickle, goes through the start-up pipe (see sharing)
+            source = shared.payload if shared.handle is None else shared.handle
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_start_worker, initargs=(shared.payload, threads))
+                                       initializer=_start_worker, initargs=(source, threads))
         try:
             while run["sweep"] < stop:
                 start = run["sweep"]
@@ -304,7 +307,16 @@ class LIRA:
                 if pool is None:
                     segments = [run_segment(s, *a) for a in args]
                 else:
-                    segments = [f.result() for f in [pool.submit(_worker_segment, *a) for a in args]]
+                    try:
+                        segments = [f.result() for f in [pool.submit(_worker_segment, *a) for a in args]]
+                    except BrokenProcessPool as error:
+                        raise RuntimeError(
+                            f"LIRA: a worker process stopped (n_jobs={self.n_jobs}). Workers are spawned and "
+                            "import the main module again: a script must start LIRA under "
+                            "'if __name__ == \"__main__\":'. A worker killed for memory stops the run too. "
+                            "n_jobs=1 runs the chains in this process"
+                            + (f"; the checkpoint {self.checkpoint} resumes the run" if self.checkpoint else "")
+                        ) from error
                 for c, (state, rng, traces, draws) in enumerate(segments):
                     run["states"][c], run["rngs"][c] = state, rng
                     for name, values in traces.items():

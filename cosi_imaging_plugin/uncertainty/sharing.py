@@ -7,6 +7,11 @@ that block's name: the pickle itself stays small, and every worker that loads it
 kernels and never written, so sharing them changes no draw. Scratch buffers that an engine writes
 into (its kernels' row buffers) are emptied in the loaded copy so that each worker makes its own.
 
+The pickle itself goes to shared memory too, so that a worker's start-up arguments are its block's
+name (:attr:`SharedPickle.handle`): a spawned worker that dies while it starts (e.g. a script that
+re-runs LIRA at import, without ``if __name__ == "__main__":``) then cannot leave the parent blocked
+writing a large pickle into the pipe that the dead worker no longer reads.
+
 Where shared memory cannot be had (e.g. a small ``/dev/shm``), :class:`SharedPickle` falls back
 to an ordinary pickle and says so.
 """
@@ -64,8 +69,11 @@ class SharedPickle:
     payload : bytes
         The pickle; :func:`load` in any process of this machine gives the object back while this
         ``SharedPickle`` is open.
+    handle : tuple or None
+        The pickle's own shared block, a few bytes that :func:`load` also takes (None where shared
+        memory could not be had: pass `payload` then).
     shared_bytes : int
-        Bytes placed in shared memory.
+        Bytes placed in shared memory (the pickle's block included).
 
     Notes
     -----
@@ -77,16 +85,18 @@ class SharedPickle:
         self.min_bytes = int(min_bytes)
         self._blocks = {}
         self.shared_bytes = 0
+        self.handle = None
         buffer = io.BytesIO()
         try:
             _Pickler(buffer, self).dump(obj)
+            self.payload = buffer.getvalue()
+            self.handle = self.share(np.frombuffer(self.payload, dtype=np.uint8))
         except OSError as error:  # no room for shared memory: every worker gets its own copy
             self.close()
             self.shared_bytes = 0
+            self.handle = None
             logger.warning("shared memory unavailable (%s): each worker process receives its own copy", error)
             self.payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-            return
-        self.payload = buffer.getvalue()
 
     def share(self, array):
         """Arguments of :func:`_attach` for `array`, copied once to its own block (an array met twice
@@ -120,7 +130,20 @@ class SharedPickle:
 
 
 def load(payload):
-    """The object of a :class:`SharedPickle` payload, its scratch buffers emptied."""
+    """The object of a :class:`SharedPickle`, its scratch buffers emptied.
+
+    Parameters
+    ----------
+    payload : bytes or tuple
+        Its :attr:`~SharedPickle.payload`, or its :attr:`~SharedPickle.handle`.
+    """
+    if isinstance(payload, tuple):  # the pickle's own block: copied out, then let go
+        name, shape, dtype = payload
+        block = shared_memory.SharedMemory(name=name)
+        try:
+            payload = np.ndarray(shape, dtype=np.dtype(dtype), buffer=block.buf).tobytes()
+        finally:
+            block.close()
     obj = pickle.loads(payload)
     engine = getattr(obj, "engine", None)
     if engine is not None and hasattr(engine, "_row_buffers"):
