@@ -166,7 +166,8 @@ class LIRA:
         Worker processes running the chains in parallel (at most one per chain), each with
         ``cores // n_jobs`` threads; the engine's arrays reach them once, in shared memory
         (:mod:`.sharing`), not as one copy per worker. 1 runs the chains in turn in this process. The
-        draws are the same either way.
+        draws are the same either way. The workers are spawned and import the main module again: a script
+        starts LIRA under ``if __name__ == "__main__":`` (without it the run stops with an error saying so).
     progress : bool
         Show a progress bar.
 
