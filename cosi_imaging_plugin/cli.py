@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import numba
 import numpy as np
 from astromodels.functions.function import get_function
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -362,15 +363,17 @@ def _lira(args):
     """LIRA into a new output folder, or on in the folder of an earlier run (--resume: from its checkpoint)."""
     if args.data is None:
         raise CosiInputError("LIRA needs --data DIR, also with --resume")
+    # the command runs under the main guard, so its chains can run in workers (one per chain, up to the cores)
+    jobs = numba.get_num_threads()
     if args.resume is not None:  # the checkpoint in the folder carries the run on
         output = args.resume
-        summary = lira_main(args.data, output, parameters=args.parfile, progress=not args.quiet)
+        summary = lira_main(args.data, output, parameters=args.parfile, progress=not args.quiet, n_jobs=jobs)
     else:
         output = args.output or Path("deconvolution_output")
         with OutputFolder(output, overwrite=args.overwrite) as out:
             out.keep_on_interrupt = True  # its checkpoint lets --resume go on
             out.record_inputs({"data": args.data})
-            summary = lira_main(args.data, out.work, parameters=args.parfile, progress=not args.quiet)
+            summary = lira_main(args.data, out.work, parameters=args.parfile, progress=not args.quiet, n_jobs=jobs)
     return [f"LIRA: {summary['n_chains']} chains x {summary['n_samples']} draws, "
             f"{100 * summary['pixels_converged']:.1f}% of pixels with R-hat <= 1.01; results in {output}"]
 

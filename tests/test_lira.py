@@ -13,11 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
 import healpy as hp
 import matplotlib.pyplot as plt
+import numba
 import numpy as np
 import pytest
 from scipy import integrate, stats
@@ -686,6 +688,17 @@ def test_a_script_without_the_main_guard_fails_with_a_message(tmp_path):
         pytest.fail("LIRA with n_jobs=2 in a script without the main guard hung")
     assert process.returncode != 0
     assert "a worker process stopped (n_jobs=2)" in stderr and "if __name__" in stderr
+
+
+def test_chains_run_in_workers_by_default_only_where_no_script_would_run_again(blob_dataset, monkeypatch):
+    """Without ``n_jobs``: in a script (here pytest's main module) the chains run in this process; in a
+    session whose main module is no file (a notebook) one worker per chain, up to the cores."""
+    assert LIRA(blob_dataset, n_chains=4, progress=False).n_jobs == 1
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)
+    assert LIRA(blob_dataset, n_chains=4, progress=False).n_jobs == 3
+    assert LIRA(blob_dataset, n_chains=2, progress=False).n_jobs == 2
+    assert LIRA(blob_dataset, n_chains=4, n_jobs=1, progress=False).n_jobs == 1
 
 
 def test_workers_receive_the_engine_through_shared_memory(blob_dataset):

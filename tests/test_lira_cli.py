@@ -3,6 +3,7 @@ import json
 import re
 
 import healpy as hp
+import numba
 import numpy as np
 import pytest
 import yaml
@@ -36,6 +37,8 @@ def test_lira_writes_maps_summary_and_figures(dataset_dir, tmp_path, capsys):
     assert re.search(r"WARNING py\.warnings: .*RuntimeWarning: .*R-hat", capsys.readouterr().err, re.DOTALL)
     summary = json.loads((out / "lira_summary.json").read_text())
     assert summary["n_chains"] == 2 and summary["n_samples"] == 10
+    # the command runs under the main guard: its chains run in workers, one per chain up to the cores
+    assert summary["workers"] == min(2, numba.get_num_threads())
     assert all(-1.0 <= r <= 1.0 for r in summary["flux_background_correlation"].values())
     bulge = summary["regions"]["bulge"]
     assert bulge["interval_95"][0] <= bulge["median"] <= bulge["interval_95"][1]

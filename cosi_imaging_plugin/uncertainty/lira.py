@@ -6,6 +6,7 @@ own generator: in worker processes (``n_jobs > 1``) or in turn, the draws are th
 import json
 import logging
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -78,6 +79,18 @@ def run_segment(sampler, state, rng, start, stop, burn_in, thin):
             draws[kept // thin] = new.image.astype(np.float32)
         state = new
     return state, rng, traces, draws
+
+
+def default_jobs(n_chains):
+    """Worker processes for `n_chains` chains when ``n_jobs`` is not given: one per chain up to the cores
+    (numba's thread count) where the main module is no file (a notebook, IPython, ``python -c``), else 1.
+
+    Spawned workers import the main module's file again, so in a script every worker would re-run the
+    script's top level unless LIRA runs under ``if __name__ == "__main__":``, which cannot be seen from here.
+    """
+    if getattr(sys.modules.get("__main__"), "__file__", None) is not None:
+        return 1
+    return max(1, min(int(n_chains), numba.get_num_threads()))
 
 
 def _start_worker(payload, threads):
@@ -162,12 +175,15 @@ class LIRA:
         atomically; a run finding it resumes from it.
     checkpoint_every : int
         Sweeps between checkpoints (and between two updates of the progress bar).
-    n_jobs : int
+    n_jobs : int, optional
         Worker processes running the chains in parallel (at most one per chain), each with
         ``cores // n_jobs`` threads; the engine's arrays reach them once, in shared memory
         (:mod:`.sharing`), not as one copy per worker. 1 runs the chains in turn in this process. The
         draws are the same either way. The workers are spawned and import the main module again: a script
         starts LIRA under ``if __name__ == "__main__":`` (without it the run stops with an error saying so).
+        None (the default): one worker per chain up to the cores (numba's thread count) in an interactive
+        session (a notebook, IPython, ``python -c``), whose main module is no file a worker would run
+        again; 1 in a script, which asks for workers with `n_jobs` under the guard.
     progress : bool
         Show a progress bar.
 
@@ -182,7 +198,7 @@ class LIRA:
                  background_priors=None, fit_backgrounds=True, scale_move=True, hmc_steps=DEFAULT_HMC_STEPS,
                  smoothing_move=None, scale_regions=DEFAULT_SCALE_REGIONS, sibling_swaps=DEFAULT_SIBLING_SWAPS,
                  initial_norms=None, seed=0,
-                 checkpoint=None, checkpoint_every=50, n_jobs=1, progress=True):
+                 checkpoint=None, checkpoint_every=50, n_jobs=None, progress=True):
         self.dataset = dataset
         self.n_chains = validation.number(n_chains, "n_chains", _WHERE, low=1, integer=True)
         self.n_samples = validation.number(n_samples, "n_samples", _WHERE, low=1, integer=True)
@@ -211,7 +227,8 @@ class LIRA:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = validation.number(checkpoint_every, "checkpoint_every", _WHERE, low=1,
                                                   integer=True)
-        self.n_jobs = validation.number(n_jobs, "n_jobs", _WHERE, low=1, integer=True)
+        self.n_jobs = (default_jobs(self.n_chains) if n_jobs is None
+                       else validation.number(n_jobs, "n_jobs", _WHERE, low=1, integer=True))
         self.progress = validation.flag(progress, "progress", _WHERE)
         if self.n_chains < 2 or self.n_samples < MIN_DRAWS:
             logger.warning("LIRA: %d chain(s) of %d draws: R-hat needs at least 2 chains of %d draws "
@@ -292,8 +309,8 @@ class LIRA:
             threads = max(1, numba.get_num_threads() // workers)
             # the engine's arrays go to the workers once, in shared memory
             shared = sharing.SharedPickle(s)
-            logger.info("LIRA workers: %.1f MB shared, %.1f MB pickled", shared.shared_bytes / 1e6,
-                        len(shared.payload) / 1e6)
+            logger.info("LIRA: %d worker processes, %.1f MB shared, %.1f MB pickled", workers,
+                        shared.shared_bytes / 1e6, len(shared.payload) / 1e6)
             # spawned workers: forking a process whose compiled kernels hold threads is not safe
             # the pickle's block name, not the pickle, goes through the start-up pipe (see sharing)
             source = shared.payload if shared.handle is None else shared.handle

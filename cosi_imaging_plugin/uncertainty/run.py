@@ -102,7 +102,7 @@ def read_initial_image(value, base, where=None):
     return image
 
 
-def lira_main(data_dir, output_dir, parameters=None, frame="spacecraft", progress=True):
+def lira_main(data_dir, output_dir, parameters=None, frame="spacecraft", progress=True, n_jobs=None):
     """Run LIRA on a dataset directory and write its outputs.
 
     Parameters
@@ -111,13 +111,16 @@ def lira_main(data_dir, output_dir, parameters=None, frame="spacecraft", progres
         Directory with ``manifest.yaml``.
     output_dir : str or pathlib.Path
         Receives ``lira_maps.h5`` (every map, histpy), ``lira_maps_E<i>.fits`` (HEALPix),
-        ``lira_summary.json`` (diagnostics, the sweep's moves, the initial image, background norms, total and
-        region fluxes),
+        ``lira_summary.json`` (diagnostics, the sweep's moves, the worker processes, the initial image,
+        background norms, total and region fluxes),
         PNG figures, and ``lira_checkpoint.npz``, from which a rerun resumes.
     parameters : str or pathlib.Path or dict, optional
         Parameter file (see the module docstring) or its ``lira`` section as a dict.
     frame : {'spacecraft', 'galactic', 'auto'}
     progress : bool
+    n_jobs : int, optional
+        Worker processes where the parameters give no ``n_jobs`` (None: :class:`~.lira.LIRA`'s default).
+        The command passes the cores: its entry point runs under the main guard, so no worker runs it again.
 
     Returns
     -------
@@ -127,6 +130,8 @@ def lira_main(data_dir, output_dir, parameters=None, frame="spacecraft", progres
     options = {} if parameters is None else (
         dict(parameters) if isinstance(parameters, dict) else read_lira_parameters(parameters))
     regions = options.pop("regions", None) or {}
+    if options.get("n_jobs") is None and n_jobs is not None:
+        options["n_jobs"] = n_jobs
     where, base = (None, Path.cwd()) if parameters is None or isinstance(parameters, dict) else (
         str(parameters), Path(parameters).resolve().parent)
     image_source = options.get("initial_image")
@@ -151,6 +156,7 @@ def lira_main(data_dir, output_dir, parameters=None, frame="spacecraft", progres
         "background_norms": result.background_norms(),
         "flux_background_correlation": diagnostics["flux_background_correlation"],
         "moves": lira.moves(),
+        "workers": min(lira.n_jobs, lira.n_chains),
         "initial_image": (image_source if image_source is None or isinstance(image_source, dict)
                           else str(image_source) if isinstance(image_source, (str, Path)) else "given"),
         "total_flux": result.total_flux().as_dict(),

@@ -91,7 +91,8 @@ def region_significance(result, dataset, *, disc=None, polygon=None, mask=None, 
     progress : bool
     **lira_options
         Keywords of :class:`~.lira.LIRA` for the chains on the simulated datasets (by default those
-        of a short run: 2 chains, 100 + 100 sweeps).
+        of a short run: 2 chains, 100 + 100 sweeps, run in this process, where worker processes would
+        start anew for every dataset).
 
     Returns
     -------
@@ -104,7 +105,7 @@ def region_significance(result, dataset, *, disc=None, polygon=None, mask=None, 
     norms = {name: value[0] for name, value in result.background_norms().items()}
     expected = np.asarray(engine.expectation(sky, norms).contents, dtype=np.float64)
     observed = float(result.region_flux(mask=pixels).mean)
-    options = {"n_chains": 2, "n_samples": 100, "burn_in": 100, **lira_options, "progress": False}
+    options = {"n_chains": 2, "n_samples": 100, "burn_in": 100, "n_jobs": 1, **lira_options, "progress": False}
     rng = np.random.default_rng(seed)
     values = []
     for _ in tqdm(range(n_simulations), desc="null simulations", unit="dataset", disable=not progress):
