@@ -27,8 +27,9 @@ import numpy as np
 
 #: Degrees of freedom of the Student-t proposal: tails heavier than the posterior's.
 T_DOF = 5.0
-#: Fixed pieces of the sums over bins: the sums do not depend on the number of threads.
-_PIECES = 32
+#: Fixed pieces of the sums over bins (here and in :mod:`.swap`): the sums do not depend on the number of
+#: threads.
+SUM_PIECES = 32
 #: Newton's decrement below which the mode search takes one last step without a line search, then one pass
 #: for the curvature at its end. From a decrement of 0.1 that step leaves the centre within a few hundredths
 #: of a posterior standard deviation of the mode (the convergence is quadratic), which the Student-t
@@ -87,7 +88,7 @@ def poisson_terms(columns, offset, counts, value, derivatives=True):
     float, ndarray (n_params,), ndarray (n_params, n_params)
     """
     n = columns.shape[1]
-    out = np.empty((_PIECES, 1 + n + n * n))
+    out = np.empty((SUM_PIECES, 1 + n + n * n))
     _poisson_pieces(np.ascontiguousarray(columns.T), np.ascontiguousarray(offset, dtype=np.float64),
                     np.ascontiguousarray(counts, dtype=np.float64), np.asarray(value, dtype=np.float64),
                     derivatives, out)

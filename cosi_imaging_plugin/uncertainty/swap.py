@@ -19,6 +19,8 @@ import logging
 import numba
 import numpy as np
 
+from .scale import SUM_PIECES
+
 logger = logging.getLogger(__name__)
 
 #: Share of the first image's pixels, brightest first, whose parents the swaps visit.
@@ -27,8 +29,6 @@ BRIGHT_FRACTION = 0.1
 LEVELS_UP = (1, 2)
 #: Memory for the pixels' columns (MB); parents beyond it are left out, the faintest first.
 MEMORY_MB = 256.0
-#: Fixed pieces of the likelihood ratio's sum over bins: the sum does not depend on the number of threads.
-_PIECES = 32
 
 
 def bright_parents(image, levels_up=LEVELS_UP, fraction=BRIGHT_FRACTION):
@@ -169,11 +169,11 @@ class SiblingSwap:
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _log_ratio(bins, n_bins, scratch, expected, counts):
     """``sum d ln((eps + change) / eps)`` over the changed bins (-inf where an ``eps + change <= 0``), in
-    ``_PIECES`` fixed pieces summed in order: the same sum whatever the number of threads."""
-    parts = np.zeros(_PIECES)
-    for h in numba.prange(_PIECES):
+    `SUM_PIECES` fixed pieces summed in order: the same sum whatever the number of threads."""
+    parts = np.zeros(SUM_PIECES)
+    for h in numba.prange(SUM_PIECES):
         acc = 0.0
-        for t in range(h * n_bins // _PIECES, (h + 1) * n_bins // _PIECES):
+        for t in range(h * n_bins // SUM_PIECES, (h + 1) * n_bins // SUM_PIECES):
             j = bins[t]
             if not expected[j] + scratch[j] > 0.0:
                 acc = -np.inf
@@ -181,7 +181,7 @@ def _log_ratio(bins, n_bins, scratch, expected, counts):
             acc += counts[j] * np.log1p(scratch[j] / expected[j])
         parts[h] = acc
     total = 0.0
-    for h in range(_PIECES):
+    for h in range(SUM_PIECES):
         total += parts[h]
     return total
 
